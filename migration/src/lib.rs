@@ -1,0 +1,69 @@
+//! Schema migrations of audit-service, and the one way to open its database.
+//!
+//! On PostgreSQL everything lives in the schema `control_plane`, reached through the
+//! connection's `search_path`, so the same unqualified entity names serve SQLite too.
+
+use std::time::Duration;
+
+pub use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbBackend, Statement,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+
+mod m20261127_000001_create_audit_logs;
+
+/// The PostgreSQL schema that holds audit-service's tables.
+pub const PG_SCHEMA: &str = "control_plane";
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261127_000001_create_audit_logs::Migration)]
+    }
+}
+
+/// Opens a connection pool on `url` (`postgres://...` or `sqlite://...`).
+///
+/// PostgreSQL connections use `search_path = control_plane`, and the schema is created when
+/// missing. SQLite runs in WAL mode with a busy timeout, so readers never block the writer.
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false)
+        .set_schema_search_path(PG_SCHEMA)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(SqliteJournalMode::Wal)
+                // FULL keeps every acknowledged event across a power loss.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    let db = Database::connect(options).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        ensure_pg_schema(&db).await?;
+    }
+    Ok(db)
+}
+
+/// Creates the schema only when it is missing, so a server role without CREATE still starts.
+async fn ensure_pg_schema(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let exists = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT 1 AS one FROM pg_namespace WHERE nspname = $1",
+            [PG_SCHEMA.into()],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        db.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The one error type of audit-service and its stable, machine-readable codes.
+
+use sea_orm::DbErr;
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a request, as the client may learn it.
+///
+/// Internal causes are kept in the variant for the log and never shown to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is at fault; `field` is its path (`inputs[3].action`).
+    #[error("{message}")]
+    BadInput { field: String, message: String },
+    #[error("not found")]
+    NotFound,
+    /// An idempotency key was reused with different content.
+    #[error("idempotency key {key:?} was already used for a different event")]
+    IdempotencyConflict { field: String, key: String },
+    /// The database could not be reached.
+    #[error("the database is unavailable, retry later")]
+    Unavailable(#[source] DbErr),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    /// The value of `extensions.code`; part of the API, never renamed.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadInput { .. } => "BAD_USER_INPUT",
+            Error::NotFound => "NOT_FOUND",
+            Error::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
+            Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn bad_input(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::BadInput {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Internal(cause.into())
+    }
+
+    /// The input path this error points at, if any.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Error::BadInput { field, .. } | Error::IdempotencyConflict { field, .. } => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
+
+    /// Roots a path relative to a list of events (`[3].action`) at the argument it came from:
+    /// `inputs[3].action` for a list argument, `input.action` for a single one.
+    pub fn rooted_at(mut self, argument: &str, single: bool) -> Self {
+        if let Error::BadInput { field, .. } | Error::IdempotencyConflict { field, .. } = &mut self
+        {
+            let relative = match (single, field.find(']')) {
+                (true, Some(end)) if field.starts_with('[') => &field[end + 1..],
+                _ => field.as_str(),
+            };
+            *field = format!("{argument}{relative}");
+        }
+        self
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Error::Unavailable(err),
+            other => Error::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<Error> for async_graphql::Error {
+    fn from(err: Error) -> Self {
+        match &err {
+            Error::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
+            Error::Internal(cause) => tracing::error!(error = %cause, "internal error"),
+            _ => {}
+        }
+        let mut gql = async_graphql::Error::new(err.to_string());
+        let code = err.code();
+        let field = err.field().map(str::to_owned);
+        gql = async_graphql::ErrorExtensions::extend_with(gql, |_, ext| {
+            ext.set("code", code);
+            if let Some(field) = field {
+                ext.set("field", field);
+            }
+        });
+        gql
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_rooted_at_the_argument() {
+        let batch = Error::bad_input("[3].action", "bad").rooted_at("inputs", false);
+        assert_eq!(batch.field(), Some("inputs[3].action"));
+        let single = Error::bad_input("[0].actor.id", "bad").rooted_at("input", true);
+        assert_eq!(single.field(), Some("input.actor.id"));
+        let whole = Error::bad_input("", "empty").rooted_at("inputs", false);
+        assert_eq!(whole.field(), Some("inputs"));
+    }
+}

@@ -1,0 +1,45 @@
+//! Write resolvers: record one event or a batch, through the one ingest path.
+
+use async_graphql::{Context, Object};
+
+use super::types::{AuditEventInput, AuditLog};
+use crate::auth::Principal;
+use crate::service::ingest::Ingestor;
+
+#[derive(Default)]
+pub struct AuditMutation;
+
+#[Object]
+impl AuditMutation {
+    /// Records one event in your tenant and returns it once it is durably stored.
+    async fn log_audit_event(
+        &self,
+        ctx: &Context<'_>,
+        input: AuditEventInput,
+    ) -> async_graphql::Result<AuditLog> {
+        let principal = ctx.data::<Principal>()?;
+        let ingestor = ctx.data::<Ingestor>()?;
+        let mut stored = ingestor
+            .ingest(&principal.tenant_id, vec![input.into()])
+            .await
+            .map_err(|e| e.rooted_at("input", true))?;
+        Ok(AuditLog(stored.remove(0)))
+    }
+
+    /// Records 1 to 1,000 events in your tenant, all or nothing, and returns them in input
+    /// order once they are durably stored.
+    async fn log_audit_events(
+        &self,
+        ctx: &Context<'_>,
+        inputs: Vec<AuditEventInput>,
+    ) -> async_graphql::Result<Vec<AuditLog>> {
+        let principal = ctx.data::<Principal>()?;
+        let ingestor = ctx.data::<Ingestor>()?;
+        let events = inputs.into_iter().map(Into::into).collect();
+        let stored = ingestor
+            .ingest(&principal.tenant_id, events)
+            .await
+            .map_err(|e| e.rooted_at("inputs", false))?;
+        Ok(stored.into_iter().map(AuditLog).collect())
+    }
+}

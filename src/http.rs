@@ -1,0 +1,270 @@
+//! HTTP surface: GraphQL over HTTP (POST and GET) and WebSocket on `/graphql`, health probes.
+//!
+//! Follows the GraphQL-over-HTTP specification where async-graphql-axum's defaults do not:
+//! the response media type follows `Accept`, request errors answered as
+//! `application/graphql-response+json` get HTTP 400 and no `data`, mutations over GET are
+//! refused, and POST bodies must be JSON.
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, RawQuery, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Principal;
+use crate::graphql::AppSchema;
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
+const JSON: &str = "application/json; charset=utf-8";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: AppSchema,
+    pub db: DatabaseConnection,
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
+    let mut router = Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        // TEMP .merge(crate::graphiql::router())
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http());
+    if !cors_origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT]),
+        );
+    }
+    router
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.db.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+    }
+}
+
+/// The response media types of GraphQL over HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Media {
+    Json,
+    GraphqlResponseJson,
+}
+
+/// Picks the media type from `Accept`: `application/graphql-response+json` when the client
+/// prefers it, else `application/json` (also for a missing `Accept`, as the spec's watershed
+/// rule says).
+fn negotiate(headers: &HeaderMap) -> Media {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Media::Json;
+    };
+    let mut best = (Media::Json, -1.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| p.strip_prefix("q="))
+            .and_then(|q| q.parse().ok())
+            .unwrap_or(1.0);
+        let candidate = match media.as_str() {
+            "application/graphql-response+json" => Media::GraphqlResponseJson,
+            "application/json" | "application/*" | "*/*" => Media::Json,
+            _ => continue,
+        };
+        // Ties go to graphql-response+json: a client that lists it understands it.
+        if q > 0.0 && (q > best.1 || (q == best.1 && candidate == Media::GraphqlResponseJson)) {
+            best = (candidate, q);
+        }
+    }
+    best.0
+}
+
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let media = negotiate(&headers);
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return http_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /graphql takes a JSON body (Content-Type: application/json)",
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return http_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than 1 MiB",
+            );
+        }
+        Err(rejection) => return http_error(rejection.status(), &rejection.body_text()),
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not a GraphQL request: {err}"),
+            );
+        }
+    };
+    execute(&state, request, media).await
+}
+
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if parts.headers.contains_key(header::UPGRADE) {
+        return websocket(state, &mut parts).await;
+    }
+    let media = negotiate(&parts.headers);
+    let RawQuery(query) = RawQuery::from_request_parts(&mut parts, &state)
+        .await
+        .unwrap_or(RawQuery(None));
+    let mut request = match async_graphql::http::parse_query_string(&query.unwrap_or_default()) {
+        Ok(request) => request,
+        Err(err) => {
+            return http_error(StatusCode::BAD_REQUEST, &format!("bad GraphQL GET request: {err}"));
+        }
+    };
+    if is_mutation(&mut request) {
+        let mut response = http_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "mutations must be sent with POST",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    execute(&state, request, media).await
+}
+
+/// Whether the operation the request would run is a mutation. A document that does not
+/// parse is left to the executor, which reports it.
+fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let name = request.operation_name.clone();
+    let Ok(document) = request.parsed_query() else {
+        return false;
+    };
+    let operation = match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    operation.is_some_and(|op| op.node.ty == OperationType::Mutation)
+}
+
+async fn execute(state: &AppState, request: async_graphql::Request, media: Media) -> Response {
+    let request = request.data(Principal::open());
+    let response = state.schema.execute(request).await;
+    // Errors before execution (parse, validation, variables) carry no path and leave no data.
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let mut body = match serde_json::to_value(&response) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "could not serialize a GraphQL response");
+            return http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        }
+    };
+    if request_error && let Some(object) = body.as_object_mut() {
+        object.remove("data");
+    }
+    let status = match media {
+        Media::GraphqlResponseJson if request_error => StatusCode::BAD_REQUEST,
+        _ => StatusCode::OK,
+    };
+    let content_type = match media {
+        Media::Json => JSON,
+        Media::GraphqlResponseJson => GRAPHQL_RESPONSE_JSON,
+    };
+    (status, [(header::CONTENT_TYPE, content_type)], Json(body)).into_response()
+}
+
+/// A GraphQL-shaped error for requests refused before they reach the schema.
+fn http_error(status: StatusCode, message: &str) -> Response {
+    let code = if status.is_server_error() { "INTERNAL" } else { "BAD_USER_INPUT" };
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response()
+}
+
+async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
+    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let protocol = match GraphQLProtocol::from_request_parts(parts, &state).await {
+        Ok(protocol) => protocol,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let schema = state.schema.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let mut data = async_graphql::Data::default();
+            data.insert(Principal::open());
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .with_data(data)
+                .serve()
+                .await
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> Media {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_str(value).expect("header"));
+        negotiate(&headers)
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(&HeaderMap::new()), Media::Json);
+        assert_eq!(accept("application/json"), Media::Json);
+        assert_eq!(accept("*/*"), Media::Json);
+        assert_eq!(accept("application/graphql-response+json"), Media::GraphqlResponseJson);
+        assert_eq!(
+            accept("application/graphql-response+json, application/json;q=0.9"),
+            Media::GraphqlResponseJson
+        );
+        assert_eq!(
+            accept("application/graphql-response+json;q=0.5, application/json"),
+            Media::Json
+        );
+        assert_eq!(accept("text/html"), Media::Json);
+    }
+}

@@ -1,0 +1,14 @@
+//! audit-service: the audit log of a platform's control plane, as a GraphQL server.
+//!
+//! `startup::Application` is what `main` runs and what the tests start; `graphql` is the
+//! API, `service` the database work behind it, `http` the transport.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+// TEMP mod graphiql;
+pub mod graphql;
+pub mod http;
+pub mod service;
+pub mod startup;
+pub mod telemetry;

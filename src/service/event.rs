@@ -1,0 +1,275 @@
+//! An event as a caller submits it, its validation, and the limits that validation enforces.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use entity::audit_log::{self, ActorType, Outcome};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// Most events in one `logAuditEvents` call.
+pub const MAX_BATCH: usize = 1000;
+/// Longest action, in characters.
+pub const MAX_ACTION_LEN: usize = 128;
+/// Longest actor or target id, in characters.
+pub const MAX_ID_LEN: usize = 256;
+/// Longest target type, in characters.
+pub const MAX_TYPE_LEN: usize = 64;
+/// Longest actor or target name, in characters.
+pub const MAX_NAME_LEN: usize = 256;
+/// Longest reason, in characters.
+pub const MAX_REASON_LEN: usize = 4096;
+/// Longest user agent, in characters.
+pub const MAX_USER_AGENT_LEN: usize = 1024;
+/// Longest request id or idempotency key, in characters.
+pub const MAX_KEY_LEN: usize = 256;
+/// Largest metadata object, in bytes of compact JSON.
+pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// How far in the future `occurredAt` may be, to allow for clock skew between services.
+pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+
+/// The target of an operation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub kind: String,
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// An event as submitted; the server adds id, tenant, sequence and timestamps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub actor_type: ActorType,
+    pub actor_id: String,
+    pub actor_name: Option<String>,
+    pub action: String,
+    pub target: Option<Target>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub metadata: Option<Value>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewEvent {
+    /// Checks every field; the error's path is relative to the event (`action`, `actor.id`).
+    pub fn validate(&self, now: DateTime<Utc>) -> Result<()> {
+        check_action(&self.action)?;
+        check_id("actor.id", &self.actor_id, MAX_ID_LEN)?;
+        check_text("actor.name", self.actor_name.as_deref(), MAX_NAME_LEN)?;
+        if let Some(target) = &self.target {
+            check_id("target.type", &target.kind, MAX_TYPE_LEN)?;
+            check_id("target.id", &target.id, MAX_ID_LEN)?;
+            check_text("target.name", target.name.as_deref(), MAX_NAME_LEN)?;
+        }
+        check_text("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
+        if let Some(at) = self.occurred_at
+            && at > now + MAX_FUTURE_SKEW
+        {
+            return Err(Error::bad_input(
+                "occurredAt",
+                "occurredAt is more than 5 minutes in the future",
+            ));
+        }
+        if let Some(metadata) = &self.metadata {
+            check_metadata(metadata)?;
+        }
+        if let Some(ip) = &self.ip_address
+            && ip.parse::<IpAddr>().is_err()
+        {
+            return Err(Error::bad_input(
+                "context.ipAddress",
+                "context.ipAddress is not an IPv4 or IPv6 address",
+            ));
+        }
+        check_text("context.userAgent", self.user_agent.as_deref(), MAX_USER_AGENT_LEN)?;
+        if let Some(id) = &self.request_id {
+            check_id("context.requestId", id, MAX_KEY_LEN)?;
+        }
+        if let Some(key) = &self.idempotency_key {
+            check_id("idempotencyKey", key, MAX_KEY_LEN)?;
+        }
+        Ok(())
+    }
+
+    /// The row this event becomes. Timestamps are cut to microseconds, the precision both
+    /// databases store, so the returned row equals the stored one.
+    pub fn into_model(
+        self,
+        tenant_id: &str,
+        seq: i64,
+        recorded_at: DateTime<Utc>,
+    ) -> audit_log::Model {
+        let (target_type, target_id, target_name) = match self.target {
+            Some(t) => (Some(t.kind), Some(t.id), t.name),
+            None => (None, None, None),
+        };
+        audit_log::Model {
+            id: Uuid::now_v7(),
+            tenant_id: tenant_id.to_owned(),
+            seq,
+            occurred_at: micros(self.occurred_at.unwrap_or(recorded_at)),
+            recorded_at: micros(recorded_at),
+            actor_type: self.actor_type,
+            actor_id: self.actor_id,
+            actor_name: self.actor_name,
+            action: self.action,
+            target_type,
+            target_id,
+            target_name,
+            outcome: self.outcome,
+            reason: self.reason,
+            metadata: self.metadata.unwrap_or_else(|| Value::Object(Default::default())),
+            ip_address: self.ip_address.map(canonical_ip),
+            user_agent: self.user_agent,
+            request_id: self.request_id,
+            idempotency_key: self.idempotency_key,
+        }
+    }
+
+    /// Whether `stored` records this same event, for idempotent retries. `occurredAt` is
+    /// compared only when the caller gave it: a retry without it means "now" both times.
+    pub fn same_content(&self, stored: &audit_log::Model) -> bool {
+        let target = stored.target_type.clone().zip(stored.target_id.clone()).map(|(kind, id)| {
+            Target {
+                kind,
+                id,
+                name: stored.target_name.clone(),
+            }
+        });
+        let empty = Value::Object(Default::default());
+        self.actor_type == stored.actor_type
+            && self.actor_id == stored.actor_id
+            && self.actor_name == stored.actor_name
+            && self.action == stored.action
+            && self.target == target
+            && self.outcome == stored.outcome
+            && self.reason == stored.reason
+            && self.occurred_at.is_none_or(|at| micros(at) == stored.occurred_at)
+            && self.metadata.as_ref().unwrap_or(&empty) == &stored.metadata
+            && self.ip_address.clone().map(canonical_ip) == stored.ip_address.clone().map(host_only)
+            && self.user_agent == stored.user_agent
+            && self.request_id == stored.request_id
+    }
+}
+
+/// Cuts a timestamp to microseconds.
+pub fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(Duration::microseconds(1)).unwrap_or(at)
+}
+
+fn canonical_ip(ip: String) -> String {
+    ip.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(ip)
+}
+
+/// PostgreSQL's `inet` reads back as `host/prefix`; we store hosts only.
+pub fn host_only(ip: String) -> String {
+    match ip.split_once('/') {
+        Some((host, _)) => host.to_owned(),
+        None => ip,
+    }
+}
+
+/// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
+pub fn is_valid_action(action: &str) -> bool {
+    let segments: Vec<&str> = action.split('.').collect();
+    action.len() <= MAX_ACTION_LEN
+        && (2..=4).contains(&segments.len())
+        && segments.iter().all(|s| is_valid_segment(s))
+}
+
+pub fn is_valid_segment(segment: &str) -> bool {
+    let mut chars = segment.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_action(action: &str) -> Result<()> {
+    if is_valid_action(action) {
+        return Ok(());
+    }
+    Err(Error::bad_input(
+        "action",
+        format!(
+            "action must be 2 to 4 dot-separated lower-case segments matching [a-z][a-z0-9_]* \
+             and at most {MAX_ACTION_LEN} characters, like `project.created`"
+        ),
+    ))
+}
+
+/// An identifier: not blank, no control characters, bounded.
+fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::bad_input(field, format!("{field} must not be empty")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::bad_input(field, format!("{field} must not contain control characters")));
+    }
+    check_len(field, value, max)
+}
+
+/// Free text: bounded, and no NUL (PostgreSQL cannot store it).
+fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
+    let Some(value) = value else { return Ok(()) };
+    if value.contains('\0') {
+        return Err(Error::bad_input(field, format!("{field} must not contain NUL characters")));
+    }
+    check_len(field, value, max)
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.chars().count() > max {
+        return Err(Error::bad_input(field, format!("{field} is longer than {max} characters")));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &Value) -> Result<()> {
+    if !metadata.is_object() {
+        return Err(Error::bad_input("metadata", "metadata must be a JSON object"));
+    }
+    if has_nul(metadata) {
+        return Err(Error::bad_input("metadata", "metadata must not contain NUL characters"));
+    }
+    let size = serde_json::to_vec(metadata).map_err(Error::internal)?.len();
+    if size > MAX_METADATA_BYTES {
+        return Err(Error::bad_input(
+            "metadata",
+            format!("metadata is {size} bytes, more than the limit of {MAX_METADATA_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_format() {
+        for ok in ["project.created", "project.member.added", "a.b.c.d", "role_x.assigned2"] {
+            assert!(is_valid_action(ok), "{ok}");
+        }
+        for bad in [
+            "project", "Project.created", "project..created", "project.", ".project",
+            "a.b.c.d.e", "project.1created", "project.created!", "proj ect.created", "",
+        ] {
+            assert!(!is_valid_action(bad), "{bad}");
+        }
+        assert!(!is_valid_action(&format!("a.{}", "b".repeat(127))));
+    }
+}

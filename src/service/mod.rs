@@ -1,0 +1,6 @@
+//! The service layer: plain functions and one write path over the database. SQL lives here.
+
+pub mod cursor;
+pub mod event;
+pub mod ingest;
+pub mod query;

@@ -1,0 +1,349 @@
+//! Reading events: filters, keyset pages on `(occurred_at, id)`, and counts.
+//!
+//! Every filter maps to an indexed column; pages never use OFFSET, so page 2,000 costs what
+//! page 1 costs.
+
+use chrono::{DateTime, Utc};
+use entity::audit_log::{self, ActorType, Column, Outcome};
+use sea_orm::sea_query::extension::postgres::PgBinOper;
+use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Select,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::cursor::Cursor;
+use super::event::{MAX_METADATA_BYTES, is_valid_action, is_valid_segment};
+use crate::error::{Error, Result};
+
+/// Default page size.
+pub const DEFAULT_PAGE: u64 = 50;
+/// Largest page size.
+pub const MAX_PAGE: u64 = 500;
+/// Most values in one list filter.
+pub const MAX_FILTER_VALUES: usize = 100;
+
+/// Which events to read. Lists match any of their values; absent fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// The tenants the caller may read; always set by the server, never by the input alone.
+    pub tenant_ids: Vec<String>,
+    pub actor_ids: Option<Vec<String>>,
+    pub actor_types: Option<Vec<ActorType>>,
+    /// Exact actions, or prefixes written `project.*`.
+    pub actions: Option<Vec<String>>,
+    pub target_type: Option<String>,
+    pub target_ids: Option<Vec<String>>,
+    pub outcomes: Option<Vec<Outcome>>,
+    /// Inclusive lower bound on `occurred_at`.
+    pub occurred_after: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `occurred_at`.
+    pub occurred_before: Option<DateTime<Utc>>,
+    pub request_id: Option<String>,
+    /// JSON containment: the event's metadata contains this object.
+    pub metadata: Option<Value>,
+}
+
+/// Page order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PageOrder {
+    #[default]
+    NewestFirst,
+    OldestFirst,
+}
+
+/// Relay-style page arguments.
+#[derive(Clone, Debug, Default)]
+pub struct PageArgs {
+    pub first: Option<i32>,
+    pub after: Option<String>,
+    pub last: Option<i32>,
+    pub before: Option<String>,
+    pub order: PageOrder,
+}
+
+/// One page, in the requested order.
+#[derive(Clone, Debug)]
+pub struct Page {
+    pub rows: Vec<audit_log::Model>,
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+}
+
+impl Filter {
+    /// Checks the filter's shape; paths are relative to the filter (`actions[2]`).
+    pub fn validate(&self) -> Result<()> {
+        let lists = [
+            ("actorIds", self.actor_ids.as_ref().map(Vec::len)),
+            ("actorTypes", self.actor_types.as_ref().map(Vec::len)),
+            ("actions", self.actions.as_ref().map(Vec::len)),
+            ("targetIds", self.target_ids.as_ref().map(Vec::len)),
+            ("outcomes", self.outcomes.as_ref().map(Vec::len)),
+        ];
+        for (field, len) in lists {
+            match len {
+                Some(0) => {
+                    return Err(Error::bad_input(
+                        field,
+                        format!("{field} must not be empty; leave it out to not filter on it"),
+                    ));
+                }
+                Some(n) if n > MAX_FILTER_VALUES => {
+                    return Err(Error::bad_input(
+                        field,
+                        format!("{field} holds at most {MAX_FILTER_VALUES} values"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for (i, action) in self.actions.iter().flatten().enumerate() {
+            let valid = match action.strip_suffix(".*") {
+                Some(prefix) => {
+                    let segments: Vec<&str> = prefix.split('.').collect();
+                    segments.len() <= 3 && segments.iter().all(|s| is_valid_segment(s))
+                }
+                None => is_valid_action(action),
+            };
+            if !valid {
+                return Err(Error::bad_input(
+                    format!("actions[{i}]"),
+                    "actions entries are actions (`project.created`) or prefixes (`project.*`)",
+                ));
+            }
+        }
+        if self.target_ids.is_some() && self.target_type.is_none() {
+            return Err(Error::bad_input("targetIds", "targetIds needs targetType"));
+        }
+        if let Some(metadata) = &self.metadata {
+            let size = serde_json::to_vec(metadata).map_err(Error::internal)?.len();
+            if !metadata.is_object() || size > MAX_METADATA_BYTES {
+                return Err(Error::bad_input(
+                    "metadata",
+                    "metadata must be a JSON object of at most 64 KiB",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQL condition; `validate` must have passed.
+    fn condition(&self, backend: DbBackend) -> Result<Condition> {
+        let mut all = Condition::all().add(Column::TenantId.is_in(self.tenant_ids.clone()));
+        if let Some(ids) = &self.actor_ids {
+            all = all.add(Column::ActorId.is_in(ids.clone()));
+        }
+        if let Some(types) = &self.actor_types {
+            all = all.add(Column::ActorType.is_in(types.iter().copied()));
+        }
+        if let Some(actions) = &self.actions {
+            let mut any = Condition::any();
+            for action in actions {
+                any = any.add(match action.strip_suffix('*') {
+                    // `project.` up to, not including, `project/`: '/' follows '.' in byte
+                    // order, and the column compares bytes (COLLATE "C" on PostgreSQL).
+                    Some(prefix) => Condition::all()
+                        .add(Column::Action.gte(prefix))
+                        .add(Column::Action.lt(format!("{}/", &prefix[..prefix.len() - 1]))),
+                    None => Condition::all().add(Column::Action.eq(action.as_str())),
+                });
+            }
+            all = all.add(any);
+        }
+        if let Some(target_type) = &self.target_type {
+            all = all.add(Column::TargetType.eq(target_type.as_str()));
+        }
+        if let Some(ids) = &self.target_ids {
+            all = all.add(Column::TargetId.is_in(ids.clone()));
+        }
+        if let Some(outcomes) = &self.outcomes {
+            all = all.add(Column::Outcome.is_in(outcomes.iter().copied()));
+        }
+        if let Some(after) = self.occurred_after {
+            all = all.add(Column::OccurredAt.gte(after));
+        }
+        if let Some(before) = self.occurred_before {
+            all = all.add(Column::OccurredAt.lt(before));
+        }
+        if let Some(request_id) = &self.request_id {
+            all = all.add(Column::RequestId.eq(request_id.as_str()));
+        }
+        if let Some(metadata) = &self.metadata {
+            all = all.add(match backend {
+                DbBackend::Postgres => Expr::col(Column::Metadata)
+                    .binary(PgBinOper::Contains, Expr::val(metadata.clone()).cast_as("jsonb")),
+                _ => sqlite_contains("$", metadata)?,
+            });
+        }
+        Ok(all)
+    }
+}
+
+/// JSON containment for SQLite, which has no `@>`: objects recurse by key, scalars compare
+/// type and value, arrays must contain each listed scalar.
+fn sqlite_contains(path: &str, wanted: &Value) -> Result<SimpleExpr> {
+    let metadata = || Expr::col((audit_log::Entity, Column::Metadata));
+    let json_type = |path: &str| Expr::expr(Func::cust("json_type").arg(metadata()).arg(path));
+    let unsupported = || {
+        Error::bad_input(
+            "metadata",
+            "on SQLite, metadata filters support objects, scalars and arrays of scalars",
+        )
+    };
+    Ok(match wanted {
+        Value::Object(map) => {
+            let mut all = json_type(path).eq("object");
+            for (key, value) in map {
+                if key.contains(['"', '\\']) {
+                    return Err(unsupported());
+                }
+                all = all.and(sqlite_contains(&format!("{path}.\"{key}\""), value)?);
+            }
+            all
+        }
+        Value::Array(items) => {
+            let mut all = json_type(path).eq("array");
+            for item in items {
+                let (types, value) = scalar(item).ok_or_else(unsupported)?;
+                all = all.and(Expr::cust_with_values(
+                    format!(
+                        "EXISTS (SELECT 1 FROM json_each(\"audit_logs\".\"metadata\", ?) AS e \
+                         WHERE e.type IN ({types}) AND e.atom IS ?)"
+                    ),
+                    [sea_orm::Value::from(path.to_owned()), value],
+                ));
+            }
+            all
+        }
+        scalar_value => {
+            let (types, value) = scalar(scalar_value).ok_or_else(unsupported)?;
+            let extract = Expr::expr(Func::cust("json_extract").arg(metadata()).arg(path));
+            Expr::cust_with_exprs(
+                format!("json_type(\"audit_logs\".\"metadata\", ?) IN ({types})"),
+                [Expr::val(path)],
+            )
+            .and(extract.binary(BinOper::Is, Expr::val(value)))
+        }
+    })
+}
+
+/// SQLite's JSON type names for a scalar, and its SQL value.
+fn scalar(value: &Value) -> Option<(&'static str, sea_orm::Value)> {
+    Some(match value {
+        Value::Null => ("'null'", sea_orm::Value::String(None)),
+        Value::Bool(true) => ("'true'", 1i64.into()),
+        Value::Bool(false) => ("'false'", 0i64.into()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => ("'integer', 'real'", i.into()),
+            None => ("'integer', 'real'", n.as_f64()?.into()),
+        },
+        Value::String(s) => ("'text'", s.clone().into()),
+        _ => return None,
+    })
+}
+
+/// One event by id, within the caller's tenants.
+pub async fn find(
+    db: &impl ConnectionTrait,
+    tenant_ids: &[String],
+    id: Uuid,
+) -> Result<Option<audit_log::Model>> {
+    Ok(audit_log::Entity::find_by_id(id)
+        .filter(Column::TenantId.is_in(tenant_ids.to_vec()))
+        .one(db)
+        .await?)
+}
+
+/// How many events match.
+pub async fn count(db: &impl ConnectionTrait, filter: &Filter) -> Result<u64> {
+    let condition = filter.condition(db.get_database_backend())?;
+    Ok(audit_log::Entity::find().filter(condition).count(db).await?)
+}
+
+/// One page of matching events. `want_far_side` asks for the flag that needs an extra
+/// probe (`hasPreviousPage` after `after`, `hasNextPage` before `before`).
+pub async fn page(
+    db: &impl ConnectionTrait,
+    filter: &Filter,
+    args: &PageArgs,
+    want_far_side: bool,
+) -> Result<Page> {
+    let size = page_size(args)?;
+    let after = decode(args.after.as_deref(), "after")?;
+    let before = decode(args.before.as_deref(), "before")?;
+    let condition = filter.condition(db.get_database_backend())?;
+    let newest_first = args.order == PageOrder::NewestFirst;
+
+    // "after" lies towards the end of the page order, "before" towards its start.
+    let mut select = audit_log::Entity::find().filter(condition.clone());
+    if let Some(c) = &after {
+        select = select.filter(beyond(c, newest_first));
+    }
+    if let Some(c) = &before {
+        select = select.filter(beyond(c, !newest_first));
+    }
+    let forward = args.last.is_none();
+    let scan_newest_first = newest_first == forward;
+    let mut rows = ordered(select, scan_newest_first)
+        .limit(size + 1)
+        .all(db)
+        .await?;
+    let has_more = rows.len() as u64 > size;
+    rows.truncate(size as usize);
+    if !forward {
+        rows.reverse();
+    }
+
+    // Is there anything on the other side of the cursor we started from?
+    let far_side = match (want_far_side, if forward { &after } else { &before }) {
+        (true, Some(c)) => {
+            let page_side = beyond(c, if forward { newest_first } else { !newest_first });
+            let probe = audit_log::Entity::find().filter(condition).filter(page_side.not());
+            probe.limit(1).one(db).await?.is_some()
+        }
+        _ => false,
+    };
+    let (has_next_page, has_previous_page) =
+        if forward { (has_more, far_side) } else { (far_side, has_more) };
+    Ok(Page { rows, has_next_page, has_previous_page })
+}
+
+fn page_size(args: &PageArgs) -> Result<u64> {
+    let (field, size) = match (args.first, args.last) {
+        (Some(_), Some(_)) => {
+            return Err(Error::bad_input("last", "give `first` or `last`, not both"));
+        }
+        (Some(n), None) => ("first", n),
+        (None, Some(n)) => ("last", n),
+        (None, None) => return Ok(DEFAULT_PAGE),
+    };
+    if size < 0 || size as u64 > MAX_PAGE {
+        return Err(Error::bad_input(field, format!("{field} must be between 0 and {MAX_PAGE}")));
+    }
+    Ok(size as u64)
+}
+
+fn decode(cursor: Option<&str>, field: &str) -> Result<Option<Cursor>> {
+    cursor
+        .map(|text| {
+            Cursor::decode(text)
+                .ok_or_else(|| Error::bad_input(field, format!("{field} is not a valid cursor")))
+        })
+        .transpose()
+}
+
+/// Rows strictly older than `c` (when `older`) or strictly newer, in `(occurred_at, id)`.
+fn beyond(c: &Cursor, older: bool) -> SimpleExpr {
+    let row = Expr::tuple([Expr::col(Column::OccurredAt), Expr::col(Column::Id)]);
+    let at = Expr::tuple([Expr::val(c.occurred_at), Expr::val(c.id)]);
+    if older { row.lt(at) } else { row.gt(at) }
+}
+
+fn ordered(select: Select<audit_log::Entity>, newest_first: bool) -> Select<audit_log::Entity> {
+    let order = if newest_first { Order::Desc } else { Order::Asc };
+    select
+        .order_by(Column::OccurredAt, order.clone())
+        .order_by(Column::Id, order)
+}
