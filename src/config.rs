@@ -8,7 +8,11 @@ use secrecy::SecretString;
 
 /// audit-service: the audit log of the platform's control plane, served over GraphQL.
 #[derive(Parser, Debug)]
-#[command(name = "audit-service", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "audit-service",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -40,7 +44,11 @@ pub struct DatabaseConfig {
     )]
     pub url: SecretString,
     /// Connections in the pool.
-    #[arg(long = "db-pool-size", env = "AUDIT_DB_POOL_SIZE", default_value_t = 10)]
+    #[arg(
+        long = "db-pool-size",
+        env = "AUDIT_DB_POOL_SIZE",
+        default_value_t = 10
+    )]
     pub pool_size: u32,
 }
 
@@ -53,7 +61,11 @@ pub struct ServeConfig {
     #[arg(long, env = "AUDIT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Browser origins allowed to call the API (CORS), comma-separated; none by default.
-    #[arg(long = "cors-origins", env = "AUDIT_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origins",
+        env = "AUDIT_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 }
 

@@ -51,9 +51,7 @@ impl Error {
     /// The input path this error points at, if any.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Error::BadInput { field, .. } | Error::IdempotencyConflict { field, .. } => {
-                Some(field)
-            }
+            Error::BadInput { field, .. } | Error::IdempotencyConflict { field, .. } => Some(field),
             _ => None,
         }
     }

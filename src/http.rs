@@ -6,15 +6,17 @@
 //! refused, and POST bodies must be JSON.
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
+use async_graphql::{ServerError, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, RawQuery, Request, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sea_orm::DatabaseConnection;
+use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -41,7 +43,7 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        // TEMP .merge(crate::graphiql::router())
+        .merge(crate::graphiql::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http());
@@ -140,22 +142,44 @@ async fn graphql_post(
     execute(&state, request, media).await
 }
 
+/// The query string of a GraphQL GET request (async-graphql's parser expects
+/// `operation_name`, the specification says `operationName`).
+#[derive(Deserialize)]
+struct GetParams {
+    #[serde(default)]
+    query: String,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+}
+
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
         return websocket(state, &mut parts).await;
     }
     let media = negotiate(&parts.headers);
-    let RawQuery(query) = RawQuery::from_request_parts(&mut parts, &state)
-        .await
-        .unwrap_or(RawQuery(None));
-    let mut request = match async_graphql::http::parse_query_string(&query.unwrap_or_default()) {
-        Ok(request) => request,
+    let params = match Query::<GetParams>::try_from_uri(&parts.uri) {
+        Ok(Query(params)) => params,
+        Err(err) => return http_error(StatusCode::BAD_REQUEST, &err.body_text()),
+    };
+    let variables = match params
+        .variables
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+    {
+        Ok(variables) => Variables::from_json(variables.unwrap_or_default()),
         Err(err) => {
-            return http_error(StatusCode::BAD_REQUEST, &format!("bad GraphQL GET request: {err}"));
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                &format!("variables is not JSON: {err}"),
+            );
         }
     };
-    if is_mutation(&mut request) {
+    let mut request = async_graphql::Request::new(params.query).variables(variables);
+    request.operation_name = params.operation_name;
+    if selected_operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation) {
         let mut response = http_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "mutations must be sent with POST",
@@ -168,25 +192,49 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     execute(&state, request, media).await
 }
 
-/// Whether the operation the request would run is a mutation. A document that does not
-/// parse is left to the executor, which reports it.
-fn is_mutation(request: &mut async_graphql::Request) -> bool {
+/// The operation the request would run; `None` when the document does not parse (the
+/// executor reports that) or names no single operation.
+fn selected_operation(request: &mut async_graphql::Request) -> Option<&OperationDefinition> {
     let name = request.operation_name.clone();
-    let Ok(document) = request.parsed_query() else {
-        return false;
-    };
+    let document = request.parsed_query().ok()?;
     let operation = match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
         _ => None,
     };
-    operation.is_some_and(|op| op.node.ty == OperationType::Mutation)
+    operation.map(|op| &op.node)
 }
 
-async fn execute(state: &AppState, request: async_graphql::Request, media: Media) -> Response {
-    let request = request.data(Principal::open());
-    let response = state.schema.execute(request).await;
+/// A required variable the request leaves out. That is a request error, but async-graphql
+/// only notices when execution reaches the variable.
+fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
+    let variables = request.variables.clone();
+    let operation = selected_operation(request)?;
+    operation
+        .variable_definitions
+        .iter()
+        .find_map(|definition| {
+            let definition = &definition.node;
+            let given = variables
+                .get(&definition.name.node)
+                .is_some_and(|value| *value != async_graphql::Value::Null);
+            let required = !definition.var_type.node.nullable && definition.default_value.is_none();
+            (required && !given).then(|| definition.name.node.to_string())
+        })
+}
+
+async fn execute(state: &AppState, mut request: async_graphql::Request, media: Media) -> Response {
+    let response = match missing_variable(&mut request) {
+        Some(name) => {
+            let mut error = ServerError::new(format!("variable ${name} is required"), None);
+            let extensions = error.extensions.get_or_insert_with(Default::default);
+            extensions.set("code", "BAD_USER_INPUT");
+            extensions.set("field", format!("${name}"));
+            async_graphql::Response::from_errors(vec![error])
+        }
+        None => state.schema.execute(request.data(Principal::open())).await,
+    };
     // Errors before execution (parse, validation, variables) carry no path and leave no data.
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
@@ -214,7 +262,11 @@ async fn execute(state: &AppState, request: async_graphql::Request, media: Media
 
 /// A GraphQL-shaped error for requests refused before they reach the schema.
 fn http_error(status: StatusCode, message: &str) -> Response {
-    let code = if status.is_server_error() { "INTERNAL" } else { "BAD_USER_INPUT" };
+    let code = if status.is_server_error() {
+        "INTERNAL"
+    } else {
+        "BAD_USER_INPUT"
+    };
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response()
 }
@@ -247,7 +299,10 @@ mod tests {
 
     fn accept(value: &str) -> Media {
         let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_str(value).expect("header"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_str(value).expect("header"),
+        );
         negotiate(&headers)
     }
 
@@ -256,7 +311,10 @@ mod tests {
         assert_eq!(negotiate(&HeaderMap::new()), Media::Json);
         assert_eq!(accept("application/json"), Media::Json);
         assert_eq!(accept("*/*"), Media::Json);
-        assert_eq!(accept("application/graphql-response+json"), Media::GraphqlResponseJson);
+        assert_eq!(
+            accept("application/graphql-response+json"),
+            Media::GraphqlResponseJson
+        );
         assert_eq!(
             accept("application/graphql-response+json, application/json;q=0.9"),
             Media::GraphqlResponseJson

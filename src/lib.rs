@@ -6,7 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-// TEMP mod graphiql;
+mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod service;

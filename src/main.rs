@@ -20,7 +20,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve(config) => {
             telemetry::init();
-            Application::build(&config).await?.run_until_stopped().await?;
+            Application::build(&config)
+                .await?
+                .run_until_stopped()
+                .await?;
         }
     }
     Ok(())

@@ -21,8 +21,11 @@ pub struct Application {
 impl Application {
     /// Connects to the database, applies pending migrations, and binds the listener.
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
-        let db = migration::connect(config.database.url.expose_secret(), config.database.pool_size)
-            .await?;
+        let db = migration::connect(
+            config.database.url.expose_secret(),
+            config.database.pool_size,
+        )
+        .await?;
         Migrator::up(&db, None).await?;
         let cors_origins = config
             .cors_origins

@@ -129,7 +129,12 @@ impl MigrationTrait for Migration {
         let sql = match manager.get_database_backend() {
             DbBackend::Postgres => POSTGRES_UP,
             DbBackend::Sqlite => SQLITE_UP,
-            other => return Err(DbErr::BackendNotSupported { db: other.as_str(), ctx: "audit-service" }),
+            other => {
+                return Err(DbErr::BackendNotSupported {
+                    db: other.as_str(),
+                    ctx: "audit-service",
+                });
+            }
         };
         manager.get_connection().execute_unprepared(sql).await?;
         Ok(())

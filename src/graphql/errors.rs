@@ -61,7 +61,10 @@ fn bracket_indexes(path: &str) -> String {
 mod tests {
     #[test]
     fn indexes_in_brackets() {
-        assert_eq!(super::bracket_indexes("inputs.3.actor.type"), "inputs[3].actor.type");
+        assert_eq!(
+            super::bracket_indexes("inputs.3.actor.type"),
+            "inputs[3].actor.type"
+        );
         assert_eq!(super::bracket_indexes("input.action"), "input.action");
     }
 }

@@ -15,7 +15,11 @@ pub struct AuditQuery;
 #[Object]
 impl AuditQuery {
     /// One event by id, or null when there is no such event in your tenant.
-    async fn audit_log(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<AuditLog>> {
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<AuditLog>> {
         let principal = ctx.data::<Principal>()?;
         let id = Uuid::parse_str(&id)
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
@@ -35,13 +39,27 @@ impl AuditQuery {
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
-        #[graphql(default)] order_by: AuditLogOrder,
+        #[graphql(default_with = "Some(AuditLogOrder::OccurredAtDesc)")] order_by: Option<
+            AuditLogOrder,
+        >,
     ) -> async_graphql::Result<AuditLogConnection> {
         let principal = ctx.data::<Principal>()?;
-        let filter = filter.unwrap_or_default().into_filter(principal.readable_tenants())?;
+        let filter = filter
+            .unwrap_or_default()
+            .into_filter(principal.readable_tenants())?;
         let forward = last.is_none();
-        let args = PageArgs { first, after, last, before, order: order_by.into() };
-        let far_flag = if forward { "hasPreviousPage" } else { "hasNextPage" };
+        let args = PageArgs {
+            first,
+            after,
+            last,
+            before,
+            order: order_by.unwrap_or_default().into(),
+        };
+        let far_flag = if forward {
+            "hasPreviousPage"
+        } else {
+            "hasNextPage"
+        };
         let want_far_side = ctx.look_ahead().field("pageInfo").field(far_flag).exists();
         let db = ctx.data::<DatabaseConnection>()?;
         let page = query::page(db, &filter, &args, want_far_side).await?;

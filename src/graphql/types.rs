@@ -1,10 +1,10 @@
 //! The GraphQL object, enum and input types, converted from and to the service layer's.
 
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, SimpleObject};
-use chrono::{DateTime, Utc};
 use entity::audit_log;
 use serde_json::Value;
 
+use super::scalars::DateTime;
 use crate::error::{Error, Result};
 use crate::service::cursor::Cursor;
 use crate::service::event::{NewEvent, Target, host_only};
@@ -101,12 +101,12 @@ impl AuditLog {
         self.0.seq.to_string()
     }
     /// When the operation happened, as the caller said (or when it was recorded).
-    async fn occurred_at(&self) -> DateTime<Utc> {
-        self.0.occurred_at
+    async fn occurred_at(&self) -> DateTime {
+        DateTime(self.0.occurred_at)
     }
     /// When audit-service stored the event.
-    async fn recorded_at(&self) -> DateTime<Utc> {
-        self.0.recorded_at
+    async fn recorded_at(&self) -> DateTime {
+        DateTime(self.0.recorded_at)
     }
     /// Who performed the operation.
     async fn actor(&self) -> AuditActor {
@@ -201,7 +201,7 @@ pub struct AuditEventInput {
     /// Why it ended that way.
     pub reason: Option<String>,
     /// When it happened; defaults to now, may not be more than 5 minutes ahead.
-    pub occurred_at: Option<DateTime<Utc>>,
+    pub occurred_at: Option<DateTime>,
     /// Free-form details: a JSON object of at most 64 KiB.
     pub metadata: Option<Json<Value>>,
     /// Where the request came from.
@@ -253,10 +253,14 @@ impl From<AuditEventInput> for NewEvent {
             actor_id: input.actor.id,
             actor_name: input.actor.name,
             action: input.action,
-            target: input.target.map(|t| Target { kind: t.kind, id: t.id, name: t.name }),
+            target: input.target.map(|t| Target {
+                kind: t.kind,
+                id: t.id,
+                name: t.name,
+            }),
             outcome: input.outcome.unwrap_or(AuditOutcome::Success).into(),
             reason: input.reason,
-            occurred_at: input.occurred_at,
+            occurred_at: input.occurred_at.map(|t| t.0),
             metadata: input.metadata.map(|m| m.0),
             ip_address: context.as_ref().and_then(|c| c.ip_address.clone()),
             user_agent: context.as_ref().and_then(|c| c.user_agent.clone()),
@@ -284,9 +288,9 @@ pub struct AuditLogFilter {
     /// Events with any of these outcomes.
     pub outcomes: Option<Vec<AuditOutcome>>,
     /// Events that occurred at or after this time.
-    pub occurred_after: Option<DateTime<Utc>>,
+    pub occurred_after: Option<DateTime>,
     /// Events that occurred before this time.
-    pub occurred_before: Option<DateTime<Utc>>,
+    pub occurred_before: Option<DateTime>,
     /// Events of this request.
     pub request_id: Option<String>,
     /// Events whose metadata contains this JSON object (`{"env": "prod"}`).
@@ -299,13 +303,17 @@ impl AuditLogFilter {
         let filter = Filter {
             tenant_ids,
             actor_ids: self.actor_ids,
-            actor_types: self.actor_types.map(|v| v.into_iter().map(Into::into).collect()),
+            actor_types: self
+                .actor_types
+                .map(|v| v.into_iter().map(Into::into).collect()),
             actions: self.actions,
             target_type: self.target_type,
             target_ids: self.target_ids,
-            outcomes: self.outcomes.map(|v| v.into_iter().map(Into::into).collect()),
-            occurred_after: self.occurred_after,
-            occurred_before: self.occurred_before,
+            outcomes: self
+                .outcomes
+                .map(|v| v.into_iter().map(Into::into).collect()),
+            occurred_after: self.occurred_after.map(|t| t.0),
+            occurred_before: self.occurred_before.map(|t| t.0),
             request_id: self.request_id,
             metadata: self.metadata.map(|m| m.0),
         };
@@ -365,10 +373,18 @@ impl AuditLogConnection {
             .rows
             .iter()
             .zip(cursors)
-            .map(|(m, cursor)| AuditLogEdge { cursor, node: AuditLog(m.clone()) })
+            .map(|(m, cursor)| AuditLogEdge {
+                cursor,
+                node: AuditLog(m.clone()),
+            })
             .collect();
         let nodes = page.rows.into_iter().map(AuditLog).collect();
-        AuditLogConnection { edges, nodes, page_info, filter }
+        AuditLogConnection {
+            edges,
+            nodes,
+            page_info,
+            filter,
+        }
     }
 }
 

@@ -47,7 +47,12 @@ impl Cursor {
         let occurred_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
         let id = parts.next()?.parse().ok()?;
         let tenant_id = parts.next()?.to_owned();
-        Some(Cursor { tenant_id, seq, occurred_at, id })
+        Some(Cursor {
+            tenant_id,
+            seq,
+            occurred_at,
+            id,
+        })
     }
 }
 

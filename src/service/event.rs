@@ -87,7 +87,11 @@ impl NewEvent {
                 "context.ipAddress is not an IPv4 or IPv6 address",
             ));
         }
-        check_text("context.userAgent", self.user_agent.as_deref(), MAX_USER_AGENT_LEN)?;
+        check_text(
+            "context.userAgent",
+            self.user_agent.as_deref(),
+            MAX_USER_AGENT_LEN,
+        )?;
         if let Some(id) = &self.request_id {
             check_id("context.requestId", id, MAX_KEY_LEN)?;
         }
@@ -124,7 +128,9 @@ impl NewEvent {
             target_name,
             outcome: self.outcome,
             reason: self.reason,
-            metadata: self.metadata.unwrap_or_else(|| Value::Object(Default::default())),
+            metadata: self
+                .metadata
+                .unwrap_or_else(|| Value::Object(Default::default())),
             ip_address: self.ip_address.map(canonical_ip),
             user_agent: self.user_agent,
             request_id: self.request_id,
@@ -135,13 +141,15 @@ impl NewEvent {
     /// Whether `stored` records this same event, for idempotent retries. `occurredAt` is
     /// compared only when the caller gave it: a retry without it means "now" both times.
     pub fn same_content(&self, stored: &audit_log::Model) -> bool {
-        let target = stored.target_type.clone().zip(stored.target_id.clone()).map(|(kind, id)| {
-            Target {
+        let target = stored
+            .target_type
+            .clone()
+            .zip(stored.target_id.clone())
+            .map(|(kind, id)| Target {
                 kind,
                 id,
                 name: stored.target_name.clone(),
-            }
-        });
+            });
         let empty = Value::Object(Default::default());
         self.actor_type == stored.actor_type
             && self.actor_id == stored.actor_id
@@ -150,7 +158,9 @@ impl NewEvent {
             && self.target == target
             && self.outcome == stored.outcome
             && self.reason == stored.reason
-            && self.occurred_at.is_none_or(|at| micros(at) == stored.occurred_at)
+            && self
+                .occurred_at
+                .is_none_or(|at| micros(at) == stored.occurred_at)
             && self.metadata.as_ref().unwrap_or(&empty) == &stored.metadata
             && self.ip_address.clone().map(canonical_ip) == stored.ip_address.clone().map(host_only)
             && self.user_agent == stored.user_agent
@@ -205,10 +215,16 @@ fn check_action(action: &str) -> Result<()> {
 /// An identifier: not blank, no control characters, bounded.
 fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {
-        return Err(Error::bad_input(field, format!("{field} must not be empty")));
+        return Err(Error::bad_input(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::bad_input(field, format!("{field} must not contain control characters")));
+        return Err(Error::bad_input(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
     }
     check_len(field, value, max)
 }
@@ -217,24 +233,36 @@ fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
 fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
     let Some(value) = value else { return Ok(()) };
     if value.contains('\0') {
-        return Err(Error::bad_input(field, format!("{field} must not contain NUL characters")));
+        return Err(Error::bad_input(
+            field,
+            format!("{field} must not contain NUL characters"),
+        ));
     }
     check_len(field, value, max)
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.chars().count() > max {
-        return Err(Error::bad_input(field, format!("{field} is longer than {max} characters")));
+        return Err(Error::bad_input(
+            field,
+            format!("{field} is longer than {max} characters"),
+        ));
     }
     Ok(())
 }
 
 fn check_metadata(metadata: &Value) -> Result<()> {
     if !metadata.is_object() {
-        return Err(Error::bad_input("metadata", "metadata must be a JSON object"));
+        return Err(Error::bad_input(
+            "metadata",
+            "metadata must be a JSON object",
+        ));
     }
     if has_nul(metadata) {
-        return Err(Error::bad_input("metadata", "metadata must not contain NUL characters"));
+        return Err(Error::bad_input(
+            "metadata",
+            "metadata must not contain NUL characters",
+        ));
     }
     let size = serde_json::to_vec(metadata).map_err(Error::internal)?.len();
     if size > MAX_METADATA_BYTES {
@@ -261,12 +289,25 @@ mod tests {
 
     #[test]
     fn action_format() {
-        for ok in ["project.created", "project.member.added", "a.b.c.d", "role_x.assigned2"] {
+        for ok in [
+            "project.created",
+            "project.member.added",
+            "a.b.c.d",
+            "role_x.assigned2",
+        ] {
             assert!(is_valid_action(ok), "{ok}");
         }
         for bad in [
-            "project", "Project.created", "project..created", "project.", ".project",
-            "a.b.c.d.e", "project.1created", "project.created!", "proj ect.created", "",
+            "project",
+            "Project.created",
+            "project..created",
+            "project.",
+            ".project",
+            "a.b.c.d.e",
+            "project.1created",
+            "project.created!",
+            "proj ect.created",
+            "",
         ] {
             assert!(!is_valid_action(bad), "{bad}");
         }

@@ -62,7 +62,10 @@ impl Ingestor {
         if events.is_empty() || events.len() > MAX_BATCH {
             return Err(Error::bad_input(
                 "",
-                format!("a batch holds 1 to {MAX_BATCH} events, got {}", events.len()),
+                format!(
+                    "a batch holds 1 to {MAX_BATCH} events, got {}",
+                    events.len()
+                ),
             ));
         }
         let now = Utc::now();
@@ -122,9 +125,10 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
             tracing::warn!(error = %err, jobs = requests.len(), "group commit failed, retrying jobs one by one");
             for (request, reply) in requests.iter().zip(replies) {
                 let result = write(db, std::slice::from_ref(request)).await;
-                let _ = reply.send(result.and_then(|mut r| r.pop().unwrap_or_else(|| {
-                    Err(Error::internal("no result for a retried job"))
-                })));
+                let _ = reply.send(result.and_then(|mut r| {
+                    r.pop()
+                        .unwrap_or_else(|| Err(Error::internal("no result for a retried job")))
+                }));
             }
         }
     }
@@ -154,7 +158,9 @@ async fn write(
     let mut results = Vec::with_capacity(requests.len());
     let mut rows = Vec::new();
     for (i, (tenant_id, events)) in requests.iter().enumerate() {
-        let head = heads.get_mut(tenant_id.as_str()).ok_or_else(|| Error::internal("head not locked"))?;
+        let head = heads
+            .get_mut(tenant_id.as_str())
+            .ok_or_else(|| Error::internal("head not locked"))?;
         match plan(tenant_id, events, *head, recorded_at, &known) {
             Ok(planned) => {
                 *head += planned.iter().filter(|p| p.is_new).count() as i64;
@@ -216,7 +222,10 @@ fn plan(
                         key: key.clone(),
                     });
                 }
-                planned.push(Planned { model: stored.clone(), is_new: false });
+                planned.push(Planned {
+                    model: stored.clone(),
+                    is_new: false,
+                });
                 continue;
             }
         }
@@ -225,7 +234,10 @@ fn plan(
         if let Some(key) = &event.idempotency_key {
             own.insert(key, model.clone());
         }
-        planned.push(Planned { model, is_new: true });
+        planned.push(Planned {
+            model,
+            is_new: true,
+        });
     }
     Ok(planned)
 }
@@ -236,13 +248,21 @@ fn plan(
 async fn lock_head(txn: &DatabaseTransaction, tenant_id: &str) -> Result<i64> {
     let backend = txn.get_database_backend();
     let sql = match backend {
-        DbBackend::Postgres => "INSERT INTO chain_heads (tenant_id, seq) VALUES ($1, 0) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq RETURNING seq",
-        _ => "INSERT INTO chain_heads (tenant_id, seq) VALUES (?, 0) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq RETURNING seq",
+        DbBackend::Postgres => {
+            "INSERT INTO chain_heads (tenant_id, seq) VALUES ($1, 0) \
+             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq RETURNING seq"
+        }
+        _ => {
+            "INSERT INTO chain_heads (tenant_id, seq) VALUES (?, 0) \
+             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq RETURNING seq"
+        }
     };
     let row = txn
-        .query_one_raw(Statement::from_sql_and_values(backend, sql, [tenant_id.into()]))
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [tenant_id.into()],
+        ))
         .await?
         .ok_or_else(|| Error::internal("chain head upsert returned no row"))?;
     Ok(row.try_get("", "seq")?)

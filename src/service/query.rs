@@ -9,7 +9,7 @@ use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Select,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -172,8 +172,10 @@ impl Filter {
         }
         if let Some(metadata) = &self.metadata {
             all = all.add(match backend {
-                DbBackend::Postgres => Expr::col(Column::Metadata)
-                    .binary(PgBinOper::Contains, Expr::val(metadata.clone()).cast_as("jsonb")),
+                DbBackend::Postgres => Expr::col(Column::Metadata).binary(
+                    PgBinOper::Contains,
+                    Expr::val(metadata.clone()).cast_as("jsonb"),
+                ),
                 _ => sqlite_contains("$", metadata)?,
             });
         }
@@ -259,7 +261,10 @@ pub async fn find(
 /// How many events match.
 pub async fn count(db: &impl ConnectionTrait, filter: &Filter) -> Result<u64> {
     let condition = filter.condition(db.get_database_backend())?;
-    Ok(audit_log::Entity::find().filter(condition).count(db).await?)
+    Ok(audit_log::Entity::find()
+        .filter(condition)
+        .count(db)
+        .await?)
 }
 
 /// One page of matching events. `want_far_side` asks for the flag that needs an extra
@@ -270,44 +275,81 @@ pub async fn page(
     args: &PageArgs,
     want_far_side: bool,
 ) -> Result<Page> {
-    let size = page_size(args)?;
-    let after = decode(args.after.as_deref(), "after")?;
-    let before = decode(args.before.as_deref(), "before")?;
-    let condition = filter.condition(db.get_database_backend())?;
-    let newest_first = args.order == PageOrder::NewestFirst;
-
-    // "after" lies towards the end of the page order, "before" towards its start.
-    let mut select = audit_log::Entity::find().filter(condition.clone());
-    if let Some(c) = &after {
-        select = select.filter(beyond(c, newest_first));
-    }
-    if let Some(c) = &before {
-        select = select.filter(beyond(c, !newest_first));
-    }
-    let forward = args.last.is_none();
-    let scan_newest_first = newest_first == forward;
-    let mut rows = ordered(select, scan_newest_first)
-        .limit(size + 1)
-        .all(db)
-        .await?;
-    let has_more = rows.len() as u64 > size;
-    rows.truncate(size as usize);
-    if !forward {
+    let scan = Scan::new(filter, args, db.get_database_backend())?;
+    let mut rows = scan.select().all(db).await?;
+    let has_more = rows.len() as u64 > scan.size;
+    rows.truncate(scan.size as usize);
+    if !scan.forward {
         rows.reverse();
     }
-
-    // Is there anything on the other side of the cursor we started from?
-    let far_side = match (want_far_side, if forward { &after } else { &before }) {
-        (true, Some(c)) => {
-            let page_side = beyond(c, if forward { newest_first } else { !newest_first });
-            let probe = audit_log::Entity::find().filter(condition).filter(page_side.not());
-            probe.limit(1).one(db).await?.is_some()
-        }
+    let far_side = match scan.far_side_probe() {
+        Some(probe) if want_far_side => probe.one(db).await?.is_some(),
         _ => false,
     };
-    let (has_next_page, has_previous_page) =
-        if forward { (has_more, far_side) } else { (far_side, has_more) };
-    Ok(Page { rows, has_next_page, has_previous_page })
+    let (has_next_page, has_previous_page) = if scan.forward {
+        (has_more, far_side)
+    } else {
+        (far_side, has_more)
+    };
+    Ok(Page {
+        rows,
+        has_next_page,
+        has_previous_page,
+    })
+}
+
+/// The SQL of a page, for EXPLAIN.
+pub fn page_statement(filter: &Filter, args: &PageArgs, backend: DbBackend) -> Result<Statement> {
+    Ok(Scan::new(filter, args, backend)?.select().build(backend))
+}
+
+/// How to read one page: the filter, the cursor bounds, the direction.
+struct Scan {
+    condition: Condition,
+    size: u64,
+    /// Paging with `first` (towards the end of the order) rather than `last`.
+    forward: bool,
+    newest_first: bool,
+    after: Option<Cursor>,
+    before: Option<Cursor>,
+}
+
+impl Scan {
+    fn new(filter: &Filter, args: &PageArgs, backend: DbBackend) -> Result<Self> {
+        Ok(Scan {
+            condition: filter.condition(backend)?,
+            size: page_size(args)?,
+            forward: args.last.is_none(),
+            newest_first: args.order == PageOrder::NewestFirst,
+            after: decode(args.after.as_deref(), "after")?,
+            before: decode(args.before.as_deref(), "before")?,
+        })
+    }
+
+    /// One row more than the page, to tell whether more follow.
+    fn select(&self) -> Select<audit_log::Entity> {
+        // "after" lies towards the end of the page order, "before" towards its start.
+        let mut select = audit_log::Entity::find().filter(self.condition.clone());
+        if let Some(c) = &self.after {
+            select = select.filter(beyond(c, self.newest_first));
+        }
+        if let Some(c) = &self.before {
+            select = select.filter(beyond(c, !self.newest_first));
+        }
+        ordered(select, self.newest_first == self.forward).limit(self.size + 1)
+    }
+
+    /// A one-row query for anything on the other side of the cursor the page starts from.
+    fn far_side_probe(&self) -> Option<Select<audit_log::Entity>> {
+        let (cursor, page_side_is_older) = if self.forward {
+            (self.after.as_ref()?, self.newest_first)
+        } else {
+            (self.before.as_ref()?, !self.newest_first)
+        };
+        let page_side = beyond(cursor, page_side_is_older);
+        let probe = audit_log::Entity::find().filter(self.condition.clone());
+        Some(probe.filter(page_side.not()).limit(1))
+    }
 }
 
 fn page_size(args: &PageArgs) -> Result<u64> {
@@ -320,7 +362,10 @@ fn page_size(args: &PageArgs) -> Result<u64> {
         (None, None) => return Ok(DEFAULT_PAGE),
     };
     if size < 0 || size as u64 > MAX_PAGE {
-        return Err(Error::bad_input(field, format!("{field} must be between 0 and {MAX_PAGE}")));
+        return Err(Error::bad_input(
+            field,
+            format!("{field} must be between 0 and {MAX_PAGE}"),
+        ));
     }
     Ok(size as u64)
 }
@@ -342,7 +387,11 @@ fn beyond(c: &Cursor, older: bool) -> SimpleExpr {
 }
 
 fn ordered(select: Select<audit_log::Entity>, newest_first: bool) -> Select<audit_log::Entity> {
-    let order = if newest_first { Order::Desc } else { Order::Asc };
+    let order = if newest_first {
+        Order::Desc
+    } else {
+        Order::Asc
+    };
     select
         .order_by(Column::OccurredAt, order.clone())
         .order_by(Column::Id, order)

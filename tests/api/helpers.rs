@@ -1,0 +1,211 @@
+//! Starts the real server on a random port against a fresh database, and talks HTTP to it.
+
+use audit_service::config::{DatabaseConfig, ServeConfig};
+use audit_service::startup::Application;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use serde_json::{Value, json};
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server and what a test needs to talk to it and look behind it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    #[expect(dead_code, reason = "for backend-specific checks")]
+    pub backend: Backend,
+    /// A direct connection to the server's database, for checks behind the API's back.
+    pub db: DatabaseConnection,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(#[expect(dead_code, reason = "kept for its Drop")] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+/// Runs one test body on SQLite and on PostgreSQL; see `spawn_app`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                let app = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await;
+                let app = app.expect("SQLite always runs");
+                super::$name(&app).await;
+                app.cleanup().await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let app = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await;
+                let Some(app) = app else { return };
+                super::$name(&app).await;
+                app.cleanup().await;
+            }
+        }
+    )+};
+}
+
+/// Starts a server on `127.0.0.1:0` against its own new database. For PostgreSQL that is a
+/// new database on `TEST_DATABASE_URL`; without it the test is skipped, loudly, and in CI
+/// (`CI` set) it fails instead.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let (database_url, cleanup) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("audit.db").display()
+            );
+            (url, Cleanup::Sqlite(dir))
+        }
+        Backend::Postgres => {
+            let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "TEST_DATABASE_URL must be set in CI: the PostgreSQL suite may not be skipped"
+                );
+                eprintln!("*** SKIPPED on PostgreSQL: TEST_DATABASE_URL is not set ***");
+                return None;
+            };
+            let name = format!("audit_test_{}", uuid::Uuid::now_v7().simple());
+            let admin = migration::connect(&admin_url, 1)
+                .await
+                .expect("connect to TEST_DATABASE_URL");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create test database");
+            admin.close().await.ok();
+            (
+                with_database(&admin_url, &name),
+                Cleanup::Postgres { admin_url, name },
+            )
+        }
+    };
+    let address = start_server(&database_url).await;
+    let db = migration::connect(&database_url, 2)
+        .await
+        .expect("connect to test database");
+    Some(TestApp {
+        address,
+        client: reqwest::Client::new(),
+        backend,
+        db,
+        cleanup,
+    })
+}
+
+/// Starts one more server process-internal instance on an existing database.
+pub async fn start_server(database_url: &str) -> String {
+    let config = ServeConfig {
+        database: DatabaseConfig {
+            url: database_url.to_owned().into(),
+            pool_size: 5,
+        },
+        listen: "127.0.0.1:0".parse().expect("address"),
+        cors_origins: vec![],
+    };
+    let app = Application::build(&config).await.expect("server starts");
+    let address = format!("http://{}", app.local_addr().expect("bound"));
+    tokio::spawn(app.run_until_stopped());
+    address
+}
+
+/// `postgres://host/db?x` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').expect("database url has a path");
+    match query {
+        Some(query) => format!("{server}/{name}?{query}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+impl TestApp {
+    /// POSTs a GraphQL request and returns the decoded body.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        self.post(json!({ "query": query, "variables": variables }))
+            .await
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// POSTs a JSON body to `/graphql`.
+    pub async fn post(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/graphql", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Logs one event built from `input` and returns the stored event.
+    pub async fn log(&self, input: Value) -> Value {
+        let body = self
+            .graphql(
+                &format!("mutation($input: AuditEventInput!) {{ logAuditEvent(input: $input) {{ {EVENT_FIELDS} }} }}"),
+                json!({ "input": input }),
+            )
+            .await;
+        assert_eq!(body["errors"], Value::Null, "logAuditEvent failed: {body}");
+        body["data"]["logAuditEvent"].clone()
+    }
+
+    /// Logs a batch and returns the stored events.
+    pub async fn log_batch(&self, inputs: Value) -> Value {
+        let body = self
+            .graphql(
+                &format!("mutation($inputs: [AuditEventInput!]!) {{ logAuditEvents(inputs: $inputs) {{ {EVENT_FIELDS} }} }}"),
+                json!({ "inputs": inputs }),
+            )
+            .await;
+        assert_eq!(body["errors"], Value::Null, "logAuditEvents failed: {body}");
+        body["data"]["logAuditEvents"].clone()
+    }
+
+    /// How many rows the audit table holds, read behind the API's back.
+    pub async fn stored_rows(&self) -> i64 {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                self.db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM audit_logs",
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        row.try_get("", "n").expect("n")
+    }
+
+    /// Drops the PostgreSQL test database (left behind when a test fails, for inspection).
+    pub async fn cleanup(self) {
+        self.db.close().await.ok();
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+            let admin = migration::connect(admin_url, 1).await.expect("connect");
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .expect("drop test database");
+        }
+    }
+}
+
+/// Every field of an event, for selections.
+pub const EVENT_FIELDS: &str = "id tenantId sequence occurredAt recordedAt \
+    actor { type id name } action target { type id name } outcome reason metadata \
+    context { ipAddress userAgent requestId }";
+
+/// A minimal valid event input.
+pub fn event(actor: &str, action: &str) -> Value {
+    json!({ "actor": { "type": "USER", "id": actor }, "action": action })
+}

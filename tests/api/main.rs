@@ -1,0 +1,15 @@
+//! API tests: each starts the real server on a random port and talks HTTP to it, on SQLite
+//! and (with `TEST_DATABASE_URL`) on PostgreSQL.
+
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly at the first surprise"
+)]
+
+mod events;
+mod explain;
+mod helpers;
+mod http;
+mod pagination;
+mod schema;
+mod validation;
