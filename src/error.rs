@@ -15,6 +15,9 @@ pub enum Error {
     BadInput { field: String, message: String },
     #[error("not found")]
     NotFound,
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// An idempotency key was reused with different content.
     #[error("idempotency key {key:?} was already used for a different event")]
     IdempotencyConflict { field: String, key: String },
@@ -31,6 +34,7 @@ impl Error {
         match self {
             Error::BadInput { .. } => "BAD_USER_INPUT",
             Error::NotFound => "NOT_FOUND",
+            Error::Forbidden(_) => "FORBIDDEN",
             Error::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",

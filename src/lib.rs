@@ -4,6 +4,7 @@
 //! API, `service` the database work behind it, `http` the transport.
 
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod error;
 mod graphiql;

@@ -11,6 +11,7 @@ use crate::config::ServeConfig;
 use crate::graphql::build_schema;
 use crate::http::{AppState, app};
 use crate::service::ingest::Ingestor;
+use crate::service::retention;
 
 /// A bound, migrated server, ready to run.
 pub struct Application {
@@ -32,7 +33,15 @@ impl Application {
             .iter()
             .map(|origin| HeaderValue::from_str(origin))
             .collect::<Result<Vec<_>, _>>()?;
-        let schema = build_schema(db.clone(), Ingestor::start(db.clone()));
+        let ingestor = Ingestor::start(db.clone());
+        if !config.retention.retention.is_empty() {
+            tokio::spawn(retention::run_periodically(
+                db.clone(),
+                ingestor.clone(),
+                config.retention.clone(),
+            ));
+        }
+        let schema = build_schema(db.clone(), ingestor);
         let router = app(AppState { schema, db }, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Application { listener, router })

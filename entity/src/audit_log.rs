@@ -32,6 +32,10 @@ pub struct Model {
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// `hash` of the tenant's previous event (32 zero bytes before the first).
+    pub prev_hash: Vec<u8>,
+    /// SHA-256 of `prev_hash` and the event's canonical bytes.
+    pub hash: Vec<u8>,
 }
 
 /// Who acted.

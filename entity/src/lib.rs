@@ -1,4 +1,6 @@
-//! sea-orm entities of audit-service: the audit log and the per-tenant chain heads.
+//! sea-orm entities of audit-service: the audit log, the per-tenant chain heads, and the
+//! checkpoints retention leaves behind.
 
 pub mod audit_log;
+pub mod chain_checkpoint;
 pub mod chain_head;

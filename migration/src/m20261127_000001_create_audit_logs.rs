@@ -30,8 +30,11 @@ CREATE TABLE control_plane.audit_logs (
     user_agent      text,
     request_id      text,
     idempotency_key text,
+    prev_hash       bytea       NOT NULL,
+    hash            bytea       NOT NULL,
     CONSTRAINT audit_logs_tenant_seq_key UNIQUE (tenant_id, seq),
     CONSTRAINT audit_logs_seq_positive CHECK (seq > 0),
+    CONSTRAINT audit_logs_hash_length CHECK (length(prev_hash) = 32 AND length(hash) = 32),
     CONSTRAINT audit_logs_actor_type_check CHECK (actor_type IN ('user', 'service', 'system')),
     CONSTRAINT audit_logs_actor_id_check CHECK (actor_id <> ''),
     CONSTRAINT audit_logs_outcome_check CHECK (outcome IN ('success', 'failure', 'denied')),
@@ -60,9 +63,37 @@ CREATE UNIQUE INDEX audit_logs_idempotency_key
     ON control_plane.audit_logs (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE control_plane.chain_heads (
-    tenant_id text   COLLATE "C" PRIMARY KEY,
-    seq       bigint NOT NULL
+    tenant_id   text        COLLATE "C" PRIMARY KEY,
+    seq         bigint      NOT NULL,
+    hash        bytea       NOT NULL,
+    recorded_at timestamptz
 );
+
+-- What retention purged: the last purged event of a tenant, where verification restarts.
+CREATE TABLE control_plane.chain_checkpoints (
+    tenant_id    text        COLLATE "C" NOT NULL,
+    seq          bigint      NOT NULL,
+    hash         bytea       NOT NULL,
+    purged_count bigint      NOT NULL,
+    created_at   timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+
+-- Append-only: UPDATE, DELETE and TRUNCATE are refused, except DELETE inside a transaction
+-- of the retention job, which sets `audit.retention = 'on'` with SET LOCAL.
+CREATE FUNCTION control_plane.audit_logs_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('audit.retention', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'control_plane.audit_logs is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+CREATE TRIGGER audit_logs_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON control_plane.audit_logs
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane.audit_logs_append_only();
 "#;
 
 // SQLite has no regular expressions: the action format is spelled out with GLOB. Together the
@@ -89,8 +120,11 @@ CREATE TABLE audit_logs (
     user_agent      TEXT,
     request_id      TEXT,
     idempotency_key TEXT,
+    prev_hash       BLOB    NOT NULL,
+    hash            BLOB    NOT NULL,
     CONSTRAINT audit_logs_tenant_seq_key UNIQUE (tenant_id, seq),
     CONSTRAINT audit_logs_seq_positive CHECK (seq > 0),
+    CONSTRAINT audit_logs_hash_length CHECK (length(prev_hash) = 32 AND length(hash) = 32),
     CONSTRAINT audit_logs_actor_type_check CHECK (actor_type IN ('user', 'service', 'system')),
     CONSTRAINT audit_logs_actor_id_check CHECK (actor_id <> ''),
     CONSTRAINT audit_logs_outcome_check CHECK (outcome IN ('success', 'failure', 'denied')),
@@ -118,9 +152,34 @@ CREATE UNIQUE INDEX audit_logs_idempotency_key
     ON audit_logs (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE chain_heads (
-    tenant_id TEXT    PRIMARY KEY NOT NULL,
-    seq       INTEGER NOT NULL
+    tenant_id   TEXT    PRIMARY KEY NOT NULL,
+    seq         INTEGER NOT NULL,
+    hash        BLOB    NOT NULL,
+    recorded_at TEXT
 ) STRICT;
+
+CREATE TABLE chain_checkpoints (
+    tenant_id    TEXT    NOT NULL,
+    seq          INTEGER NOT NULL,
+    hash         BLOB    NOT NULL,
+    purged_count INTEGER NOT NULL,
+    created_at   TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+) STRICT;
+
+-- Append-only: SQLite has no session settings, so the retention job opens this one-row gate
+-- inside its transaction and closes it again before committing.
+CREATE TABLE retention_gate (open INTEGER NOT NULL CHECK (open IN (0, 1))) STRICT;
+INSERT INTO retention_gate (open) VALUES (0);
+CREATE TRIGGER audit_logs_no_update BEFORE UPDATE ON audit_logs
+BEGIN
+    SELECT RAISE(ABORT, 'audit_logs is append-only: UPDATE is not allowed');
+END;
+CREATE TRIGGER audit_logs_no_delete BEFORE DELETE ON audit_logs
+WHEN (SELECT open FROM retention_gate) = 0
+BEGIN
+    SELECT RAISE(ABORT, 'audit_logs is append-only: DELETE is not allowed');
+END;
 "#;
 
 #[async_trait::async_trait]
@@ -141,14 +200,18 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let prefix = match manager.get_database_backend() {
-            DbBackend::Postgres => "control_plane.",
-            _ => "",
+        let (prefix, extra) = match manager.get_database_backend() {
+            DbBackend::Postgres => (
+                "control_plane.",
+                " DROP FUNCTION control_plane.audit_logs_append_only();",
+            ),
+            _ => ("", " DROP TABLE retention_gate;"),
         };
         manager
             .get_connection()
             .execute_unprepared(&format!(
-                "DROP TABLE {prefix}chain_heads; DROP TABLE {prefix}audit_logs;"
+                "DROP TABLE {prefix}chain_checkpoints; DROP TABLE {prefix}chain_heads; \
+                 DROP TABLE {prefix}audit_logs;{extra}"
             ))
             .await?;
         Ok(())

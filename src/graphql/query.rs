@@ -4,9 +4,13 @@ use async_graphql::{Context, ID, Object};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use super::types::{AuditLog, AuditLogConnection, AuditLogFilter, AuditLogOrder};
+use super::types::{
+    AuditChainHead, AuditChainVerification, AuditLog, AuditLogConnection, AuditLogFilter,
+    AuditLogOrder,
+};
 use crate::auth::Principal;
 use crate::error::Error;
+use crate::service::chain;
 use crate::service::query::{self, PageArgs};
 
 #[derive(Default)]
@@ -65,4 +69,53 @@ impl AuditQuery {
         let page = query::page(db, &filter, &args, want_far_side).await?;
         Ok(AuditLogConnection::new(page, filter))
     }
+
+    /// The head of a tenant's hash chain (your own tenant by default), or null when the
+    /// tenant has no events.
+    async fn audit_chain_head(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<String>,
+    ) -> async_graphql::Result<Option<AuditChainHead>> {
+        let tenant_id = readable_tenant(ctx, tenant_id)?;
+        let db = ctx.data::<DatabaseConnection>()?;
+        Ok(chain::head(db, &tenant_id).await?.map(Into::into))
+    }
+
+    /// Checks a tenant's hash chain (your own tenant by default) from `fromSequence` to
+    /// `toSequence`, both inclusive; by default from the start (or the last retention
+    /// checkpoint) to the head. Reads the events in bounded batches.
+    async fn verify_audit_chain(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<String>,
+        from_sequence: Option<String>,
+        to_sequence: Option<String>,
+    ) -> async_graphql::Result<AuditChainVerification> {
+        let tenant_id = readable_tenant(ctx, tenant_id)?;
+        let from = sequence_arg("fromSequence", from_sequence)?;
+        let to = sequence_arg("toSequence", to_sequence)?;
+        let db = ctx.data::<DatabaseConnection>()?;
+        Ok(chain::verify(db, &tenant_id, from, to).await?.into())
+    }
+}
+
+/// The tenant a chain query is about: the caller's own unless it names one it may read.
+fn readable_tenant(ctx: &Context<'_>, tenant_id: Option<String>) -> async_graphql::Result<String> {
+    let principal = ctx.data::<Principal>()?;
+    match tenant_id {
+        None => Ok(principal.tenant_id.clone()),
+        Some(tenant_id) if principal.readable_tenants().contains(&tenant_id) => Ok(tenant_id),
+        Some(_) => Err(Error::Forbidden("you may not read that tenant's chain".into()).into()),
+    }
+}
+
+fn sequence_arg(field: &str, value: Option<String>) -> Result<Option<i64>, Error> {
+    value
+        .map(|v| {
+            v.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                Error::bad_input(field, format!("{field} is a sequence number, 1 or more"))
+            })
+        })
+        .transpose()
 }

@@ -7,6 +7,7 @@ use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::chain::chain_hash;
 use crate::error::{Error, Result};
 
 /// Most events in one `logAuditEvents` call.
@@ -101,19 +102,21 @@ impl NewEvent {
         Ok(())
     }
 
-    /// The row this event becomes. Timestamps are cut to microseconds, the precision both
-    /// databases store, so the returned row equals the stored one.
+    /// The row this event becomes, chained to `prev_hash`. Timestamps are cut to
+    /// microseconds, the precision both databases store, so the returned row equals the
+    /// stored one.
     pub fn into_model(
         self,
         tenant_id: &str,
         seq: i64,
         recorded_at: DateTime<Utc>,
+        prev_hash: Vec<u8>,
     ) -> audit_log::Model {
         let (target_type, target_id, target_name) = match self.target {
             Some(t) => (Some(t.kind), Some(t.id), t.name),
             None => (None, None, None),
         };
-        audit_log::Model {
+        let mut model = audit_log::Model {
             id: Uuid::now_v7(),
             tenant_id: tenant_id.to_owned(),
             seq,
@@ -135,7 +138,11 @@ impl NewEvent {
             user_agent: self.user_agent,
             request_id: self.request_id,
             idempotency_key: self.idempotency_key,
-        }
+            prev_hash,
+            hash: Vec::new(),
+        };
+        model.hash = chain_hash(&model.prev_hash, &model);
+        model
     }
 
     /// Whether `stored` records this same event, for idempotent retries. `occurredAt` is

@@ -2,24 +2,30 @@
 //!
 //! Callers hand a job (one tenant's events, all or nothing) to a single committer task per
 //! process. The committer takes every job that is waiting and writes them in one transaction
-//! (group commit): lock each tenant's head row in a fixed order, resolve idempotency keys,
-//! assign gap-free sequence numbers, insert all rows with multi-row INSERTs, move the heads,
+//! (group commit): lock each tenant's chain head in a fixed order, resolve idempotency keys,
+//! number and chain the new events, insert them with multi-row INSERTs, move the heads,
 //! commit, and only then answer the callers. A job that fails on its own (an idempotency
 //! conflict) fails alone; if the whole transaction fails, each job is retried by itself so
 //! that one bad job cannot sink the others.
+//!
+//! Retention purges are jobs too: they cut a tenant's chain under the same head lock and
+//! record their own `audit.retention.purged` event in the same transaction.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use entity::audit_log::{self, Column};
+use entity::audit_log::{self, ActorType, Column, Outcome};
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     EntityTrait, QueryFilter, Statement, TransactionTrait,
 };
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::event::{MAX_BATCH, NewEvent, micros};
+use super::chain::GENESIS;
+use super::event::{MAX_BATCH, NewEvent, Target, micros};
+use super::retention;
 use crate::error::{Error, Result};
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
@@ -37,8 +43,23 @@ pub struct Ingestor {
 
 struct Job {
     tenant_id: String,
-    events: Vec<NewEvent>,
+    work: Work,
     reply: oneshot::Sender<Result<Vec<audit_log::Model>>>,
+}
+
+enum Work {
+    Log(Vec<NewEvent>),
+    /// Delete the tenant's oldest events recorded before the cutoff.
+    Purge(DateTime<Utc>),
+}
+
+impl Work {
+    fn size(&self) -> usize {
+        match self {
+            Work::Log(events) => events.len(),
+            Work::Purge(_) => 1,
+        }
+    }
 }
 
 impl Ingestor {
@@ -77,10 +98,25 @@ impl Ingestor {
                 other => other,
             })?;
         }
+        self.submit(tenant_id, Work::Log(events)).await
+    }
+
+    /// Deletes the tenant's events recorded before `cutoff` (the oldest part of its chain),
+    /// leaves a checkpoint for verification, and records an `audit.retention.purged` event,
+    /// all in one transaction. Returns that event, or `None` when nothing was old enough.
+    pub async fn purge(
+        &self,
+        tenant_id: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<audit_log::Model>> {
+        Ok(self.submit(tenant_id, Work::Purge(cutoff)).await?.pop())
+    }
+
+    async fn submit(&self, tenant_id: &str, work: Work) -> Result<Vec<audit_log::Model>> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             tenant_id: tenant_id.to_owned(),
-            events,
+            work,
             reply,
         };
         let stopped = || Error::internal("the ingest committer has stopped");
@@ -91,12 +127,12 @@ impl Ingestor {
 
 async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.recv().await {
-        let mut size = first.events.len();
+        let mut size = first.work.size();
         let mut group = vec![first];
         while size < MAX_GROUP_EVENTS {
             match queue.try_recv() {
                 Ok(job) => {
-                    size += job.events.len();
+                    size += job.work.size();
                     group.push(job);
                 }
                 Err(_) => break,
@@ -109,7 +145,7 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
 async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
     let (requests, replies): (Vec<_>, Vec<_>) = group
         .into_iter()
-        .map(|job| ((job.tenant_id, job.events), job.reply))
+        .map(|job| ((job.tenant_id, job.work), job.reply))
         .unzip();
     match write(db, &requests).await {
         Ok(results) => {
@@ -134,7 +170,14 @@ async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
     }
 }
 
-type Request = (String, Vec<NewEvent>);
+type Request = (String, Work);
+
+/// A tenant's chain head while the transaction holds its lock.
+struct Head {
+    seq: i64,
+    hash: Vec<u8>,
+    recorded_at: Option<DateTime<Utc>>,
+}
 
 /// Writes a group of jobs in one transaction. The outer error fails the whole group; the
 /// inner results are per job.
@@ -148,49 +191,93 @@ async fn write(
     // Sorted, so that every writer locks tenants in the same order and none deadlock.
     let mut heads = BTreeMap::new();
     for (tenant_id, _) in requests {
-        heads.insert(tenant_id.as_str(), 0);
+        if !heads.contains_key(tenant_id.as_str()) {
+            heads.insert(tenant_id.as_str(), None);
+        }
     }
-    for (tenant_id, seq) in heads.iter_mut() {
-        *seq = lock_head(&txn, tenant_id).await?;
+    for (tenant_id, head) in heads.iter_mut() {
+        *head = Some(lock_head(&txn, tenant_id).await?);
     }
     let mut known = load_keyed(&txn, requests).await?;
 
     let mut results = Vec::with_capacity(requests.len());
     let mut rows = Vec::new();
-    for (i, (tenant_id, events)) in requests.iter().enumerate() {
+    for (tenant_id, work) in requests {
         let head = heads
             .get_mut(tenant_id.as_str())
-            .ok_or_else(|| Error::internal("head not locked"))?;
-        match plan(tenant_id, events, *head, recorded_at, &known) {
-            Ok(planned) => {
-                *head += planned.iter().filter(|p| p.is_new).count() as i64;
-                let mut models = Vec::with_capacity(planned.len());
-                for p in planned {
-                    if p.is_new {
-                        if let Some(key) = &p.model.idempotency_key {
-                            known.insert((tenant_id.clone(), key.clone()), p.model.clone());
-                        }
-                        rows.push(p.model.clone());
+            .and_then(Option::as_mut)
+            .ok_or_else(|| Error::internal("chain head not locked"))?;
+        let events = match work {
+            Work::Log(events) => events.clone(),
+            Work::Purge(cutoff) => {
+                match retention::cut(&txn, tenant_id, head.seq, *cutoff, recorded_at).await? {
+                    Some(cut) => vec![purge_event(tenant_id, &cut)],
+                    None => {
+                        results.push(Ok(Vec::new()));
+                        continue;
                     }
-                    models.push(p.model);
+                }
+            }
+        };
+        match plan(tenant_id, &events, head, recorded_at, &known) {
+            Ok(planned) => {
+                let mut models = Vec::with_capacity(planned.len());
+                for Planned { model, is_new } in planned {
+                    if is_new {
+                        head.seq = model.seq;
+                        head.hash = model.hash.clone();
+                        head.recorded_at = Some(model.recorded_at);
+                        if let Some(key) = &model.idempotency_key {
+                            known.insert((tenant_id.clone(), key.clone()), model.clone());
+                        }
+                        rows.push(model.clone());
+                    }
+                    models.push(model);
                 }
                 results.push(Ok(models));
             }
-            Err(err) => {
-                tracing::debug!(job = i, error = %err, "job rejected");
-                results.push(Err(err));
-            }
+            Err(err) => results.push(Err(err)),
         }
     }
 
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         insert(&txn, chunk).await?;
     }
-    for (tenant_id, seq) in &heads {
-        move_head(&txn, tenant_id, *seq).await?;
+    for (tenant_id, head) in &heads {
+        if let Some(head) = head {
+            move_head(&txn, tenant_id, head).await?;
+        }
     }
     txn.commit().await?;
     Ok(results)
+}
+
+/// The event that records a purge, in the purged tenant's own chain.
+fn purge_event(tenant_id: &str, cut: &retention::Cut) -> NewEvent {
+    NewEvent {
+        actor_type: ActorType::System,
+        actor_id: "audit-service".to_owned(),
+        actor_name: Some("retention".to_owned()),
+        action: "audit.retention.purged".to_owned(),
+        target: Some(Target {
+            kind: "tenant".to_owned(),
+            id: tenant_id.to_owned(),
+            name: None,
+        }),
+        outcome: Outcome::Success,
+        reason: None,
+        occurred_at: None,
+        metadata: Some(json!({
+            "purgedCount": cut.purged_count,
+            "throughSequence": cut.seq.to_string(),
+            "throughHash": hex::encode(&cut.hash),
+            "recordedBefore": super::chain::timestamp(cut.cutoff),
+        })),
+        ip_address: None,
+        user_agent: None,
+        request_id: None,
+        idempotency_key: None,
+    }
 }
 
 struct Planned {
@@ -198,16 +285,18 @@ struct Planned {
     is_new: bool,
 }
 
-/// Decides, for each event of one job, whether it is new (and its sequence number) or a
-/// retry of a stored event. Fails the whole job on a conflicting idempotency key.
+/// Decides, for each event of one job, whether it is new (and its place in the chain) or a
+/// retry of a stored event. Fails the whole job on a conflicting idempotency key; the head
+/// moves only when the caller accepts the plan.
 fn plan(
     tenant_id: &str,
     events: &[NewEvent],
-    head: i64,
+    head: &Head,
     recorded_at: DateTime<Utc>,
     known: &HashMap<(String, String), audit_log::Model>,
 ) -> Result<Vec<Planned>> {
-    let mut seq = head;
+    let mut seq = head.seq;
+    let mut prev_hash = head.hash.clone();
     let mut own: HashMap<&str, audit_log::Model> = HashMap::new();
     let mut planned = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
@@ -230,7 +319,10 @@ fn plan(
             }
         }
         seq += 1;
-        let model = event.clone().into_model(tenant_id, seq, recorded_at);
+        let model = event
+            .clone()
+            .into_model(tenant_id, seq, recorded_at, prev_hash);
+        prev_hash = model.hash.clone();
         if let Some(key) = &event.idempotency_key {
             own.insert(key, model.clone());
         }
@@ -242,37 +334,43 @@ fn plan(
     Ok(planned)
 }
 
-/// Locks the tenant's head row until commit (creating it at 0) and returns its sequence.
-/// A write statement, so SQLite takes its write lock here rather than failing to upgrade a
-/// read lock later.
-async fn lock_head(txn: &DatabaseTransaction, tenant_id: &str) -> Result<i64> {
+/// Locks the tenant's head row until commit (creating it empty) and returns it. A write
+/// statement, so SQLite takes its write lock here rather than failing to upgrade a read
+/// lock later.
+async fn lock_head(txn: &DatabaseTransaction, tenant_id: &str) -> Result<Head> {
     let backend = txn.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => {
-            "INSERT INTO chain_heads (tenant_id, seq) VALUES ($1, 0) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq RETURNING seq"
+            "INSERT INTO chain_heads (tenant_id, seq, hash) VALUES ($1, 0, $2) \
+             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
+             RETURNING seq, hash, recorded_at"
         }
         _ => {
-            "INSERT INTO chain_heads (tenant_id, seq) VALUES (?, 0) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq RETURNING seq"
+            "INSERT INTO chain_heads (tenant_id, seq, hash) VALUES (?, 0, ?) \
+             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
+             RETURNING seq, hash, recorded_at"
         }
     };
+    let values = [tenant_id.into(), GENESIS.to_vec().into()];
     let row = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [tenant_id.into()],
-        ))
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
         .await?
         .ok_or_else(|| Error::internal("chain head upsert returned no row"))?;
-    Ok(row.try_get("", "seq")?)
+    Ok(Head {
+        seq: row.try_get("", "seq")?,
+        hash: row.try_get("", "hash")?,
+        recorded_at: row.try_get("", "recorded_at")?,
+    })
 }
 
-async fn move_head(txn: &DatabaseTransaction, tenant_id: &str, seq: i64) -> Result<()> {
+async fn move_head(txn: &DatabaseTransaction, tenant_id: &str, head: &Head) -> Result<()> {
+    use entity::chain_head::{Column as Head, Entity};
     let update = Query::update()
-        .table(entity::chain_head::Entity)
-        .value(entity::chain_head::Column::Seq, seq)
-        .and_where(Expr::col(entity::chain_head::Column::TenantId).eq(tenant_id))
+        .table(Entity)
+        .value(Head::Seq, head.seq)
+        .value(Head::Hash, head.hash.clone())
+        .value(Head::RecordedAt, head.recorded_at)
+        .and_where(Expr::col(Head::TenantId).eq(tenant_id))
         .to_owned();
     txn.execute(&update).await?;
     Ok(())
@@ -284,9 +382,11 @@ async fn load_keyed(
     requests: &[Request],
 ) -> Result<HashMap<(String, String), audit_log::Model>> {
     let mut keys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (tenant_id, events) in requests {
-        let wanted = events.iter().filter_map(|e| e.idempotency_key.as_deref());
-        keys.entry(tenant_id.as_str()).or_default().extend(wanted);
+    for (tenant_id, work) in requests {
+        if let Work::Log(events) = work {
+            let wanted = events.iter().filter_map(|e| e.idempotency_key.as_deref());
+            keys.entry(tenant_id.as_str()).or_default().extend(wanted);
+        }
     }
     let mut known = HashMap::new();
     for (tenant_id, keys) in keys.into_iter().filter(|(_, k)| !k.is_empty()) {
@@ -295,8 +395,7 @@ async fn load_keyed(
             .filter(Column::IdempotencyKey.is_in(keys))
             .all(txn)
             .await?;
-        for mut model in stored {
-            model.ip_address = model.ip_address.map(super::event::host_only);
+        for model in stored {
             if let Some(key) = model.idempotency_key.clone() {
                 known.insert((tenant_id.to_owned(), key), model);
             }
@@ -328,6 +427,8 @@ async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model]) -> Result<
         Column::UserAgent,
         Column::RequestId,
         Column::IdempotencyKey,
+        Column::PrevHash,
+        Column::Hash,
     ]);
     for row in rows {
         let ip = Expr::val(row.ip_address.clone());
@@ -351,6 +452,8 @@ async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model]) -> Result<
             Expr::val(row.user_agent.clone()),
             Expr::val(row.request_id.clone()),
             Expr::val(row.idempotency_key.clone()),
+            Expr::val(row.prev_hash.clone()),
+            Expr::val(row.hash.clone()),
         ];
         insert.values(values).map_err(Error::internal)?;
     }

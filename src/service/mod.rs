@@ -1,6 +1,8 @@
 //! The service layer: plain functions and one write path over the database. SQL lives here.
 
+pub mod chain;
 pub mod cursor;
 pub mod event;
 pub mod ingest;
 pub mod query;
+pub mod retention;

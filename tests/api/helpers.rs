@@ -110,6 +110,7 @@ pub async fn start_server(database_url: &str) -> String {
         },
         listen: "127.0.0.1:0".parse().expect("address"),
         cors_origins: vec![],
+        retention: Default::default(),
     };
     let app = Application::build(&config).await.expect("server starts");
     let address = format!("http://{}", app.local_addr().expect("bound"));

@@ -1,0 +1,371 @@
+//! The per-tenant hash chain: the canonical encoding of an event (version 1), its hash, and
+//! verification of a stored chain. `docs/chain.md` specifies the encoding for outside tools.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::audit_log::{self, Column};
+use entity::{chain_checkpoint, chain_head};
+use sea_orm::{
+    ActiveEnum, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use sha2::{Digest, Sha256};
+
+use super::event::host_only;
+use crate::error::{Error, Result};
+
+/// Version of the canonical encoding, part of every hashed event.
+pub const CHAIN_VERSION: u32 = 1;
+/// `prev_hash` of a tenant's first event.
+pub const GENESIS: [u8; 32] = [0; 32];
+/// Rows read per query while verifying, so memory stays flat for any chain length.
+const VERIFY_BATCH: u64 = 1000;
+
+/// `SHA-256(prev_hash ‖ canonical_bytes(event))`.
+pub fn chain_hash(prev_hash: &[u8], event: &audit_log::Model) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(prev_hash);
+    hasher.update(canonical_bytes(event));
+    hasher.finalize().to_vec()
+}
+
+/// The event as RFC 8785 (JCS) JSON: every stored field but the hashes, keys sorted, no
+/// whitespace, `null` for absent values, `seq` as a decimal string, timestamps as RFC 3339
+/// UTC with exactly six fractional digits, ids in lower-case, IP addresses canonical.
+///
+/// The fixed fields are written by hand in key order (this runs once per ingested event);
+/// `metadata` goes through a JCS serializer. A test checks the whole against JCS.
+pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let ip = e.ip_address.clone().map(host_only);
+    out.extend_from_slice(b"{\"action\":");
+    string(&mut out, Some(&e.action));
+    out.extend_from_slice(b",\"actor_id\":");
+    string(&mut out, Some(&e.actor_id));
+    out.extend_from_slice(b",\"actor_name\":");
+    string(&mut out, e.actor_name.as_deref());
+    out.extend_from_slice(b",\"actor_type\":");
+    string(&mut out, Some(&e.actor_type.to_value()));
+    out.extend_from_slice(format!(",\"chain_version\":{CHAIN_VERSION},\"id\":").as_bytes());
+    string(&mut out, Some(&e.id.to_string()));
+    out.extend_from_slice(b",\"idempotency_key\":");
+    string(&mut out, e.idempotency_key.as_deref());
+    out.extend_from_slice(b",\"ip_address\":");
+    string(&mut out, ip.as_deref());
+    out.extend_from_slice(b",\"metadata\":");
+    // Serializing a JSON value to a Vec cannot fail.
+    let _ = serde_json_canonicalizer::to_writer(&e.metadata, &mut out);
+    out.extend_from_slice(b",\"occurred_at\":");
+    string(&mut out, Some(&timestamp(e.occurred_at)));
+    out.extend_from_slice(b",\"outcome\":");
+    string(&mut out, Some(&e.outcome.to_value()));
+    out.extend_from_slice(b",\"reason\":");
+    string(&mut out, e.reason.as_deref());
+    out.extend_from_slice(b",\"recorded_at\":");
+    string(&mut out, Some(&timestamp(e.recorded_at)));
+    out.extend_from_slice(b",\"request_id\":");
+    string(&mut out, e.request_id.as_deref());
+    out.extend_from_slice(b",\"seq\":");
+    string(&mut out, Some(&e.seq.to_string()));
+    out.extend_from_slice(b",\"target_id\":");
+    string(&mut out, e.target_id.as_deref());
+    out.extend_from_slice(b",\"target_name\":");
+    string(&mut out, e.target_name.as_deref());
+    out.extend_from_slice(b",\"target_type\":");
+    string(&mut out, e.target_type.as_deref());
+    out.extend_from_slice(b",\"tenant_id\":");
+    string(&mut out, Some(&e.tenant_id));
+    out.extend_from_slice(b",\"user_agent\":");
+    string(&mut out, e.user_agent.as_deref());
+    out.push(b'}');
+    out
+}
+
+/// A JSON string or `null`. serde_json escapes exactly as JCS does: `"`, `\`, and control
+/// characters (`\b \f \n \r \t`, else `\u00xx` in lower-case hex).
+fn string(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        // Writing a string to a Vec cannot fail.
+        Some(s) => drop(serde_json::to_writer(&mut *out, s)),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// RFC 3339 in UTC with exactly six fractional digits: `2026-01-02T03:04:05.123456Z`.
+pub fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The result of checking a range of a tenant's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    pub valid: bool,
+    pub checked_count: u64,
+    pub first_invalid_sequence: Option<i64>,
+    pub reason: Option<String>,
+}
+
+impl Verification {
+    fn broken(checked_count: u64, seq: i64, reason: String) -> Self {
+        Verification {
+            valid: false,
+            checked_count,
+            first_invalid_sequence: Some(seq),
+            reason: Some(reason),
+        }
+    }
+}
+
+/// The head of a tenant's chain, if the tenant has events.
+pub async fn head(db: &impl ConnectionTrait, tenant_id: &str) -> Result<Option<chain_head::Model>> {
+    Ok(chain_head::Entity::find_by_id(tenant_id)
+        .one(db)
+        .await?
+        .filter(|h| h.seq > 0))
+}
+
+/// Every tenant with a chain.
+pub async fn tenants(db: &impl ConnectionTrait) -> Result<Vec<String>> {
+    let heads = chain_head::Entity::find()
+        .order_by_asc(chain_head::Column::TenantId)
+        .all(db)
+        .await?;
+    Ok(heads.into_iter().map(|h| h.tenant_id).collect())
+}
+
+/// Checks a tenant's chain from `from` to `to` (both inclusive; by default from the last
+/// retention checkpoint, or 1, to the head): every sequence present once, every `prev_hash`
+/// the previous `hash`, every `hash` recomputed from the row, the last one equal to the head,
+/// and nothing beyond the head. Reads the rows in bounded batches.
+pub async fn verify(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<Verification> {
+    let head = chain_head::Entity::find_by_id(tenant_id).one(db).await?;
+    let (head_seq, head_hash) = head.map_or((0, GENESIS.to_vec()), |h| (h.seq, h.hash));
+    let checkpoint = chain_checkpoint::Entity::find()
+        .filter(chain_checkpoint::Column::TenantId.eq(tenant_id))
+        .order_by_desc(chain_checkpoint::Column::Seq)
+        .one(db)
+        .await?;
+    let floor = checkpoint.as_ref().map_or(0, |c| c.seq);
+    let from = from.unwrap_or(floor + 1);
+    let to = to.unwrap_or(head_seq).min(head_seq);
+    if from < 1 {
+        return Err(Error::bad_input("fromSequence", "fromSequence starts at 1"));
+    }
+    if from <= floor {
+        return Err(Error::bad_input(
+            "fromSequence",
+            format!(
+                "events up to {floor} were purged by retention; verify from {}",
+                floor + 1
+            ),
+        ));
+    }
+
+    // The hash the event at `from` must chain to.
+    let mut prev = if from == 1 {
+        GENESIS.to_vec()
+    } else if from == floor + 1 {
+        checkpoint.map(|c| c.hash).unwrap_or_default()
+    } else {
+        match row_at(db, tenant_id, from - 1).await? {
+            Some(row) => row.hash,
+            None => {
+                return Ok(Verification::broken(
+                    0,
+                    from - 1,
+                    format!("event {} is missing", from - 1),
+                ));
+            }
+        }
+    };
+
+    let mut checked = 0;
+    let mut expected = from;
+    while expected <= to {
+        let rows = audit_log::Entity::find()
+            .filter(Column::TenantId.eq(tenant_id))
+            .filter(Column::Seq.gte(expected))
+            .filter(Column::Seq.lte(to))
+            .order_by_asc(Column::Seq)
+            .limit(VERIFY_BATCH)
+            .all(db)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Verification::broken(
+                checked,
+                expected,
+                format!("event {expected} is missing"),
+            ));
+        }
+        for row in rows {
+            if row.seq != expected {
+                let reason = if row.seq < expected {
+                    format!("event {} appears twice", row.seq)
+                } else {
+                    format!("event {expected} is missing")
+                };
+                return Ok(Verification::broken(checked, expected.min(row.seq), reason));
+            }
+            if row.prev_hash != prev {
+                let reason = format!("event {expected} does not chain to event {}", expected - 1);
+                return Ok(Verification::broken(checked, expected, reason));
+            }
+            if chain_hash(&prev, &row) != row.hash {
+                let reason =
+                    format!("event {expected} does not match its hash: its content changed");
+                return Ok(Verification::broken(checked, expected, reason));
+            }
+            prev = row.hash;
+            checked += 1;
+            expected += 1;
+        }
+    }
+    if to == head_seq && prev != head_hash && head_seq > floor {
+        let reason = format!("event {head_seq} does not match the chain head");
+        return Ok(Verification::broken(checked, head_seq, reason));
+    }
+    if to == head_seq {
+        let beyond = audit_log::Entity::find()
+            .filter(Column::TenantId.eq(tenant_id))
+            .filter(Column::Seq.gt(head_seq))
+            .order_by_asc(Column::Seq)
+            .one(db)
+            .await?;
+        if let Some(row) = beyond {
+            let reason = format!(
+                "event {} is past the chain head {head_seq}: it was not written by audit-service",
+                row.seq
+            );
+            return Ok(Verification::broken(checked, row.seq, reason));
+        }
+    }
+    Ok(Verification {
+        valid: true,
+        checked_count: checked,
+        first_invalid_sequence: None,
+        reason: None,
+    })
+}
+
+async fn row_at(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    seq: i64,
+) -> Result<Option<audit_log::Model>> {
+    Ok(audit_log::Entity::find()
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Seq.eq(seq))
+        .one(db)
+        .await?)
+}
+
+/// One line of an export: the canonical encoding with `hash` and `prev_hash` (hex) added.
+pub fn export_line(event: &audit_log::Model) -> Vec<u8> {
+    let mut line = canonical_bytes(event);
+    line.pop();
+    line.extend_from_slice(
+        format!(
+            ",\"hash\":\"{}\",\"prev_hash\":\"{}\"}}\n",
+            hex::encode(&event.hash),
+            hex::encode(&event.prev_hash)
+        )
+        .as_bytes(),
+    );
+    line
+}
+
+/// Writes every stored event of a tenant, in sequence order, a bounded batch at a time.
+pub async fn export(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    out: &mut impl std::io::Write,
+) -> Result<u64> {
+    let mut after = 0;
+    let mut written = 0;
+    loop {
+        let rows = audit_log::Entity::find()
+            .filter(Column::TenantId.eq(tenant_id))
+            .filter(Column::Seq.gt(after))
+            .order_by_asc(Column::Seq)
+            .limit(VERIFY_BATCH)
+            .all(db)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(written);
+        };
+        after = last.seq;
+        for row in &rows {
+            out.write_all(&export_line(row)).map_err(Error::internal)?;
+            written += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use entity::audit_log::{ActorType, Outcome};
+    use serde_json::json;
+
+    fn sample() -> audit_log::Model {
+        audit_log::Model {
+            id: "01900000-0000-7000-8000-0000000000ab".parse().unwrap(),
+            tenant_id: "acme".into(),
+            seq: 7,
+            occurred_at: "2026-01-02T03:04:05.120Z".parse().unwrap(),
+            recorded_at: "2026-01-02T03:04:06Z".parse().unwrap(),
+            actor_type: ActorType::User,
+            actor_id: "u\"1\n".into(),
+            actor_name: Some("Zoë 😀".into()),
+            action: "project.created".into(),
+            target_type: Some("project".into()),
+            target_id: Some("p1".into()),
+            target_name: None,
+            outcome: Outcome::Success,
+            reason: None,
+            metadata: json!({ "z": 1.0, "a": [1e21, 1e-7, 0.1, -0.0, "\u{1f}"], "é": { "b": null, "a": true } }),
+            ip_address: Some("10.0.0.1/32".into()),
+            user_agent: None,
+            request_id: None,
+            idempotency_key: Some("k".into()),
+            prev_hash: vec![],
+            hash: vec![],
+        }
+    }
+
+    #[test]
+    fn hand_written_encoding_is_jcs() {
+        let e = sample();
+        let as_value = json!({
+            "action": e.action, "actor_id": e.actor_id, "actor_name": e.actor_name,
+            "actor_type": "user", "chain_version": 1, "id": e.id.to_string(),
+            "idempotency_key": e.idempotency_key, "ip_address": "10.0.0.1",
+            "metadata": e.metadata, "occurred_at": "2026-01-02T03:04:05.120000Z",
+            "outcome": "success", "reason": null, "recorded_at": "2026-01-02T03:04:06.000000Z",
+            "request_id": null, "seq": "7", "target_id": "p1", "target_name": null,
+            "target_type": "project", "tenant_id": "acme", "user_agent": null,
+        });
+        let jcs = serde_json_canonicalizer::to_vec(&as_value).unwrap();
+        assert_eq!(
+            String::from_utf8(canonical_bytes(&e)).unwrap(),
+            String::from_utf8(jcs).unwrap()
+        );
+    }
+
+    #[test]
+    fn any_field_change_changes_the_hash() {
+        let e = sample();
+        let base = chain_hash(&GENESIS, &e);
+        assert_eq!(base.len(), 32);
+        let mut other = e.clone();
+        other.reason = Some(String::new());
+        assert_ne!(chain_hash(&GENESIS, &other), base, "null and empty differ");
+        let mut other = e.clone();
+        other.seq = 8;
+        assert_ne!(chain_hash(&GENESIS, &other), base);
+        assert_ne!(chain_hash(&[1; 32], &e), base);
+    }
+}
