@@ -46,10 +46,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge {
             database,
             retention,
+            tenant,
+            before,
         } => {
             let db = connect(&database).await?;
             let ingestor = Ingestor::start(db.clone());
-            let events = retention::apply(&db, &ingestor, &retention, chrono::Utc::now()).await?;
+            let events = match tenant.zip(before) {
+                Some((tenant, before)) => ingestor.purge(&tenant, before).await?.into_iter().collect(),
+                None => retention::apply(&db, &ingestor, &retention, chrono::Utc::now()).await?,
+            };
+            for event in &events {
+                println!("{}: {}", event.tenant_id, event.metadata);
+            }
             println!("{} tenant(s) purged", events.len());
         }
     }

@@ -47,12 +47,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
     },
-    /// Apply the retention policy once, then exit.
+    /// Apply the retention policy once, then exit; or, with `--tenant` and `--before`, purge
+    /// one tenant's events recorded before an instant.
     Purge {
         #[command(flatten)]
         database: DatabaseConfig,
         #[command(flatten)]
         retention: RetentionConfig,
+        /// The tenant to purge (with `--before`).
+        #[arg(long, requires = "before")]
+        tenant: Option<String>,
+        /// Purge events recorded before this RFC 3339 instant (with `--tenant`).
+        #[arg(long, requires = "tenant")]
+        before: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 

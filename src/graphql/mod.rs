@@ -13,23 +13,23 @@ use crate::service::ingest::Ingestor;
 
 /// Query root.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(query::AuditQuery);
+pub struct Query(query::AuditQuery);
 
 /// Mutation root.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(mutation::AuditMutation);
+pub struct Mutation(mutation::AuditMutation);
 
-pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Most nested selection depth.
 pub const MAX_DEPTH: usize = 15;
 /// Largest query complexity (one point per field).
 pub const MAX_COMPLEXITY: usize = 2000;
 
-fn builder() -> SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+fn builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
     Schema::build(
-        QueryRoot::default(),
-        MutationRoot::default(),
+        Query::default(),
+        Mutation::default(),
         EmptySubscription,
     )
     .limit_depth(MAX_DEPTH)

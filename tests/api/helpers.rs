@@ -16,10 +16,10 @@ pub enum Backend {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    #[expect(dead_code, reason = "for backend-specific checks")]
     pub backend: Backend,
     /// A direct connection to the server's database, for checks behind the API's back.
     pub db: DatabaseConnection,
+    pub database_url: String,
     cleanup: Cleanup,
 }
 
@@ -97,6 +97,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         client: reqwest::Client::new(),
         backend,
         db,
+        database_url,
         cleanup,
     })
 }
@@ -209,4 +210,31 @@ pub const EVENT_FIELDS: &str = "id tenantId sequence occurredAt recordedAt \
 /// A minimal valid event input.
 pub fn event(actor: &str, action: &str) -> Value {
     json!({ "actor": { "type": "USER", "id": actor }, "action": action })
+}
+
+impl TestApp {
+    /// Runs SQL behind the server's back as the database owner, with the append-only
+    /// triggers out of the way, as an attacker with database access could.
+    pub async fn tamper(&self, sql: &str) {
+        let sql = match self.backend {
+            Backend::Postgres => format!("SET session_replication_role = replica; {sql}; RESET session_replication_role"),
+            Backend::Sqlite => format!(
+                "DROP TRIGGER IF EXISTS audit_logs_no_update; DROP TRIGGER IF EXISTS audit_logs_no_delete; {sql}"
+            ),
+        };
+        // One connection, so the session setting applies to the statement.
+        let db = migration::connect(&self.database_url, 1).await.expect("connect");
+        db.execute_unprepared(&sql).await.expect("tamper");
+        db.close().await.ok();
+    }
+
+    /// Runs the `audit-service` binary against this app's database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("AUDIT_LOG", "warn")
+            .output()
+            .expect("audit-service runs")
+    }
 }

@@ -6,6 +6,7 @@
     reason = "a test fails loudly at the first surprise"
 )]
 
+mod chain;
 mod events;
 mod explain;
 mod helpers;
