@@ -8,6 +8,7 @@ use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
 use crate::config::{Cli, Command, DatabaseConfig};
+use crate::pubsub::Feed;
 use crate::service::{chain, ingest::Ingestor, retention};
 use crate::startup::Application;
 use crate::{graphql, telemetry};
@@ -50,9 +51,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             before,
         } => {
             let db = connect(&database).await?;
-            let ingestor = Ingestor::start(db.clone());
+            let ingestor = Ingestor::start(db.clone(), Feed::new(1));
             let events = match tenant.zip(before) {
-                Some((tenant, before)) => ingestor.purge(&tenant, before).await?.into_iter().collect(),
+                Some((tenant, before)) => {
+                    ingestor.purge(&tenant, before).await?.into_iter().collect()
+                }
                 None => retention::apply(&db, &ingestor, &retention, chrono::Utc::now()).await?,
             };
             for event in &events {

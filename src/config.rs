@@ -144,6 +144,9 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Events a live subscriber may fall behind before it is dropped with `SUBSCRIBER_LAGGED`.
+    #[arg(long, env = "AUDIT_SUBSCRIBER_BUFFER", default_value_t = 1000)]
+    pub subscriber_buffer: usize,
     #[command(flatten)]
     pub retention: RetentionConfig,
 }

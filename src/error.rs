@@ -21,6 +21,11 @@ pub enum Error {
     /// An idempotency key was reused with different content.
     #[error("idempotency key {key:?} was already used for a different event")]
     IdempotencyConflict { field: String, key: String },
+    /// A live subscriber fell too far behind and was dropped.
+    #[error(
+        "you fell {missed} events behind the live feed; resubscribe with `after` set to the last cursor you received"
+    )]
+    SubscriberLagged { missed: u64 },
     /// The database could not be reached.
     #[error("the database is unavailable, retry later")]
     Unavailable(#[source] DbErr),
@@ -36,6 +41,7 @@ impl Error {
             Error::NotFound => "NOT_FOUND",
             Error::Forbidden(_) => "FORBIDDEN",
             Error::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
+            Error::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }

@@ -5,10 +5,11 @@
 //! `application/graphql-response+json` get HTTP 400 and no `data`, mutations over GET are
 //! refused, and POST bodies must be JSON.
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use std::str::FromStr;
+
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
 use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
 use async_graphql::{ServerError, Variables};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -23,6 +24,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Principal;
 use crate::graphql::AppSchema;
+use crate::ws;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -276,21 +278,26 @@ async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> R
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let protocol = match GraphQLProtocol::from_request_parts(parts, &state).await {
-        Ok(protocol) => protocol,
-        Err(rejection) => return rejection.into_response(),
+    let protocol = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|offered| {
+            offered
+                .split(',')
+                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        });
+    let Some(protocol) = protocol else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "offer the WebSocket subprotocol graphql-transport-ws or graphql-ws",
+        );
     };
     let schema = state.schema.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            let mut data = async_graphql::Data::default();
-            data.insert(Principal::open());
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .with_data(data)
-                .serve()
-                .await
-        })
+        .max_message_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| ws::serve(socket, schema, protocol))
 }
 
 #[cfg(test)]

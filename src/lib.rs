@@ -10,6 +10,8 @@ pub mod error;
 mod graphiql;
 pub mod graphql;
 pub mod http;
+pub mod pubsub;
 pub mod service;
 pub mod startup;
 pub mod telemetry;
+pub mod ws;

@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 
 use axum::http::HeaderValue;
 use migration::{Migrator, MigratorTrait};
+use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::config::ServeConfig;
 use crate::graphql::build_schema;
 use crate::http::{AppState, app};
+use crate::pubsub::{self, Feed};
 use crate::service::ingest::Ingestor;
 use crate::service::retention;
 
@@ -33,7 +35,12 @@ impl Application {
             .iter()
             .map(|origin| HeaderValue::from_str(origin))
             .collect::<Result<Vec<_>, _>>()?;
-        let ingestor = Ingestor::start(db.clone());
+        let feed = Feed::new(config.subscriber_buffer);
+        if db.get_database_backend() == DbBackend::Postgres {
+            let url = config.database.url.expose_secret().to_owned();
+            tokio::spawn(pubsub::listen(db.clone(), url, feed.clone()));
+        }
+        let ingestor = Ingestor::start(db.clone(), feed.clone());
         if !config.retention.retention.is_empty() {
             tokio::spawn(retention::run_periodically(
                 db.clone(),
@@ -41,7 +48,7 @@ impl Application {
                 config.retention.clone(),
             ));
         }
-        let schema = build_schema(db.clone(), ingestor);
+        let schema = build_schema(db.clone(), ingestor, feed);
         let router = app(AppState { schema, db }, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Application { listener, router })

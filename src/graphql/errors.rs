@@ -3,8 +3,12 @@
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe,
+};
 use async_graphql::{Response, ServerError};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
 pub struct ErrorCodes;
 
@@ -20,6 +24,20 @@ impl Extension for ErrorCodes {
         let mut response = next.run(ctx).await;
         response.errors.iter_mut().for_each(label);
         response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream)
+            .map(|mut response| {
+                response.errors.iter_mut().for_each(label);
+                response
+            })
+            .boxed()
     }
 }
 

@@ -95,6 +95,11 @@ impl AuditLog {
     async fn tenant_id(&self) -> &str {
         &self.0.tenant_id
     }
+    /// Opaque position of this event: `after` for `auditLogs` pages and for resuming
+    /// `auditLogCreated`.
+    async fn cursor(&self) -> String {
+        Cursor::of(&self.0).encode()
+    }
     /// Position in the tenant's log: 1, 2, 3, ... in commit order, without gaps. A string,
     /// because it outgrows 32-bit integers.
     async fn sequence(&self) -> String {

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Duration, Timelike, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
@@ -69,13 +69,8 @@ impl NewEvent {
             check_text("target.name", target.name.as_deref(), MAX_NAME_LEN)?;
         }
         check_text("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
-        if let Some(at) = self.occurred_at
-            && at > now + MAX_FUTURE_SKEW
-        {
-            return Err(Error::bad_input(
-                "occurredAt",
-                "occurredAt is more than 5 minutes in the future",
-            ));
+        if let Some(at) = self.occurred_at {
+            check_occurred_at(at, now)?;
         }
         if let Some(metadata) = &self.metadata {
             check_metadata(metadata)?;
@@ -177,19 +172,20 @@ impl NewEvent {
 
 /// Cuts a timestamp to microseconds.
 pub fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.duration_trunc(Duration::microseconds(1)).unwrap_or(at)
+    at.with_nanosecond(at.nanosecond() / 1000 * 1000)
+        .unwrap_or(at)
 }
 
+/// Rust's text form of an IP address, which is what the hash chain covers.
 fn canonical_ip(ip: String) -> String {
     ip.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(ip)
 }
 
-/// PostgreSQL's `inet` reads back as `host/prefix`; we store hosts only.
+/// A stored IP address in canonical form: PostgreSQL's `inet` reads back as `host/prefix`
+/// and writes some IPv6 forms differently (`::1.2.3.4` for `::102:304`).
 pub fn host_only(ip: String) -> String {
-    match ip.split_once('/') {
-        Some((host, _)) => host.to_owned(),
-        None => ip,
-    }
+    let host = ip.split_once('/').map_or(ip.as_str(), |(host, _)| host);
+    canonical_ip(host.to_owned())
 }
 
 /// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
@@ -258,7 +254,38 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// Between 1970 and 5 minutes from now, with no leap second: both databases store such an
+/// instant exactly as given, so its hash still matches when read back.
+fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    if at > now + MAX_FUTURE_SKEW {
+        return Err(Error::bad_input(
+            "occurredAt",
+            "occurredAt is more than 5 minutes in the future",
+        ));
+    }
+    if at < DateTime::UNIX_EPOCH {
+        return Err(Error::bad_input("occurredAt", "occurredAt is before 1970"));
+    }
+    if at.nanosecond() >= 1_000_000_000 {
+        return Err(Error::bad_input(
+            "occurredAt",
+            "occurredAt may not be a leap second",
+        ));
+    }
+    Ok(())
+}
+
+/// Largest integer metadata may hold: the hash chain encodes numbers as IEEE doubles
+/// (RFC 8785), exact only up to 2^53 - 1 (I-JSON, RFC 7493).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
 fn check_metadata(metadata: &Value) -> Result<()> {
+    if has_unsafe_integer(metadata) {
+        return Err(Error::bad_input(
+            "metadata",
+            "metadata integers must be between -(2^53 - 1) and 2^53 - 1",
+        ));
+    }
     if !metadata.is_object() {
         return Err(Error::bad_input(
             "metadata",
@@ -279,6 +306,19 @@ fn check_metadata(metadata: &Value) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn has_unsafe_integer(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => {
+            n.as_u64().is_some_and(|u| u > MAX_SAFE_INTEGER)
+                || n.as_i64()
+                    .is_some_and(|i| i.unsigned_abs() > MAX_SAFE_INTEGER)
+        }
+        Value::Array(items) => items.iter().any(has_unsafe_integer),
+        Value::Object(map) => map.values().any(has_unsafe_integer),
+        _ => false,
+    }
 }
 
 fn has_nul(value: &Value) -> bool {

@@ -27,6 +27,7 @@ use super::chain::GENESIS;
 use super::event::{MAX_BATCH, NewEvent, Target, micros};
 use super::retention;
 use crate::error::{Error, Result};
+use crate::pubsub::{self, Feed};
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
 const ROWS_PER_INSERT: usize = 1000;
@@ -39,6 +40,13 @@ const QUEUE_DEPTH: usize = 4096;
 #[derive(Clone)]
 pub struct Ingestor {
     jobs: mpsc::Sender<Job>,
+}
+
+/// Where committed events go live. PostgreSQL instances hear of them through NOTIFY (see
+/// `pubsub`); SQLite has one instance, whose committer publishes them itself.
+struct Committer {
+    db: DatabaseConnection,
+    feed: Option<Feed>,
 }
 
 struct Job {
@@ -63,10 +71,12 @@ impl Work {
 }
 
 impl Ingestor {
-    /// Starts the committer on the current tokio runtime.
-    pub fn start(db: DatabaseConnection) -> Self {
+    /// Starts the committer on the current tokio runtime. On SQLite it publishes committed
+    /// events to `feed`; on PostgreSQL it notifies every instance's listener instead.
+    pub fn start(db: DatabaseConnection, feed: Feed) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(commit_loop(db, queue));
+        let feed = (db.get_database_backend() != DbBackend::Postgres).then_some(feed);
+        tokio::spawn(commit_loop(Committer { db, feed }, queue));
         Ingestor { jobs }
     }
 
@@ -125,7 +135,7 @@ impl Ingestor {
     }
 }
 
-async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+async fn commit_loop(committer: Committer, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.recv().await {
         let mut size = first.work.size();
         let mut group = vec![first];
@@ -138,35 +148,46 @@ async fn commit_loop(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_group(&db, group).await;
+        committer.commit_group(group).await;
     }
 }
 
-async fn commit_group(db: &DatabaseConnection, group: Vec<Job>) {
-    let (requests, replies): (Vec<_>, Vec<_>) = group
-        .into_iter()
-        .map(|job| ((job.tenant_id, job.work), job.reply))
-        .unzip();
-    match write(db, &requests).await {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that went away (client disconnected) no longer needs the answer.
-                let _ = reply.send(result);
+impl Committer {
+    async fn commit_group(&self, group: Vec<Job>) {
+        let (requests, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|job| ((job.tenant_id, job.work), job.reply))
+            .unzip();
+        match self.write(&requests).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that went away (client disconnected) no longer needs the answer.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) if requests.len() == 1 => {
+                let _ = replies.into_iter().next().map(|reply| reply.send(Err(err)));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, jobs = requests.len(), "group commit failed, retrying jobs one by one");
+                for (request, reply) in requests.iter().zip(replies) {
+                    let result = self.write(std::slice::from_ref(request)).await;
+                    let _ = reply.send(result.and_then(|mut r| {
+                        r.pop()
+                            .unwrap_or_else(|| Err(Error::internal("no result for a retried job")))
+                    }));
+                }
             }
         }
-        Err(err) if requests.len() == 1 => {
-            let _ = replies.into_iter().next().map(|reply| reply.send(Err(err)));
+    }
+
+    /// Writes jobs in one transaction and makes the new events live once committed.
+    async fn write(&self, requests: &[Request]) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
+        let (results, committed) = write(&self.db, requests).await?;
+        if let Some(feed) = &self.feed {
+            feed.publish(committed);
         }
-        Err(err) => {
-            tracing::warn!(error = %err, jobs = requests.len(), "group commit failed, retrying jobs one by one");
-            for (request, reply) in requests.iter().zip(replies) {
-                let result = write(db, std::slice::from_ref(request)).await;
-                let _ = reply.send(result.and_then(|mut r| {
-                    r.pop()
-                        .unwrap_or_else(|| Err(Error::internal("no result for a retried job")))
-                }));
-            }
-        }
+        Ok(results)
     }
 }
 
@@ -179,24 +200,28 @@ struct Head {
     recorded_at: Option<DateTime<Utc>>,
 }
 
+/// Per job, its events or its own failure.
+type JobResults = Vec<Result<Vec<audit_log::Model>>>;
+
 /// Writes a group of jobs in one transaction. The outer error fails the whole group; the
-/// inner results are per job.
+/// inner results are per job. Also returns the new rows, in commit order.
 async fn write(
     db: &DatabaseConnection,
     requests: &[Request],
-) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
+) -> Result<(JobResults, Vec<audit_log::Model>)> {
     let txn = db.begin().await?;
     let recorded_at = micros(Utc::now());
 
     // Sorted, so that every writer locks tenants in the same order and none deadlock.
+    // Per tenant: the sequence when locked, and the head as it moves.
     let mut heads = BTreeMap::new();
     for (tenant_id, _) in requests {
-        if !heads.contains_key(tenant_id.as_str()) {
-            heads.insert(tenant_id.as_str(), None);
-        }
+        heads.entry(tenant_id.as_str()).or_insert((0, None));
     }
-    for (tenant_id, head) in heads.iter_mut() {
-        *head = Some(lock_head(&txn, tenant_id).await?);
+    for (tenant_id, (first, head)) in heads.iter_mut() {
+        let locked = lock_head(&txn, tenant_id).await?;
+        *first = locked.seq;
+        *head = Some(locked);
     }
     let mut known = load_keyed(&txn, requests).await?;
 
@@ -205,7 +230,7 @@ async fn write(
     for (tenant_id, work) in requests {
         let head = heads
             .get_mut(tenant_id.as_str())
-            .and_then(Option::as_mut)
+            .and_then(|(_, head)| head.as_mut())
             .ok_or_else(|| Error::internal("chain head not locked"))?;
         let events = match work {
             Work::Log(events) => events.clone(),
@@ -243,13 +268,28 @@ async fn write(
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         insert(&txn, chunk).await?;
     }
-    for (tenant_id, head) in &heads {
-        if let Some(head) = head {
+    let mut ranges = Vec::new();
+    for (tenant_id, (first, head)) in &heads {
+        if let Some(head) = head
+            && head.seq > *first
+        {
             move_head(&txn, tenant_id, head).await?;
+            ranges.push((tenant_id.to_string(), first + 1, head.seq));
+        }
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // One NOTIFY per transaction, not per event: NOTIFY serializes commits.
+        for payload in pubsub::notifications(&ranges) {
+            let notify = Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [pubsub::CHANNEL.into(), payload.into()],
+            );
+            txn.execute_raw(notify).await?;
         }
     }
     txn.commit().await?;
-    Ok(results)
+    Ok((results, rows))
 }
 
 /// The event that records a purge, in the purged tenant's own chain.

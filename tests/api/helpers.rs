@@ -55,6 +55,14 @@ macro_rules! on_both_backends {
 /// new database on `TEST_DATABASE_URL`; without it the test is skipped, loudly, and in CI
 /// (`CI` set) it fails instead.
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// `spawn_app` with a changed server configuration.
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> Option<TestApp> {
     let (database_url, cleanup) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -88,7 +96,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
             )
         }
     };
-    let address = start_server(&database_url).await;
+    let address = start_server_with(&database_url, configure).await;
     let db = migration::connect(&database_url, 2)
         .await
         .expect("connect to test database");
@@ -102,9 +110,13 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     })
 }
 
-/// Starts one more server process-internal instance on an existing database.
+/// Starts one more server instance (in this process) on an existing database.
 pub async fn start_server(database_url: &str) -> String {
-    let config = ServeConfig {
+    start_server_with(database_url, |_| {}).await
+}
+
+async fn start_server_with(database_url: &str, configure: impl FnOnce(&mut ServeConfig)) -> String {
+    let mut config = ServeConfig {
         database: DatabaseConfig {
             url: database_url.to_owned().into(),
             pool_size: 5,
@@ -112,7 +124,9 @@ pub async fn start_server(database_url: &str) -> String {
         listen: "127.0.0.1:0".parse().expect("address"),
         cors_origins: vec![],
         retention: Default::default(),
+        subscriber_buffer: 1000,
     };
+    configure(&mut config);
     let app = Application::build(&config).await.expect("server starts");
     let address = format!("http://{}", app.local_addr().expect("bound"));
     tokio::spawn(app.run_until_stopped());
@@ -217,13 +231,17 @@ impl TestApp {
     /// triggers out of the way, as an attacker with database access could.
     pub async fn tamper(&self, sql: &str) {
         let sql = match self.backend {
-            Backend::Postgres => format!("SET session_replication_role = replica; {sql}; RESET session_replication_role"),
+            Backend::Postgres => format!(
+                "SET session_replication_role = replica; {sql}; RESET session_replication_role"
+            ),
             Backend::Sqlite => format!(
                 "DROP TRIGGER IF EXISTS audit_logs_no_update; DROP TRIGGER IF EXISTS audit_logs_no_delete; {sql}"
             ),
         };
         // One connection, so the session setting applies to the statement.
-        let db = migration::connect(&self.database_url, 1).await.expect("connect");
+        let db = migration::connect(&self.database_url, 1)
+            .await
+            .expect("connect");
         db.execute_unprepared(&sql).await.expect("tamper");
         db.close().await.ok();
     }

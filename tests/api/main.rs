@@ -13,4 +13,5 @@ mod helpers;
 mod http;
 mod pagination;
 mod schema;
+mod subscriptions;
 mod validation;

@@ -58,6 +58,26 @@ async fn bad_events_are_refused_with_their_path(app: &TestApp) {
         (with("metadata", json!({ "k": "nul\u{0}" })), "metadata"),
         (with("occurredAt", json!(in_an_hour)), "occurredAt"),
         (
+            with("occurredAt", json!("1969-12-31T23:59:59Z")),
+            "occurredAt",
+        ),
+        (
+            with("occurredAt", json!("2016-12-31T23:59:60.5Z")),
+            "occurredAt",
+        ),
+        (
+            with("metadata", json!({ "big": 9007199254740992u64 })),
+            "metadata",
+        ),
+        (
+            with("metadata", json!({ "small": [-9007199254740992i64] })),
+            "metadata",
+        ),
+        (
+            with("context.ipAddress", json!("10.0.0.1/24")),
+            "context.ipAddress",
+        ),
+        (
             with("context.ipAddress", json!("999.1.1.1")),
             "context.ipAddress",
         ),

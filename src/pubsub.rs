@@ -1,0 +1,184 @@
+//! Live delivery of committed events: one in-process broadcast per server instance.
+//!
+//! On PostgreSQL the ingest path sends one NOTIFY per transaction carrying only the tenants
+//! and sequence ranges it committed; every instance's listener loads those rows and
+//! broadcasts them, so subscribers on any instance see events written through any other.
+//! Sequence numbers are gap-free per tenant, so the listener loads everything after the last
+//! sequence it delivered: a lost notification, or events committed while its connection was
+//! down, are filled in from the database. On SQLite (one instance) the committer publishes
+//! directly after each commit.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use entity::audit_log;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sea_orm::{DatabaseConnection, EntityTrait};
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+use crate::service::query;
+
+/// The PostgreSQL notification channel.
+pub const CHANNEL: &str = "audit_events";
+/// The listener's `application_name`, to find its connection in `pg_stat_activity`.
+pub const LISTENER_NAME: &str = "audit-service-listener";
+/// NOTIFY payloads must stay under 8,000 bytes.
+const MAX_PAYLOAD: usize = 7000;
+/// Rows loaded per query when catching up.
+const LOAD_BATCH: i64 = 1000;
+
+/// The committed events of this instance, in commit order per tenant.
+#[derive(Clone)]
+pub struct Feed {
+    sender: broadcast::Sender<Arc<audit_log::Model>>,
+}
+
+impl Feed {
+    /// A feed whose subscribers may fall at most `capacity` events behind.
+    pub fn new(capacity: usize) -> Self {
+        Feed {
+            sender: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// Events published from now on. A receiver more than `capacity` behind gets `Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<audit_log::Model>> {
+        self.sender.subscribe()
+    }
+
+    /// Hands committed events to every subscriber; never waits for them.
+    pub fn publish(&self, events: impl IntoIterator<Item = audit_log::Model>) {
+        for event in events {
+            // No subscribers is fine.
+            let _ = self.sender.send(Arc::new(event));
+        }
+    }
+}
+
+/// The NOTIFY payloads for what one transaction committed: `[tenant, first seq, last seq]`
+/// triples as JSON, split to respect PostgreSQL's payload limit.
+pub fn notifications(ranges: &[(String, i64, i64)]) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current: Vec<&(String, i64, i64)> = Vec::new();
+    let mut size = 2;
+    for range in ranges {
+        let len = range.0.len() + 48;
+        if !current.is_empty() && size + len > MAX_PAYLOAD {
+            payloads.push(serde_json::json!(current).to_string());
+            current.clear();
+            size = 2;
+        }
+        current.push(range);
+        size += len;
+    }
+    if !current.is_empty() {
+        payloads.push(serde_json::json!(current).to_string());
+    }
+    payloads
+}
+
+/// Runs the instance's listener for as long as the process lives, reconnecting with
+/// backoff. Deliveries start from the chain heads at the first connection.
+pub async fn listen(db: DatabaseConnection, url: String, feed: Feed) {
+    let mut delivered: Option<HashMap<String, i64>> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&db, &url, &feed, &mut delivered).await {
+            Ok(()) => tracing::warn!("notification listener lost its connection; reconnecting"),
+            Err(err) => tracing::warn!(error = %err, "notification listener failed; reconnecting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One listener connection: listen, catch up on what was committed meanwhile, then deliver
+/// notifications until the connection drops.
+async fn session(
+    db: &DatabaseConnection,
+    url: &str,
+    feed: &Feed,
+    delivered: &mut Option<HashMap<String, i64>>,
+) -> Result<()> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(Error::internal)?
+        .application_name(LISTENER_NAME);
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(Error::internal)?;
+    let mut listener = PgListener::connect_with(&pool)
+        .await
+        .map_err(Error::internal)?;
+    listener.listen(CHANNEL).await.map_err(Error::internal)?;
+
+    // Listening already, so nothing committed from here on can be missed.
+    let heads = entity::chain_head::Entity::find().all(db).await?;
+    match delivered {
+        None => {
+            *delivered = Some(heads.into_iter().map(|h| (h.tenant_id, h.seq)).collect());
+        }
+        Some(delivered) => {
+            for head in heads {
+                deliver_through(db, feed, delivered, &head.tenant_id, head.seq).await?;
+            }
+        }
+    }
+    let Some(delivered) = delivered.as_mut() else {
+        return Ok(());
+    };
+    tracing::info!("notification listener connected");
+    while let Some(notification) = listener.try_recv().await.map_err(Error::internal)? {
+        let ranges: Vec<(String, i64, i64)> = match serde_json::from_str(notification.payload()) {
+            Ok(ranges) => ranges,
+            Err(err) => {
+                tracing::warn!(error = %err, "ignoring a malformed notification");
+                continue;
+            }
+        };
+        for (tenant_id, _first, last) in ranges {
+            deliver_through(db, feed, delivered, &tenant_id, last).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a tenant's events after the last one delivered, up to `last`.
+async fn deliver_through(
+    db: &DatabaseConnection,
+    feed: &Feed,
+    delivered: &mut HashMap<String, i64>,
+    tenant_id: &str,
+    last: i64,
+) -> Result<()> {
+    let mut next = delivered.get(tenant_id).copied().unwrap_or(0) + 1;
+    while next <= last {
+        let rows = query::range(db, tenant_id, next, last.min(next + LOAD_BATCH - 1)).await?;
+        next = rows.last().map_or(last, |row| row.seq) + 1;
+        delivered.insert(tenant_id.to_owned(), next - 1);
+        feed.publish(rows);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_stay_small() {
+        let ranges: Vec<_> = (0..500).map(|i| (format!("tenant-{i:04}"), 1, i)).collect();
+        let payloads = notifications(&ranges);
+        assert!(payloads.len() > 1);
+        let mut back = Vec::new();
+        for p in &payloads {
+            assert!(p.len() < 8000);
+            back.extend(serde_json::from_str::<Vec<(String, i64, i64)>>(p).unwrap());
+        }
+        assert_eq!(back, ranges);
+    }
+}

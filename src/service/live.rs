@@ -1,0 +1,68 @@
+//! A live subscription: optional replay from the database, then the instance's feed, with
+//! neither a gap nor a duplicate at the seam.
+
+use std::sync::Arc;
+
+use entity::audit_log;
+use futures_util::Stream;
+use sea_orm::DatabaseConnection;
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+
+use super::cursor::Cursor;
+use super::query::{self, Filter};
+use crate::error::{Error, Result};
+
+/// Events replayed per query.
+const REPLAY_BATCH: u64 = 500;
+
+/// Matching events committed after `after` (replayed from the database), then matching
+/// events as they are committed.
+///
+/// `live` must be subscribed before this is called: then every event committed after the
+/// replay's last query is in `live`, and the ones the replay already delivered are
+/// recognized by their sequence number (per tenant, sequence order is commit order).
+pub fn tail(
+    db: DatabaseConnection,
+    filter: Filter,
+    after: Option<Cursor>,
+    mut live: Receiver<Arc<audit_log::Model>>,
+) -> impl Stream<Item = Result<audit_log::Model>> {
+    async_stream::stream! {
+        let mut replayed: Option<(String, i64)> = None;
+        if let Some(cursor) = after {
+            let mut position = cursor.seq;
+            loop {
+                let rows = match query::replay(&db, &filter, &cursor.tenant_id, position, REPLAY_BATCH).await {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        yield Err(err);
+                        return;
+                    }
+                };
+                let Some(last) = rows.last() else { break };
+                position = last.seq;
+                for row in rows {
+                    yield Ok(row);
+                }
+            }
+            replayed = Some((cursor.tenant_id, position));
+        }
+        loop {
+            match live.recv().await {
+                Ok(event) => {
+                    let seen = replayed
+                        .as_ref()
+                        .is_some_and(|(tenant, seq)| *tenant == event.tenant_id && event.seq <= *seq);
+                    if !seen && filter.matches(&event) {
+                        yield Ok(audit_log::Model::clone(&event));
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    yield Err(Error::SubscriberLagged { missed });
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
