@@ -16,11 +16,12 @@ use crate::{graphql, telemetry};
 /// Runs what the command line asks for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
-    if !matches!(command, Command::Schema | Command::Export { .. }) {
+    if !matches!(command, Command::Schema { .. } | Command::Export { .. }) {
         telemetry::init();
     }
     match command {
-        Command::Schema => print!("{}", graphql::sdl()),
+        Command::Schema { subgraph: false } => print!("{}", graphql::sdl()),
+        Command::Schema { subgraph: true } => print!("{}", graphql::subgraph_sdl()),
         Command::Serve(config) => {
             Application::build(&config)
                 .await?

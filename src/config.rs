@@ -28,7 +28,11 @@ pub enum Command {
     /// Apply pending database migrations and exit.
     Migrate(DatabaseConfig),
     /// Print the GraphQL schema (SDL), as `schema.graphql` holds it.
-    Schema,
+    Schema {
+        /// Print the Apollo Federation subgraph SDL instead (`schema.subgraph.graphql`).
+        #[arg(long)]
+        subgraph: bool,
+    },
     /// Check the hash chains; exits non-zero naming the first bad sequence and why.
     Verify {
         #[command(flatten)]
@@ -144,6 +148,18 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Most nested selection depth of a GraphQL document.
+    #[arg(long, env = "AUDIT_MAX_DEPTH", default_value_t = 15)]
+    pub max_depth: usize,
+    /// Largest complexity of a GraphQL document (one point per selected field).
+    #[arg(long, env = "AUDIT_MAX_COMPLEXITY", default_value_t = 2000)]
+    pub max_complexity: usize,
+    /// Answer introspection (`__schema`, `__type`); switch off in production if you like.
+    #[arg(long, env = "AUDIT_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub introspection: bool,
+    /// Milliseconds a DataLoader batch (federation entities, trails) waits for more keys.
+    #[arg(long, env = "AUDIT_BATCH_WINDOW_MS", default_value_t = 2)]
+    pub batch_window_ms: u64,
     /// Events a live subscriber may fall behind before it is dropped with `SUBSCRIBER_LAGGED`.
     #[arg(long, env = "AUDIT_SUBSCRIBER_BUFFER", default_value_t = 1000)]
     pub subscriber_buffer: usize,
@@ -153,4 +169,16 @@ pub struct ServeConfig {
 
 fn secret(value: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(value))
+}
+
+impl ServeConfig {
+    /// The schema's limits and tunables.
+    pub fn schema(&self) -> crate::graphql::SchemaConfig {
+        crate::graphql::SchemaConfig {
+            max_depth: self.max_depth,
+            max_complexity: self.max_complexity,
+            introspection: self.introspection,
+            batch_window: std::time::Duration::from_millis(self.batch_window_ms),
+        }
+    }
 }

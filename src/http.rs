@@ -6,6 +6,7 @@
 //! refused, and POST bodies must be JSON.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
 use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
@@ -24,6 +25,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Principal;
 use crate::graphql::AppSchema;
+use crate::metrics::Metrics;
 use crate::ws;
 
 /// Largest request body.
@@ -37,6 +39,7 @@ const JSON: &str = "application/json; charset=utf-8";
 pub struct AppState {
     pub schema: AppSchema,
     pub db: DatabaseConnection,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The whole HTTP application.
@@ -45,6 +48,10 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move { state.metrics.render() }),
+        )
         .merge(crate::graphiql::router())
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

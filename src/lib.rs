@@ -10,6 +10,7 @@ pub mod error;
 mod graphiql;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
 pub mod pubsub;
 pub mod service;
 pub mod startup;

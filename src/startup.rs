@@ -1,6 +1,7 @@
 //! Building and running the server: what `main` does, and what every test starts.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use migration::{Migrator, MigratorTrait};
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::config::ServeConfig;
 use crate::graphql::build_schema;
 use crate::http::{AppState, app};
+use crate::metrics::Metrics;
 use crate::pubsub::{self, Feed};
 use crate::service::ingest::Ingestor;
 use crate::service::retention;
@@ -24,11 +26,13 @@ pub struct Application {
 impl Application {
     /// Connects to the database, applies pending migrations, and binds the listener.
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
-        let db = migration::connect(
+        let mut db = migration::connect(
             config.database.url.expose_secret(),
             config.database.pool_size,
         )
         .await?;
+        let metrics = Arc::new(Metrics::default());
+        metrics.watch(&mut db);
         Migrator::up(&db, None).await?;
         let cors_origins = config
             .cors_origins
@@ -48,8 +52,15 @@ impl Application {
                 config.retention.clone(),
             ));
         }
-        let schema = build_schema(db.clone(), ingestor, feed);
-        let router = app(AppState { schema, db }, &cors_origins);
+        let schema = build_schema(db.clone(), ingestor, feed, &config.schema());
+        let router = app(
+            AppState {
+                schema,
+                db,
+                metrics,
+            },
+            &cors_origins,
+        );
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Application { listener, router })
     }

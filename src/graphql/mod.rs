@@ -1,21 +1,27 @@
 //! The GraphQL schema: roots, types, and the error-code extension.
 
 mod errors;
+pub mod federation;
+pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod scalars;
 pub mod subscription;
 pub mod types;
 
-use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
 use crate::pubsub::Feed;
 use crate::service::ingest::Ingestor;
+use loaders::AuditLoader;
 
 /// Query root.
 #[derive(MergedObject, Default)]
-pub struct Query(query::AuditQuery);
+pub struct Query(query::AuditQuery, federation::FederationQuery);
 
 /// Mutation root.
 #[derive(MergedObject, Default)]
@@ -27,29 +33,75 @@ pub struct Subscription(subscription::AuditSubscription);
 
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
-/// Most nested selection depth.
-pub const MAX_DEPTH: usize = 15;
-/// Largest query complexity (one point per field).
-pub const MAX_COMPLEXITY: usize = 2000;
+/// Limits and tunables of the schema.
+#[derive(Clone, Debug)]
+pub struct SchemaConfig {
+    /// Most nested selection depth.
+    pub max_depth: usize,
+    /// Largest query complexity (one point per field).
+    pub max_complexity: usize,
+    /// Whether `__schema` and `__type` answer.
+    pub introspection: bool,
+    /// How long a DataLoader batch waits for more keys after its first.
+    pub batch_window: Duration,
+}
 
-fn builder() -> SchemaBuilder<Query, Mutation, Subscription> {
-    Schema::build(
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            max_depth: 15,
+            max_complexity: 2000,
+            introspection: true,
+            batch_window: Duration::from_millis(2),
+        }
+    }
+}
+
+fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription> {
+    let builder = Schema::build(
         Query::default(),
         Mutation::default(),
         Subscription::default(),
     )
-    .limit_depth(MAX_DEPTH)
-    .limit_complexity(MAX_COMPLEXITY)
-    .extension(errors::ErrorCodes)
+    .enable_federation()
+    .limit_depth(config.max_depth)
+    .limit_complexity(config.max_complexity)
+    .extension(errors::ErrorCodes);
+    if config.introspection {
+        builder
+    } else {
+        builder.disable_introspection()
+    }
 }
 
 /// The schema, serving `db`, writing through `ingestor`, watching `feed`. Neither connects
 /// nor migrates.
-pub fn build_schema(db: DatabaseConnection, ingestor: Ingestor, feed: Feed) -> AppSchema {
-    builder().data(db).data(ingestor).data(feed).finish()
+pub fn build_schema(
+    db: DatabaseConnection,
+    ingestor: Ingestor,
+    feed: Feed,
+    config: &SchemaConfig,
+) -> AppSchema {
+    let loader = DataLoader::new(AuditLoader { db: db.clone() }, tokio::spawn)
+        .max_batch_size(loaders::MAX_BATCH)
+        .delay(config.batch_window);
+    builder(config)
+        .data(db)
+        .data(ingestor)
+        .data(feed)
+        .data(loader)
+        .finish()
 }
 
 /// The schema in SDL, as `schema.graphql` holds it.
 pub fn sdl() -> String {
-    builder().finish().sdl()
+    builder(&SchemaConfig::default()).finish().sdl()
+}
+
+/// The Apollo Federation subgraph SDL, as `_service { sdl }` serves it and
+/// `schema.subgraph.graphql` holds it.
+pub fn subgraph_sdl() -> String {
+    builder(&SchemaConfig::default())
+        .finish()
+        .sdl_with_options(SDLExportOptions::new().federation().compose_directive())
 }

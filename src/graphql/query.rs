@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::types::{
     AuditChainHead, AuditChainVerification, AuditLog, AuditLogConnection, AuditLogFilter,
-    AuditLogOrder,
+    AuditLogOrder, Count,
 };
 use crate::auth::Principal;
 use crate::error::Error;
@@ -67,7 +67,10 @@ impl AuditQuery {
         let want_far_side = ctx.look_ahead().field("pageInfo").field(far_flag).exists();
         let db = ctx.data::<DatabaseConnection>()?;
         let page = query::page(db, &filter, &args, want_far_side).await?;
-        Ok(AuditLogConnection::new(page, filter))
+        Ok(AuditLogConnection::new(
+            page,
+            Count::Query(Box::new(filter)),
+        ))
     }
 
     /// The head of a tenant's hash chain (your own tenant by default), or null when the

@@ -5,10 +5,15 @@ use entity::audit_log;
 use serde_json::Value;
 
 use super::scalars::DateTime;
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::service::cursor::Cursor;
 use crate::service::event::{NewEvent, Target, host_only};
 use crate::service::query::{self, Filter, Page, PageOrder};
+use crate::service::trail::Subject;
+
+use super::loaders::{AuditLoader, CountKey, TrailArgs, TrailKey};
+use async_graphql::dataloader::DataLoader;
 
 /// The kind of principal that performed an operation.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,28 +170,98 @@ impl AuditLog {
     }
 }
 
-/// Who performed an operation.
+/// Who performed an operation. A federation entity: other subgraphs can reference an actor
+/// by `type` and `id` and get its audit trail from here.
 #[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
 pub struct AuditActor {
     /// User, service or system.
     #[graphql(name = "type")]
     pub kind: ActorType,
     /// The actor's id in the platform (a user id, a service name).
     pub id: String,
-    /// A display name, as it was at the time.
+    /// A display name, as recorded with the event (null for a federation reference).
     pub name: Option<String>,
 }
 
-/// The resource an operation acted on.
+#[ComplexObject]
+impl AuditActor {
+    /// This actor's own audit trail, newest first (50 events by default, at most 500).
+    async fn audit_logs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<AuditLogConnection> {
+        let subject = Subject::Actor(self.kind.into(), self.id.clone());
+        trail(ctx, subject, filter, first, after).await
+    }
+}
+
+/// The resource an operation acted on. A federation entity: another subgraph that owns,
+/// say, `Project` can return `{ __typename: "AuditTarget", type: "project", id: "p1" }` and
+/// the gateway fills in its audit trail from here.
 #[derive(SimpleObject, Clone, Debug)]
+#[graphql(complex)]
 pub struct AuditTarget {
     /// The resource's type (`project`, `role`, `api_key`).
     #[graphql(name = "type")]
     pub kind: String,
     /// The resource's id.
     pub id: String,
-    /// A display name, as it was at the time.
+    /// A display name, as recorded with the event (null for a federation reference).
     pub name: Option<String>,
+}
+
+#[ComplexObject]
+impl AuditTarget {
+    /// This target's own audit trail, newest first (50 events by default, at most 500).
+    async fn audit_logs(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<AuditLogFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<AuditLogConnection> {
+        let subject = Subject::Target(self.kind.clone(), self.id.clone());
+        trail(ctx, subject, filter, first, after).await
+    }
+}
+
+/// One page of an actor's or target's trail, through the batching loader.
+async fn trail(
+    ctx: &Context<'_>,
+    subject: Subject,
+    filter: Option<AuditLogFilter>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> async_graphql::Result<AuditLogConnection> {
+    let principal = ctx.data::<Principal>()?;
+    let filter = filter
+        .unwrap_or_default()
+        .into_filter(principal.readable_tenants())?;
+    let size = query::page_size(first, None)?;
+    let after = query::decode_cursor(after.as_deref(), "after")?;
+    let has_previous_page = after.is_some();
+    let key = TrailKey {
+        subject,
+        args: TrailArgs::new(filter, after, size + 1),
+    };
+    let loader = ctx.data::<DataLoader<AuditLoader>>()?;
+    let mut rows = loader.load_one(key.clone()).await?.unwrap_or_default();
+    let has_next_page = rows.len() as u64 > size;
+    rows.truncate(size as usize);
+    let page = Page {
+        rows,
+        has_next_page,
+        has_previous_page,
+    };
+    let count = CountKey(TrailKey {
+        subject: key.subject,
+        args: TrailArgs::new(key.args.filter.clone(), None, 0),
+    });
+    Ok(AuditLogConnection::new(page, Count::Trail(count)))
 }
 
 /// Where a request came from.
@@ -361,7 +436,13 @@ pub struct AuditLogConnection {
     /// Where this page sits.
     pub page_info: PageInfo,
     #[graphql(skip)]
-    pub filter: Filter,
+    pub count: Count,
+}
+
+/// How to count all the events of a connection, should `totalCount` be asked for.
+pub enum Count {
+    Query(Box<Filter>),
+    Trail(CountKey),
 }
 
 #[ComplexObject]
@@ -369,13 +450,21 @@ impl AuditLogConnection {
     /// How many events match the filter, across all pages. Costs a count query; computed
     /// only when asked for.
     async fn total_count(&self, ctx: &Context<'_>) -> async_graphql::Result<u64> {
-        let db = ctx.data::<sea_orm::DatabaseConnection>()?;
-        Ok(query::count(db, &self.filter).await?)
+        match &self.count {
+            Count::Query(filter) => {
+                let db = ctx.data::<sea_orm::DatabaseConnection>()?;
+                Ok(query::count(db, filter).await?)
+            }
+            Count::Trail(key) => {
+                let loader = ctx.data::<DataLoader<AuditLoader>>()?;
+                Ok(loader.load_one(key.clone()).await?.unwrap_or_default())
+            }
+        }
     }
 }
 
 impl AuditLogConnection {
-    pub fn new(page: Page, filter: Filter) -> Self {
+    pub fn new(page: Page, count: Count) -> Self {
         let cursors: Vec<String> = page.rows.iter().map(|m| Cursor::of(m).encode()).collect();
         let page_info = PageInfo {
             has_next_page: page.has_next_page,
@@ -397,7 +486,7 @@ impl AuditLogConnection {
             edges,
             nodes,
             page_info,
-            filter,
+            count,
         }
     }
 }
@@ -411,8 +500,10 @@ pub struct AuditLogEdge {
     pub node: AuditLog,
 }
 
-/// Where a page sits in the whole result.
+/// Where a page sits in the whole result (Relay). Shareable: other subgraphs may define it
+/// too.
 #[derive(SimpleObject, Clone, Debug)]
+#[graphql(shareable)]
 pub struct PageInfo {
     /// More events follow this page.
     pub has_next_page: bool,

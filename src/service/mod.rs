@@ -7,3 +7,4 @@ pub mod ingest;
 pub mod live;
 pub mod query;
 pub mod retention;
+pub mod trail;

@@ -130,7 +130,7 @@ impl Filter {
     }
 
     /// The SQL condition; `validate` must have passed.
-    fn condition(&self, backend: DbBackend) -> Result<Condition> {
+    pub(super) fn condition(&self, backend: DbBackend) -> Result<Condition> {
         let mut all = Condition::all().add(Column::TenantId.is_in(self.tenant_ids.clone()));
         if let Some(ids) = &self.actor_ids {
             all = all.add(Column::ActorId.is_in(ids.clone()));
@@ -318,11 +318,11 @@ impl Scan {
     fn new(filter: &Filter, args: &PageArgs, backend: DbBackend) -> Result<Self> {
         Ok(Scan {
             condition: filter.condition(backend)?,
-            size: page_size(args)?,
+            size: page_size(args.first, args.last)?,
             forward: args.last.is_none(),
             newest_first: args.order == PageOrder::NewestFirst,
-            after: decode(args.after.as_deref(), "after")?,
-            before: decode(args.before.as_deref(), "before")?,
+            after: decode_cursor(args.after.as_deref(), "after")?,
+            before: decode_cursor(args.before.as_deref(), "before")?,
         })
     }
 
@@ -352,8 +352,9 @@ impl Scan {
     }
 }
 
-fn page_size(args: &PageArgs) -> Result<u64> {
-    let (field, size) = match (args.first, args.last) {
+/// The page size asked for with `first` or `last` (at most one of them), or the default.
+pub fn page_size(first: Option<i32>, last: Option<i32>) -> Result<u64> {
+    let (field, size) = match (first, last) {
         (Some(_), Some(_)) => {
             return Err(Error::bad_input("last", "give `first` or `last`, not both"));
         }
@@ -370,7 +371,8 @@ fn page_size(args: &PageArgs) -> Result<u64> {
     Ok(size as u64)
 }
 
-fn decode(cursor: Option<&str>, field: &str) -> Result<Option<Cursor>> {
+/// The cursor in argument `field`, if given; an error names the argument.
+pub fn decode_cursor(cursor: Option<&str>, field: &str) -> Result<Option<Cursor>> {
     cursor
         .map(|text| {
             Cursor::decode(text)
@@ -380,7 +382,7 @@ fn decode(cursor: Option<&str>, field: &str) -> Result<Option<Cursor>> {
 }
 
 /// Rows strictly older than `c` (when `older`) or strictly newer, in `(occurred_at, id)`.
-fn beyond(c: &Cursor, older: bool) -> SimpleExpr {
+pub(super) fn beyond(c: &Cursor, older: bool) -> SimpleExpr {
     let row = Expr::tuple([Expr::col(Column::OccurredAt), Expr::col(Column::Id)]);
     let at = Expr::tuple([Expr::val(c.occurred_at), Expr::val(c.id)]);
     if older { row.lt(at) } else { row.gt(at) }

@@ -125,6 +125,10 @@ async fn start_server_with(database_url: &str, configure: impl FnOnce(&mut Serve
         cors_origins: vec![],
         retention: Default::default(),
         subscriber_buffer: 1000,
+        max_depth: 15,
+        max_complexity: 2000,
+        introspection: true,
+        batch_window_ms: 2,
     };
     configure(&mut config);
     let app = Application::build(&config).await.expect("server starts");

@@ -9,6 +9,7 @@
 mod chain;
 mod events;
 mod explain;
+mod federation;
 mod helpers;
 mod http;
 mod pagination;

@@ -1,0 +1,62 @@
+//! Apollo Federation v2: how the gateway resolves this subgraph's entities (`_entities`).
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, ID, Object};
+use uuid::Uuid;
+
+use super::loaders::{AuditLoader, EventKey};
+use super::types::{ActorType, AuditActor, AuditLog, AuditTarget};
+use crate::auth::Principal;
+
+#[derive(Default)]
+pub struct FederationQuery;
+
+#[Object]
+impl FederationQuery {
+    /// `AuditLog @key(fields: "id")`; null for an unknown id or another tenant's event.
+    #[graphql(entity)]
+    async fn find_audit_log_by_id(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<AuditLog>> {
+        let Ok(id) = Uuid::parse_str(&id) else {
+            return Ok(None);
+        };
+        let principal = ctx.data::<Principal>()?;
+        let key = EventKey {
+            tenant_ids: principal.readable_tenants().into(),
+            id,
+        };
+        let loader = ctx.data::<DataLoader<AuditLoader>>()?;
+        Ok(loader.load_one(key).await?.map(AuditLog))
+    }
+
+    /// `AuditActor @key(fields: "type id")`: any actor, with or without events.
+    #[graphql(entity)]
+    async fn find_audit_actor_by_type_and_id(
+        &self,
+        #[graphql(key, name = "type")] kind: ActorType,
+        #[graphql(key)] id: String,
+    ) -> AuditActor {
+        AuditActor {
+            kind,
+            id,
+            name: None,
+        }
+    }
+
+    /// `AuditTarget @key(fields: "type id")`: any target, with or without events.
+    #[graphql(entity)]
+    async fn find_audit_target_by_type_and_id(
+        &self,
+        #[graphql(key, name = "type")] kind: String,
+        #[graphql(key)] id: String,
+    ) -> AuditTarget {
+        AuditTarget {
+            kind,
+            id,
+            name: None,
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! DataLoaders: events by id and the trails of actors and targets, batched so that N
+//! federation entities cost a constant number of SQL statements, not N.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_graphql::dataloader::Loader;
+use entity::audit_log::{self, Column};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+use crate::service::cursor::Cursor;
+use crate::service::query::Filter;
+use crate::service::trail::{self, Subject};
+
+/// Most keys per batch (SQLite allows 500 members in one UNION).
+pub const MAX_BATCH: usize = 250;
+
+/// Loads for one schema; keys carry the caller's tenants, so nothing leaks between callers.
+pub struct AuditLoader {
+    pub db: DatabaseConnection,
+}
+
+/// An event by id, within some tenants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventKey {
+    pub tenant_ids: Arc<[String]>,
+    pub id: Uuid,
+}
+
+/// What the trails of one batch share: filter (with the caller's tenants), cursor, size.
+#[derive(Clone, Debug)]
+pub struct TrailArgs {
+    fingerprint: String,
+    pub filter: Filter,
+    pub after: Option<Cursor>,
+    pub limit: u64,
+}
+
+impl TrailArgs {
+    pub fn new(filter: Filter, after: Option<Cursor>, limit: u64) -> Arc<Self> {
+        let fingerprint = format!("{filter:?}|{after:?}|{limit}");
+        Arc::new(TrailArgs {
+            fingerprint,
+            filter,
+            after,
+            limit,
+        })
+    }
+}
+
+impl PartialEq for TrailArgs {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for TrailArgs {}
+
+impl std::hash::Hash for TrailArgs {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state);
+    }
+}
+
+/// The newest events of one actor or target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TrailKey {
+    pub subject: Subject,
+    pub args: Arc<TrailArgs>,
+}
+
+/// How many events one actor or target has (cursor and size ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CountKey(pub TrailKey);
+
+/// Groups keys that one statement can serve: same arguments, same kind of subject.
+fn batches<'k>(
+    keys: impl Iterator<Item = &'k TrailKey>,
+) -> HashMap<(Arc<TrailArgs>, bool), Vec<Subject>> {
+    let mut batches: HashMap<(Arc<TrailArgs>, bool), Vec<Subject>> = HashMap::new();
+    for key in keys {
+        let is_actor = matches!(key.subject, Subject::Actor(..));
+        batches
+            .entry((key.args.clone(), is_actor))
+            .or_default()
+            .push(key.subject.clone());
+    }
+    batches
+}
+
+impl Loader<EventKey> for AuditLoader {
+    type Value = audit_log::Model;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[EventKey]) -> Result<HashMap<EventKey, Self::Value>, Self::Error> {
+        let mut by_tenants: HashMap<Arc<[String]>, Vec<Uuid>> = HashMap::new();
+        for key in keys {
+            by_tenants
+                .entry(key.tenant_ids.clone())
+                .or_default()
+                .push(key.id);
+        }
+        let mut found = HashMap::new();
+        for (tenant_ids, ids) in by_tenants {
+            let rows = audit_log::Entity::find()
+                .filter(Column::TenantId.is_in(tenant_ids.iter().cloned()))
+                .filter(Column::Id.is_in(ids))
+                .all(&self.db)
+                .await
+                .map_err(crate::error::Error::from)?;
+            for row in rows {
+                let key = EventKey {
+                    tenant_ids: tenant_ids.clone(),
+                    id: row.id,
+                };
+                found.insert(key, row);
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Loader<TrailKey> for AuditLoader {
+    type Value = Vec<audit_log::Model>;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[TrailKey]) -> Result<HashMap<TrailKey, Self::Value>, Self::Error> {
+        let mut found = HashMap::new();
+        for ((args, _), subjects) in batches(keys.iter()) {
+            let pages = trail::pages(
+                &self.db,
+                &subjects,
+                &args.filter,
+                args.after.as_ref(),
+                args.limit,
+            )
+            .await?;
+            for (subject, rows) in pages {
+                found.insert(
+                    TrailKey {
+                        subject,
+                        args: args.clone(),
+                    },
+                    rows,
+                );
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Loader<CountKey> for AuditLoader {
+    type Value = u64;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[CountKey]) -> Result<HashMap<CountKey, Self::Value>, Self::Error> {
+        let mut found = HashMap::new();
+        for ((args, _), subjects) in batches(keys.iter().map(|k| &k.0)) {
+            let counts = trail::counts(&self.db, &subjects, &args.filter).await?;
+            for (subject, n) in counts {
+                found.insert(
+                    CountKey(TrailKey {
+                        subject,
+                        args: args.clone(),
+                    }),
+                    n,
+                );
+            }
+        }
+        Ok(found)
+    }
+}
