@@ -1,28 +1,334 @@
-//! Who is calling: the principal every request runs as.
+//! Who is calling: credentials (JWTs from the platform's auth-service, API keys), scopes,
+//! tenants, and open mode.
 
-/// The caller of a request, as established by the HTTP layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// The caller's identity (`sub` of a token, the name of an API key).
-    pub subject: String,
-    /// The tenant the caller acts in; written events always land here.
-    pub tenant_id: String,
-}
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sea_orm::DatabaseConnection;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::config::AuthConfig;
+use crate::error::{Error, Result};
+use crate::service::keys;
 
 /// The tenant of open mode.
 pub const DEFAULT_TENANT: &str = "default";
+/// How long an API key lookup (or the open-mode check) is trusted: revocation takes effect
+/// on every instance within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(3);
+
+/// What a credential allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `audit:read`: read your tenant's events (queries, subscriptions, entities, export).
+    Read,
+    /// `audit:write`: log events in your tenant.
+    Write,
+    /// `audit:admin`: everything, across tenants.
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "audit:read" => Some(Scope::Read),
+            "audit:write" => Some(Scope::Write),
+            "audit:admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "audit:read",
+            Scope::Write => "audit:write",
+            Scope::Admin => "audit:admin",
+        }
+    }
+}
+
+/// How a principal proved who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Open,
+    Jwt,
+    ApiKey(uuid::Uuid),
+}
+
+/// The caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's identity (`sub` of a token, `api-key:<name>` of a key).
+    pub subject: String,
+    /// The tenant the caller acts in; written events always land here.
+    pub tenant_id: String,
+    pub scopes: Vec<Scope>,
+    pub credential: Credential,
+    /// When the credential stops being valid (JWT `exp`).
+    pub expires_at: Option<DateTime<Utc>>,
+}
 
 impl Principal {
-    /// The principal of a server running without credentials.
+    /// The principal of a server running without credentials: every scope, tenant `default`.
     pub fn open() -> Self {
         Principal {
             subject: "anonymous".to_owned(),
             tenant_id: DEFAULT_TENANT.to_owned(),
+            scopes: vec![Scope::Read, Scope::Write, Scope::Admin],
+            credential: Credential::Open,
+            expires_at: None,
         }
     }
 
-    /// The tenants this principal may read.
+    /// Whether the principal holds `scope` (admin holds all).
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+    }
+
+    /// The tenants a read may cover: your own by default; others only for admins.
+    pub fn tenants(&self, requested: Option<Vec<String>>) -> Result<Vec<String>> {
+        match requested {
+            None => Ok(vec![self.tenant_id.clone()]),
+            Some(tenants) if self.has(Scope::Admin) => Ok(tenants),
+            Some(tenants) if tenants.iter().all(|t| *t == self.tenant_id) => Ok(tenants),
+            Some(_) => Err(Error::Forbidden(
+                "reading other tenants needs the audit:admin scope".to_owned(),
+            )),
+        }
+    }
+
+    /// The tenants this principal may read without asking for others.
     pub fn readable_tenants(&self) -> Vec<String> {
         vec![self.tenant_id.clone()]
+    }
+
+    /// Whom the rate limiter counts this request against.
+    pub fn rate_key(&self) -> String {
+        format!("{}\n{}", self.tenant_id, self.subject)
+    }
+}
+
+/// Why a credential was refused; recorded, and never more precise than needed to the client.
+#[derive(Clone, Debug)]
+pub struct Denial {
+    pub reason: String,
+    /// The tenant and subject the credential claimed, when it could be read.
+    pub tenant_id: Option<String>,
+    pub subject: Option<String>,
+}
+
+impl Denial {
+    fn new(reason: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+            tenant_id: None,
+            subject: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    tenant_id: String,
+    #[serde(default)]
+    scope: String,
+    exp: i64,
+}
+
+/// Verifies JWTs: HS256 with the shared secret, RS256/ES256 with the JWKS keys, each key
+/// only with its own algorithm (no `none`, no algorithm confusion).
+struct JwtVerifier {
+    hs256: Option<DecodingKey>,
+    public: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl JwtVerifier {
+    fn load(config: &AuthConfig) -> anyhow::Result<Option<Self>> {
+        if !config.jwt_configured() {
+            return Ok(None);
+        }
+        let hs256 = config
+            .jwt_hs256_secret
+            .as_ref()
+            .map(|s| DecodingKey::from_secret(s.expose_secret().as_bytes()));
+        let mut public = Vec::new();
+        if let Some(path) = &config.jwt_jwks_file {
+            let set: JwkSet = serde_json::from_slice(&std::fs::read(path)?)?;
+            for jwk in &set.keys {
+                let algorithm = match &jwk.algorithm {
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                    _ => continue,
+                };
+                public.push((
+                    jwk.common.key_id.clone(),
+                    algorithm,
+                    DecodingKey::from_jwk(jwk)?,
+                ));
+            }
+            anyhow::ensure!(
+                !public.is_empty(),
+                "{} holds no RSA or P-256 key",
+                path.display()
+            );
+        }
+        Ok(Some(JwtVerifier {
+            hs256,
+            public,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        }))
+    }
+
+    fn verify(&self, token: &str) -> Result<Principal, Denial> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Denial::new("the token is not a JWT with an accepted algorithm"))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 | Algorithm::ES256 => self
+                .public
+                .iter()
+                .find(|(kid, alg, _)| {
+                    *alg == header.alg && (header.kid.is_none() || *kid == header.kid)
+                })
+                .map(|(_, _, key)| key),
+            _ => None,
+        }
+        .ok_or_else(|| Denial::new(format!("no key accepts {:?} tokens", header.alg)))?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| Denial::new(format!("the token was refused: {e}")))?
+            .claims;
+        let scopes = claims
+            .scope
+            .split_whitespace()
+            .filter_map(Scope::parse)
+            .collect();
+        Ok(Principal {
+            subject: claims.sub,
+            tenant_id: claims.tenant_id,
+            scopes,
+            credential: Credential::Jwt,
+            expires_at: DateTime::from_timestamp(claims.exp, 0),
+        })
+    }
+}
+
+/// An API key lookup (by hash) and when it was made; `None` for an unknown or revoked key.
+type CachedKey = (Instant, Option<Principal>);
+
+/// Turns an `Authorization` header into a principal.
+pub struct Authenticator {
+    jwt: Option<JwtVerifier>,
+    db: DatabaseConnection,
+    keys: Mutex<HashMap<Vec<u8>, CachedKey>>,
+    open: Mutex<Option<(Instant, bool)>>,
+}
+
+impl Authenticator {
+    pub fn new(db: DatabaseConnection, config: &AuthConfig) -> anyhow::Result<Self> {
+        Ok(Authenticator {
+            jwt: JwtVerifier::load(config)?,
+            db,
+            keys: Mutex::new(HashMap::new()),
+            open: Mutex::new(None),
+        })
+    }
+
+    /// Open mode: no JWT key configured and no API key ever created. Checked every few
+    /// seconds, so creating the first key closes the server; nothing reopens it.
+    pub async fn is_open(&self) -> Result<bool> {
+        if self.jwt.is_some() {
+            return Ok(false);
+        }
+        if let Some((at, open)) = *self.open.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < KEY_CACHE_TTL
+        {
+            return Ok(open);
+        }
+        let open = !keys::any_created(&self.db).await?;
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), open));
+        Ok(open)
+    }
+
+    /// The principal an `Authorization` header (or a WebSocket `connection_init` payload's
+    /// `authorization`) stands for.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Denial> {
+        if self
+            .is_open()
+            .await
+            .map_err(|e| Denial::new(e.to_string()))?
+        {
+            return Ok(Principal::open());
+        }
+        let Some(header) = authorization else {
+            return Err(Denial::new("no credential"));
+        };
+        let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
+            return Err(Denial::new(
+                "the Authorization header is not `Bearer <token>`",
+            ));
+        };
+        if token.starts_with(keys::KEY_PREFIX) {
+            return self.api_key(token).await;
+        }
+        match &self.jwt {
+            Some(jwt) => jwt.verify(token),
+            None => Err(Denial::new(
+                "JWTs are not accepted here (no JWT key is configured)",
+            )),
+        }
+    }
+
+    async fn api_key(&self, key: &str) -> Result<Principal, Denial> {
+        let hash = keys::hash(key);
+        let cached = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .cloned();
+        let principal = match cached {
+            Some((at, principal)) if at.elapsed() < KEY_CACHE_TTL => principal,
+            _ => {
+                let record = keys::find_active(&self.db, &hash)
+                    .await
+                    .map_err(|e| Denial::new(e.to_string()))?;
+                let principal = record.map(|k| Principal {
+                    subject: format!("api-key:{}", k.name),
+                    tenant_id: k.tenant_id,
+                    scopes: k
+                        .scopes
+                        .split_whitespace()
+                        .filter_map(Scope::parse)
+                        .collect(),
+                    credential: Credential::ApiKey(k.id),
+                    expires_at: None,
+                });
+                let mut cache = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+                cache.retain(|_, (at, _)| at.elapsed() < KEY_CACHE_TTL);
+                cache.insert(hash, (Instant::now(), principal.clone()));
+                principal
+            }
+        };
+        principal.ok_or_else(|| Denial::new("unknown or revoked API key"))
     }
 }

@@ -7,9 +7,9 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
-use crate::config::{Cli, Command, DatabaseConfig};
+use crate::config::{Cli, Command, DatabaseConfig, KeysCommand};
 use crate::pubsub::Feed;
-use crate::service::{chain, ingest::Ingestor, retention};
+use crate::service::{self, chain, ingest::Ingestor, retention};
 use crate::startup::Application;
 use crate::{graphql, telemetry};
 
@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             chain::export(&db, &tenant, &mut out).await?;
             out.flush()?;
         }
+        Command::Keys { database, action } => keys(&connect(&database).await?, action).await?,
         Command::Purge {
             database,
             retention,
@@ -72,6 +73,39 @@ async fn connect(database: &DatabaseConfig) -> anyhow::Result<DatabaseConnection
     let db = migration::connect(database.url.expose_secret(), 2).await?;
     Migrator::up(&db, None).await?;
     Ok(db)
+}
+
+async fn keys(db: &DatabaseConnection, action: KeysCommand) -> anyhow::Result<()> {
+    match action {
+        KeysCommand::Create {
+            tenant,
+            scopes,
+            name,
+        } => {
+            let (record, key) = service::keys::create(db, &tenant, &scopes, &name).await?;
+            eprintln!(
+                "created key {} for tenant {tenant}; store it now, it is not shown again:",
+                record.id
+            );
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            for k in service::keys::list(db).await? {
+                let state = k
+                    .revoked_at
+                    .map_or("active".to_owned(), |at| format!("revoked {at}"));
+                println!(
+                    "{}  {}…  tenant={}  name={}  scopes={}  {state}",
+                    k.id, k.prefix, k.tenant_id, k.name, k.scopes
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            anyhow::ensure!(service::keys::revoke(db, id).await?, "no active key {id}");
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
 }
 
 async fn verify(db: &DatabaseConnection, tenant: Option<String>) -> anyhow::Result<ExitCode> {

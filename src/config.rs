@@ -51,6 +51,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
     },
+    /// Manage API keys.
+    Keys {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// Apply the retention policy once, then exit; or, with `--tenant` and `--before`, purge
     /// one tenant's events recorded before an instant.
     Purge {
@@ -64,6 +71,30 @@ pub enum Command {
         /// Purge events recorded before this RFC 3339 instant (with `--tenant`).
         #[arg(long, requires = "tenant")]
         before: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+/// What to do with API keys.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// The tenant the key acts in.
+        #[arg(long)]
+        tenant: String,
+        /// A scope to grant: audit:write, audit:read, audit:admin (repeat for more).
+        #[arg(long = "scope", required = true, value_parser = ["audit:write", "audit:read", "audit:admin"])]
+        scopes: Vec<String>,
+        /// Who uses the key (`api-gateway`).
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key; every instance refuses it within seconds.
+    Revoke {
+        /// The key's id, from `keys list`.
+        id: uuid::Uuid,
     },
 }
 
@@ -160,6 +191,8 @@ pub struct ServeConfig {
     /// Milliseconds a DataLoader batch (federation entities, trails) waits for more keys.
     #[arg(long, env = "AUDIT_BATCH_WINDOW_MS", default_value_t = 2)]
     pub batch_window_ms: u64,
+    #[command(flatten)]
+    pub auth: AuthConfig,
     /// Events a live subscriber may fall behind before it is dropped with `SUBSCRIBER_LAGGED`.
     #[arg(long, env = "AUDIT_SUBSCRIBER_BUFFER", default_value_t = 1000)]
     pub subscriber_buffer: usize,
@@ -180,5 +213,34 @@ impl ServeConfig {
             introspection: self.introspection,
             batch_window: std::time::Duration::from_millis(self.batch_window_ms),
         }
+    }
+}
+
+/// Where credentials come from, and how much each may do.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 JWTs from the platform's auth-service. Never logged.
+    #[arg(long, env = "AUDIT_JWT_HS256_SECRET", value_parser = secret)]
+    pub jwt_hs256_secret: Option<SecretString>,
+    /// A JWKS file with the public keys (RS256, ES256) of the platform's auth-service.
+    #[arg(long, env = "AUDIT_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// Required `iss` of JWTs, when set.
+    #[arg(long, env = "AUDIT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs, when set.
+    #[arg(long, env = "AUDIT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Requests per second each credential may make (token bucket); 0 turns it off.
+    #[arg(long, env = "AUDIT_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u32,
+    /// Requests a credential may make at once beyond the steady rate.
+    #[arg(long, env = "AUDIT_RATE_LIMIT_BURST", default_value_t = 2000)]
+    pub rate_limit_burst: u32,
+}
+
+impl AuthConfig {
+    pub fn jwt_configured(&self) -> bool {
+        self.jwt_hs256_secret.is_some() || self.jwt_jwks_file.is_some()
     }
 }

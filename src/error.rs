@@ -15,9 +15,15 @@ pub enum Error {
     BadInput { field: String, message: String },
     #[error("not found")]
     NotFound,
+    /// No valid credential.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// Too many requests for this credential; retry after this many seconds.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// An idempotency key was reused with different content.
     #[error("idempotency key {key:?} was already used for a different event")]
     IdempotencyConflict { field: String, key: String },
@@ -39,7 +45,9 @@ impl Error {
         match self {
             Error::BadInput { .. } => "BAD_USER_INPUT",
             Error::NotFound => "NOT_FOUND",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::Forbidden(_) => "FORBIDDEN",
+            Error::RateLimited { .. } => "RATE_LIMITED",
             Error::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
             Error::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
             Error::Unavailable(_) => "UNAVAILABLE",
@@ -100,10 +108,17 @@ impl From<Error> for async_graphql::Error {
         let mut gql = async_graphql::Error::new(err.to_string());
         let code = err.code();
         let field = err.field().map(str::to_owned);
+        let retry_after = match err {
+            Error::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
         gql = async_graphql::ErrorExtensions::extend_with(gql, |_, ext| {
             ext.set("code", code);
             if let Some(field) = field {
                 ext.set("field", field);
+            }
+            if let Some(seconds) = retry_after {
+                ext.set("retryAfter", seconds);
             }
         });
         gql

@@ -5,6 +5,7 @@
 //! `application/graphql-response+json` get HTTP 400 and no `data`, mutations over GET are
 //! refused, and POST bodies must be JSON.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -12,7 +13,10 @@ use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
 use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
 use async_graphql::{ServerError, Variables};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, Request, State, WebSocketUpgrade,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,8 +27,10 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::Principal;
-use crate::graphql::AppSchema;
+use crate::access::{Access, Origin};
+use crate::auth::{Authenticator, Principal};
+use crate::error::Error;
+use crate::graphql::{AppSchema, limits};
 use crate::metrics::Metrics;
 use crate::ws;
 
@@ -40,6 +46,8 @@ pub struct AppState {
     pub schema: AppSchema,
     pub db: DatabaseConnection,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+    pub access: Arc<Access>,
 }
 
 /// The whole HTTP application.
@@ -114,11 +122,12 @@ fn negotiate(headers: &HeaderMap) -> Media {
 
 async fn graphql_post(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let media = negotiate(&headers);
-    let is_json = headers
+    let media = negotiate(&parts.headers);
+    let is_json = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
@@ -148,7 +157,7 @@ async fn graphql_post(
             );
         }
     };
-    execute(&state, request, media).await
+    execute(&state, request, media, &parts).await
 }
 
 /// The query string of a GraphQL GET request (async-graphql's parser expects
@@ -188,7 +197,10 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     };
     let mut request = async_graphql::Request::new(params.query).variables(variables);
     request.operation_name = params.operation_name;
-    if selected_operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation) {
+    // Parsing recurses, so the nesting check comes first.
+    let parses = limits::nesting(&request.query) <= limits::MAX_NESTING;
+    if parses && selected_operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation)
+    {
         let mut response = http_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "mutations must be sent with POST",
@@ -198,7 +210,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, request, media).await
+    execute(&state, request, media, &parts).await
 }
 
 /// The operation the request would run; `None` when the document does not parse (the
@@ -233,8 +245,93 @@ fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
         })
 }
 
-async fn execute(state: &AppState, mut request: async_graphql::Request, media: Media) -> Response {
-    let response = match missing_variable(&mut request) {
+/// Where a request came from: the peer address and its User-Agent.
+fn origin(parts: &Parts) -> Origin {
+    Origin {
+        ip: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip().to_string()),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    }
+}
+
+/// Authenticates a request and counts it against its credential's rate limit; the error is
+/// the response refusing it (401 or 429).
+async fn admit(state: &AppState, parts: &Parts) -> Result<(Principal, Origin), Response> {
+    let origin = origin(parts);
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match state.auth.authenticate(authorization).await {
+        Ok(principal) => principal,
+        Err(denial) => {
+            state.access.record_denial(
+                denial.tenant_id.as_deref(),
+                denial.subject.as_deref(),
+                None,
+                &denial.reason,
+                &origin,
+            );
+            let mut response = coded_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                &format!("a valid credential is required: {}", denial.reason),
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Err(response);
+        }
+    };
+    if let Err(Error::RateLimited { retry_after_secs }) = state.access.admit(&principal) {
+        let message = format!("too many requests; retry in {retry_after_secs} s");
+        let body = json!({ "errors": [{ "message": message, "extensions": { "code": "RATE_LIMITED", "retryAfter": retry_after_secs } }] });
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::CONTENT_TYPE, JSON)],
+            Json(body),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        return Err(response);
+    }
+    Ok((principal, origin))
+}
+
+async fn execute(
+    state: &AppState,
+    request: async_graphql::Request,
+    media: Media,
+    parts: &Parts,
+) -> Response {
+    let (principal, origin) = match admit(state, parts).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let response = if limits::nesting(&request.query) > limits::MAX_NESTING {
+        async_graphql::Response::from_errors(vec![limits::too_deep()])
+    } else {
+        respond_to(state, request, principal, origin).await
+    };
+    encode(response, media)
+}
+
+/// Runs a request whose text is safe to parse.
+async fn respond_to(
+    state: &AppState,
+    mut request: async_graphql::Request,
+    principal: Principal,
+    origin: Origin,
+) -> async_graphql::Response {
+    match missing_variable(&mut request) {
         Some(name) => {
             let mut error = ServerError::new(format!("variable ${name} is required"), None);
             let extensions = error.extensions.get_or_insert_with(Default::default);
@@ -242,8 +339,16 @@ async fn execute(state: &AppState, mut request: async_graphql::Request, media: M
             extensions.set("field", format!("${name}"));
             async_graphql::Response::from_errors(vec![error])
         }
-        None => state.schema.execute(request.data(Principal::open())).await,
-    };
+        None => {
+            let request = request.data(principal).data(origin);
+            state.schema.execute(request).await
+        }
+    }
+}
+
+/// The HTTP response for a GraphQL response, in the negotiated media type.
+fn encode(mut response: async_graphql::Response, media: Media) -> Response {
+    response.errors.iter_mut().for_each(crate::graphql::label);
     // Errors before execution (parse, validation, variables) carry no path and leave no data.
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
@@ -276,6 +381,10 @@ fn http_error(status: StatusCode, message: &str) -> Response {
     } else {
         "BAD_USER_INPUT"
     };
+    coded_error(status, code, message)
+}
+
+fn coded_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
     (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response()
 }
@@ -300,11 +409,22 @@ async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> R
             "offer the WebSocket subprotocol graphql-transport-ws or graphql-ws",
         );
     };
-    let schema = state.schema.clone();
+    let connection = ws::Connection {
+        schema: state.schema.clone(),
+        auth: state.auth.clone(),
+        access: state.access.clone(),
+        protocol,
+        upgrade_authorization: parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        origin: origin(parts),
+    };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY_BYTES)
-        .on_upgrade(move |socket| ws::serve(socket, schema, protocol))
+        .on_upgrade(move |socket| connection.serve(socket))
 }
 
 #[cfg(test)]

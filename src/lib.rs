@@ -3,6 +3,7 @@
 //! `startup::Application` is what `main` runs and what the tests start; `graphql` is the
 //! API, `service` the database work behind it, `http` the transport.
 
+pub mod access;
 pub mod auth;
 pub mod commands;
 pub mod config;

@@ -9,6 +9,8 @@ use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
+use crate::access::Access;
+use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::graphql::build_schema;
 use crate::http::{AppState, app};
@@ -52,15 +54,31 @@ impl Application {
                 config.retention.clone(),
             ));
         }
-        let schema = build_schema(db.clone(), ingestor, feed, &config.schema());
-        let router = app(
-            AppState {
-                schema,
-                db,
-                metrics,
-            },
-            &cors_origins,
-        );
+        let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
+        if auth.is_open().await? {
+            anyhow::ensure!(
+                config.listen.ip().is_loopback(),
+                "no credential source is configured (AUDIT_JWT_HS256_SECRET, \
+                 AUDIT_JWT_JWKS_FILE or an API key), so the server may only listen on a \
+                 loopback address, not {}",
+                config.listen
+            );
+            tracing::warn!(
+                "OPEN MODE: no JWT key and no API key is configured; every request is \
+                 accepted as tenant `default` with every scope. Create an API key or set \
+                 AUDIT_JWT_HS256_SECRET / AUDIT_JWT_JWKS_FILE before exposing the server."
+            );
+        }
+        let access = Arc::new(Access::new(&config.auth, ingestor.clone()));
+        let schema = build_schema(db.clone(), ingestor, feed, access.clone(), &config.schema());
+        let state = AppState {
+            schema,
+            db,
+            metrics,
+            auth,
+            access,
+        };
+        let router = app(state, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Application { listener, router })
     }
@@ -73,7 +91,10 @@ impl Application {
     /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "audit-service listening");
-        axum::serve(self.listener, self.router)
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown_signal())
             .await
     }

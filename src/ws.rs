@@ -1,93 +1,203 @@
 //! GraphQL over WebSocket on `/graphql`: `graphql-transport-ws` (the graphql-ws library)
 //! and the legacy `graphql-ws` (subscriptions-transport-ws).
 //!
-//! async-graphql speaks both protocols; this loop adds what it leaves out: closing a
-//! connection that sends no `connection_init` within 10 seconds (code 4408), and keep-alive
-//! messages from the server.
+//! async-graphql speaks both protocols; this loop adds what it leaves out: authentication
+//! at `connection_init` (from its payload's `authorization`, or the upgrade request's
+//! header), closing a connection that sends no `connection_init` within 10 seconds (4408),
+//! keep-alive messages, and at most 100 active subscriptions per connection.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_graphql::Data;
 use async_graphql::http::{WebSocket as Protocol, WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::auth::Principal;
+use crate::access::{Access, Origin};
+use crate::auth::{Authenticator, Principal};
 use crate::graphql::AppSchema;
 
 /// How long a client may take to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the server sends a keep-alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Most subscriptions one connection may have running.
+pub const MAX_SUBSCRIPTIONS: usize = 100;
 
-/// Serves one WebSocket connection until either side closes it.
-pub async fn serve(socket: WebSocket, schema: AppSchema, protocol: WebSocketProtocols) {
-    let (mut sink, mut source) = socket.split();
-    let (to_protocol, from_client) = mpsc::channel::<String>(16);
-    let mut graphql = Protocol::new(schema, ReceiverStream::new(from_client), protocol)
-        .on_connection_init(|_payload| async {
+/// An upgraded request, ready to serve.
+pub struct Connection {
+    pub schema: AppSchema,
+    pub auth: Arc<Authenticator>,
+    pub access: Arc<Access>,
+    pub protocol: WebSocketProtocols,
+    pub upgrade_authorization: Option<String>,
+    pub origin: Origin,
+}
+
+/// What the loop does with a message from the client.
+enum Inbound {
+    Forward(String),
+    Reply(String),
+    Close(u16, String),
+}
+
+impl Connection {
+    /// Serves the connection until either side closes it.
+    pub async fn serve(self, socket: WebSocket) {
+        let (mut sink, mut source) = socket.split();
+        let (to_protocol, from_client) = mpsc::channel::<String>(16);
+        // Filled in when the client's credential is accepted, before async-graphql sees
+        // `connection_init`.
+        let admitted: Arc<Mutex<Option<Principal>>> = Arc::default();
+        let for_init = admitted.clone();
+        let origin = self.origin.clone();
+        let mut graphql = Protocol::new(
+            self.schema.clone(),
+            ReceiverStream::new(from_client),
+            self.protocol,
+        )
+        .on_connection_init(move |_payload| async move {
+            let principal = for_init.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let principal = principal.ok_or_else(|| async_graphql::Error::new("Forbidden"))?;
             let mut data = Data::default();
-            data.insert(Principal::open());
+            data.insert(principal);
+            data.insert(origin);
             Ok(data)
         });
-    let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
-    tokio::pin!(init_deadline);
-    let mut initialized = false;
-    let mut keepalive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-    let ping = match protocol {
-        WebSocketProtocols::GraphQLWS => r#"{"type":"ping"}"#,
-        WebSocketProtocols::SubscriptionsTransportWS => r#"{"type":"ka"}"#,
-    };
+        let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
+        tokio::pin!(init_deadline);
+        let mut initialized = false;
+        let mut active: HashSet<String> = HashSet::new();
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        let ping = match self.protocol {
+            WebSocketProtocols::GraphQLWS => r#"{"type":"ping"}"#,
+            WebSocketProtocols::SubscriptionsTransportWS => r#"{"type":"ka"}"#,
+        };
 
-    let close = loop {
-        tokio::select! {
-            message = source.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text.to_string(),
-                    Some(Ok(Message::Binary(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
-                };
-                initialized |= is_connection_init(&text);
-                if to_protocol.send(text).await.is_err() {
-                    break None;
+        let close = loop {
+            tokio::select! {
+                message = source.next() => {
+                    let text = match message {
+                        Some(Ok(Message::Text(text))) => text.to_string(),
+                        Some(Ok(Message::Binary(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
+                    };
+                    let inbound = self.inbound(text, &mut initialized, &mut active, &admitted).await;
+                    match inbound {
+                        Inbound::Forward(text) => {
+                            if to_protocol.send(text).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Inbound::Reply(text) => {
+                            if sink.send(Message::Text(text.into())).await.is_err() {
+                                break None;
+                            }
+                        }
+                        Inbound::Close(code, reason) => break Some((code, reason)),
+                    }
                 }
-            }
-            message = graphql.next() => match message {
-                Some(WsMessage::Text(text)) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
+                message = graphql.next() => match message {
+                    Some(WsMessage::Text(text)) => {
+                        finished(&text, &mut active);
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
+                    None => break None,
+                },
+                () = &mut init_deadline, if !initialized => {
+                    break Some((4408, "Connection initialisation timeout".to_owned()));
+                }
+                _ = keepalive.tick(), if initialized => {
+                    if sink.send(Message::Text(ping.into())).await.is_err() {
                         break None;
                     }
                 }
-                Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
-                None => break None,
-            },
-            () = &mut init_deadline, if !initialized => {
-                break Some((4408, "Connection initialisation timeout".to_owned()));
             }
-            _ = keepalive.tick(), if initialized => {
-                if sink.send(Message::Text(ping.into())).await.is_err() {
-                    break None;
+        };
+        let frame = close.map(|(code, reason)| CloseFrame {
+            code,
+            reason: reason.into(),
+        });
+        // The peer may already be gone.
+        let _ = sink.send(Message::Close(frame)).await;
+    }
+
+    /// Authenticates `connection_init` and keeps count of subscriptions; everything else
+    /// goes to async-graphql as it is.
+    async fn inbound(
+        &self,
+        text: String,
+        initialized: &mut bool,
+        active: &mut HashSet<String>,
+        admitted: &Mutex<Option<Principal>>,
+    ) -> Inbound {
+        let Ok(message) = serde_json::from_str::<Value>(&text) else {
+            return Inbound::Forward(text);
+        };
+        let id = message["id"].as_str().map(str::to_owned);
+        match (message["type"].as_str(), id) {
+            (Some("connection_init"), _) if !*initialized => {
+                *initialized = true;
+                let authorization = message["payload"]["authorization"]
+                    .as_str()
+                    .or(self.upgrade_authorization.as_deref());
+                match self.auth.authenticate(authorization).await {
+                    Ok(principal) => {
+                        *admitted.lock().unwrap_or_else(|e| e.into_inner()) = Some(principal);
+                        Inbound::Forward(text)
+                    }
+                    Err(denial) => {
+                        self.access
+                            .record_denial(None, None, None, &denial.reason, &self.origin);
+                        match self.protocol {
+                            WebSocketProtocols::GraphQLWS => Inbound::Close(4403, "Forbidden".to_owned()),
+                            WebSocketProtocols::SubscriptionsTransportWS => Inbound::Reply(
+                                json!({ "type": "connection_error", "payload": { "message": "Forbidden", "extensions": { "code": "UNAUTHENTICATED" } } })
+                                    .to_string(),
+                            ),
+                        }
+                    }
                 }
             }
+            (Some("subscribe" | "start"), Some(id)) => {
+                if active.len() >= MAX_SUBSCRIPTIONS && !active.contains(&id) {
+                    let error = json!({ "message": format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), "extensions": { "code": "RATE_LIMITED" } });
+                    let payload = match self.protocol {
+                        WebSocketProtocols::GraphQLWS => json!([error]),
+                        WebSocketProtocols::SubscriptionsTransportWS => error,
+                    };
+                    return Inbound::Reply(
+                        json!({ "id": id, "type": "error", "payload": payload }).to_string(),
+                    );
+                }
+                active.insert(id);
+                Inbound::Forward(text)
+            }
+            (Some("complete" | "stop"), Some(id)) => {
+                active.remove(&id);
+                Inbound::Forward(text)
+            }
+            _ => Inbound::Forward(text),
         }
-    };
-    let frame = close.map(|(code, reason)| CloseFrame {
-        code,
-        reason: reason.into(),
-    });
-    // The peer may already be gone.
-    let _ = sink.send(Message::Close(frame)).await;
+    }
 }
 
-fn is_connection_init(text: &str) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: &'a str,
+/// Forgets subscriptions the server has finished.
+fn finished(text: &str, active: &mut HashSet<String>) {
+    if let Ok(message) = serde_json::from_str::<Value>(text)
+        && matches!(message["type"].as_str(), Some("complete" | "error"))
+        && let Some(id) = message["id"].as_str()
+    {
+        active.remove(id);
     }
-    serde_json::from_str::<Envelope>(text).is_ok_and(|m| m.kind == "connection_init")
 }

@@ -1,6 +1,7 @@
-//! sea-orm entities of audit-service: the audit log, the per-tenant chain heads, and the
-//! checkpoints retention leaves behind.
+//! sea-orm entities of audit-service: the audit log, the per-tenant chain heads, the
+//! checkpoints retention leaves behind, and API keys.
 
+pub mod api_key;
 pub mod audit_log;
 pub mod chain_checkpoint;
 pub mod chain_head;

@@ -12,6 +12,7 @@ use sea_orm_migration::sea_orm::{
 };
 
 mod m20261127_000001_create_audit_logs;
+mod m20261127_000002_create_api_keys;
 
 /// The PostgreSQL schema that holds audit-service's tables.
 pub const PG_SCHEMA: &str = "control_plane";
@@ -21,7 +22,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_audit_logs::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_audit_logs::Migration),
+            Box::new(m20261127_000002_create_api_keys::Migration),
+        ]
     }
 }
 

@@ -1,12 +1,13 @@
 //! Apollo Federation v2: how the gateway resolves this subgraph's entities (`_entities`).
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{Context, ID, Object};
+use async_graphql::{Context, Guard, ID, Object};
 use uuid::Uuid;
 
+use super::guards::RequireScope;
 use super::loaders::{AuditLoader, EventKey};
 use super::types::{ActorType, AuditActor, AuditLog, AuditTarget};
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 
 #[derive(Default)]
 pub struct FederationQuery;
@@ -20,6 +21,7 @@ impl FederationQuery {
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<Option<AuditLog>> {
+        RequireScope(Scope::Read).check(ctx).await?;
         let Ok(id) = Uuid::parse_str(&id) else {
             return Ok(None);
         };
@@ -36,27 +38,31 @@ impl FederationQuery {
     #[graphql(entity)]
     async fn find_audit_actor_by_type_and_id(
         &self,
+        ctx: &Context<'_>,
         #[graphql(key, name = "type")] kind: ActorType,
         #[graphql(key)] id: String,
-    ) -> AuditActor {
-        AuditActor {
+    ) -> async_graphql::Result<AuditActor> {
+        RequireScope(Scope::Read).check(ctx).await?;
+        Ok(AuditActor {
             kind,
             id,
             name: None,
-        }
+        })
     }
 
     /// `AuditTarget @key(fields: "type id")`: any target, with or without events.
     #[graphql(entity)]
     async fn find_audit_target_by_type_and_id(
         &self,
+        ctx: &Context<'_>,
         #[graphql(key, name = "type")] kind: String,
         #[graphql(key)] id: String,
-    ) -> AuditTarget {
-        AuditTarget {
+    ) -> async_graphql::Result<AuditTarget> {
+        RequireScope(Scope::Read).check(ctx).await?;
+        Ok(AuditTarget {
             kind,
             id,
             name: None,
-        }
+        })
     }
 }

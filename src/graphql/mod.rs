@@ -2,6 +2,8 @@
 
 mod errors;
 pub mod federation;
+pub mod guards;
+pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
@@ -9,12 +11,16 @@ pub mod scalars;
 pub mod subscription;
 pub mod types;
 
+pub use errors::label;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
+use crate::access::Access;
 use crate::pubsub::Feed;
 use crate::service::ingest::Ingestor;
 use loaders::AuditLoader;
@@ -66,7 +72,10 @@ fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
     .enable_federation()
     .limit_depth(config.max_depth)
     .limit_complexity(config.max_complexity)
-    .extension(errors::ErrorCodes);
+    .extension(errors::ErrorCodes)
+    .extension(limits::DocumentLimits {
+        introspection: config.introspection,
+    });
     if config.introspection {
         builder
     } else {
@@ -80,6 +89,7 @@ pub fn build_schema(
     db: DatabaseConnection,
     ingestor: Ingestor,
     feed: Feed,
+    access: Arc<Access>,
     config: &SchemaConfig,
 ) -> AppSchema {
     let loader = DataLoader::new(AuditLoader { db: db.clone() }, tokio::spawn)
@@ -90,6 +100,7 @@ pub fn build_schema(
         .data(ingestor)
         .data(feed)
         .data(loader)
+        .data(access)
         .finish()
 }
 

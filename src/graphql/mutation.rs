@@ -2,8 +2,9 @@
 
 use async_graphql::{Context, Object};
 
+use super::guards::RequireScope;
 use super::types::{AuditEventInput, AuditLog};
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::service::ingest::Ingestor;
 
 #[derive(Default)]
@@ -12,6 +13,7 @@ pub struct AuditMutation;
 #[Object]
 impl AuditMutation {
     /// Records one event in your tenant and returns it once it is durably stored.
+    #[graphql(guard = "RequireScope(Scope::Write)")]
     async fn log_audit_event(
         &self,
         ctx: &Context<'_>,
@@ -28,6 +30,7 @@ impl AuditMutation {
 
     /// Records 1 to 1,000 events in your tenant, all or nothing, and returns them in input
     /// order once they are durably stored.
+    #[graphql(guard = "RequireScope(Scope::Write)")]
     async fn log_audit_events(
         &self,
         ctx: &Context<'_>,

@@ -4,8 +4,9 @@ use async_graphql::{Context, Subscription};
 use futures_util::{Stream, StreamExt};
 use sea_orm::DatabaseConnection;
 
+use super::guards::RequireScope;
 use super::types::{AuditLog, AuditLogFilter};
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::Error;
 use crate::pubsub::Feed;
 use crate::service::cursor::Cursor;
@@ -21,6 +22,7 @@ impl AuditSubscription {
     /// event committed after that one, then live ones, with no gap and no duplicate in
     /// between. A subscriber that falls too far behind gets `SUBSCRIBER_LAGGED` and can
     /// resume with `after`.
+    #[graphql(guard = "RequireScope(Scope::Read)")]
     async fn audit_log_created(
         &self,
         ctx: &Context<'_>,
@@ -28,9 +30,7 @@ impl AuditSubscription {
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<AuditLog>>> {
         let principal = ctx.data::<Principal>()?;
-        let filter = filter
-            .unwrap_or_default()
-            .into_filter(principal.readable_tenants())?;
+        let filter = filter.unwrap_or_default().into_filter(principal)?;
         let after = after
             .map(|text| {
                 Cursor::decode(&text)
@@ -41,6 +41,7 @@ impl AuditSubscription {
         let db = ctx.data::<DatabaseConnection>()?.clone();
         // Subscribe before replaying, so that nothing committed meanwhile is missed.
         let live = ctx.data::<Feed>()?.subscribe();
-        Ok(live::tail(db, filter, after, live).map(|event| Ok(AuditLog(event?))))
+        let deadline = principal.expires_at;
+        Ok(live::tail(db, filter, after, live, deadline).map(|event| Ok(AuditLog(event?))))
     }
 }

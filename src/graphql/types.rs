@@ -238,9 +238,7 @@ async fn trail(
     after: Option<String>,
 ) -> async_graphql::Result<AuditLogConnection> {
     let principal = ctx.data::<Principal>()?;
-    let filter = filter
-        .unwrap_or_default()
-        .into_filter(principal.readable_tenants())?;
+    let filter = filter.unwrap_or_default().into_filter(principal)?;
     let size = query::page_size(first, None)?;
     let after = query::decode_cursor(after.as_deref(), "after")?;
     let has_previous_page = after.is_some();
@@ -363,6 +361,8 @@ impl From<AuditEventInput> for NewEvent {
 /// values (at most 100 each, never empty).
 #[derive(InputObject, Clone, Debug, Default)]
 pub struct AuditLogFilter {
+    /// Events of these tenants; your own tenant by default, others need `audit:admin`.
+    pub tenant_ids: Option<Vec<String>>,
     /// Events by any of these actors.
     pub actor_ids: Option<Vec<String>>,
     /// Events by any of these kinds of actor.
@@ -387,10 +387,11 @@ pub struct AuditLogFilter {
 }
 
 impl AuditLogFilter {
-    /// The service filter over `tenant_ids`, validated; error paths start at `filter`.
-    pub fn into_filter(self, tenant_ids: Vec<String>) -> Result<Filter> {
+    /// The service filter for what `principal` may read, validated; error paths start at
+    /// `filter`.
+    pub fn into_filter(self, principal: &Principal) -> Result<Filter> {
         let filter = Filter {
-            tenant_ids,
+            tenant_ids: principal.tenants(self.tenant_ids)?,
             actor_ids: self.actor_ids,
             actor_types: self
                 .actor_types

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use entity::audit_log;
 use futures_util::Stream;
 use sea_orm::DatabaseConnection;
@@ -16,7 +17,7 @@ use crate::error::{Error, Result};
 const REPLAY_BATCH: u64 = 500;
 
 /// Matching events committed after `after` (replayed from the database), then matching
-/// events as they are committed.
+/// events as they are committed, until `deadline` (when the credential expires).
 ///
 /// `live` must be subscribed before this is called: then every event committed after the
 /// replay's last query is in `live`, and the ones the replay already delivered are
@@ -26,8 +27,16 @@ pub fn tail(
     filter: Filter,
     after: Option<Cursor>,
     mut live: Receiver<Arc<audit_log::Model>>,
+    deadline: Option<DateTime<Utc>>,
 ) -> impl Stream<Item = Result<audit_log::Model>> {
     async_stream::stream! {
+        let expired = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         let mut replayed: Option<(String, i64)> = None;
         if let Some(cursor) = after {
             let mut position = cursor.seq;
@@ -48,7 +57,14 @@ pub fn tail(
             replayed = Some((cursor.tenant_id, position));
         }
         loop {
-            match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                () = &mut expired => {
+                    yield Err(Error::Unauthenticated("your credential expired".to_owned()));
+                    return;
+                }
+            };
+            match received {
                 Ok(event) => {
                     let seen = replayed
                         .as_ref()

@@ -4,6 +4,7 @@ pub mod chain;
 pub mod cursor;
 pub mod event;
 pub mod ingest;
+pub mod keys;
 pub mod live;
 pub mod query;
 pub mod retention;

@@ -16,18 +16,26 @@ on_both_backends!(a_gateway_query_crosses_both_subgraphs);
 /// parallel, so they get a wide window (the default, 2 ms, is for release builds).
 #[tokio::test]
 async fn entities_cost_a_constant_number_of_statements_sqlite() {
-    let app = spawn_app_with(Backend::Sqlite, |c| c.batch_window_ms = 100)
+    let mut app = spawn_app_with(Backend::Sqlite, batched)
         .await
         .expect("SQLite always runs");
+    app.token = Some(crate::auth::hs256(&crate::auth::claims(
+        "default",
+        "audit:read audit:write",
+    )));
     entities_cost_a_constant_number_of_statements(&app).await;
     app.cleanup().await;
 }
 
 #[tokio::test]
 async fn entities_cost_a_constant_number_of_statements_postgres() {
-    let Some(app) = spawn_app_with(Backend::Postgres, |c| c.batch_window_ms = 100).await else {
+    let Some(mut app) = spawn_app_with(Backend::Postgres, batched).await else {
         return;
     };
+    app.token = Some(crate::auth::hs256(&crate::auth::claims(
+        "default",
+        "audit:read audit:write",
+    )));
     entities_cost_a_constant_number_of_statements(&app).await;
     app.cleanup().await;
 }
@@ -201,6 +209,13 @@ async fn a_gateway_query_crosses_both_subgraphs(app: &TestApp) {
         projects[2]["auditTrail"],
         json!({ "type": "project", "id": "p3", "auditLogs": { "totalCount": 0, "nodes": [], "pageInfo": { "hasNextPage": false } } })
     );
+}
+
+/// A wide batch window, and a JWT-authenticated server, so that requests run no statement
+/// but their own (open mode checks for API keys now and then).
+fn batched(config: &mut audit_service::config::ServeConfig) {
+    config.batch_window_ms = 100;
+    crate::auth::with_jwt(config);
 }
 
 async fn statements(app: &TestApp) -> u64 {

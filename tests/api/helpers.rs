@@ -20,6 +20,8 @@ pub struct TestApp {
     /// A direct connection to the server's database, for checks behind the API's back.
     pub db: DatabaseConnection,
     pub database_url: String,
+    /// Sent as `Authorization: Bearer <token>` with every request, when set.
+    pub token: Option<String>,
     cleanup: Cleanup,
 }
 
@@ -106,6 +108,7 @@ pub async fn spawn_app_with(
         backend,
         db,
         database_url,
+        token: None,
         cleanup,
     })
 }
@@ -116,20 +119,7 @@ pub async fn start_server(database_url: &str) -> String {
 }
 
 async fn start_server_with(database_url: &str, configure: impl FnOnce(&mut ServeConfig)) -> String {
-    let mut config = ServeConfig {
-        database: DatabaseConfig {
-            url: database_url.to_owned().into(),
-            pool_size: 5,
-        },
-        listen: "127.0.0.1:0".parse().expect("address"),
-        cors_origins: vec![],
-        retention: Default::default(),
-        subscriber_buffer: 1000,
-        max_depth: 15,
-        max_complexity: 2000,
-        introspection: true,
-        batch_window_ms: 2,
-    };
+    let mut config = serve_config(database_url);
     configure(&mut config);
     let app = Application::build(&config).await.expect("server starts");
     let address = format!("http://{}", app.local_addr().expect("bound"));
@@ -161,12 +151,14 @@ impl TestApp {
 
     /// POSTs a JSON body to `/graphql`.
     pub async fn post(&self, body: Value) -> reqwest::Response {
-        self.client
+        let mut request = self
+            .client
             .post(format!("{}/graphql", self.address))
-            .json(&body)
-            .send()
-            .await
-            .expect("request sent")
+            .json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
     }
 
     /// Logs one event built from `input` and returns the stored event.
@@ -258,5 +250,24 @@ impl TestApp {
             .env("AUDIT_LOG", "warn")
             .output()
             .expect("audit-service runs")
+    }
+}
+
+/// The configuration tests start servers with: port 0, open mode, no rate limit.
+pub fn serve_config(database_url: &str) -> ServeConfig {
+    ServeConfig {
+        database: DatabaseConfig {
+            url: database_url.to_owned().into(),
+            pool_size: 5,
+        },
+        listen: "127.0.0.1:0".parse().expect("address"),
+        cors_origins: vec![],
+        retention: Default::default(),
+        subscriber_buffer: 1000,
+        max_depth: 15,
+        max_complexity: 2000,
+        introspection: true,
+        batch_window_ms: 2,
+        auth: Default::default(),
     }
 }

@@ -6,12 +6,14 @@
     reason = "a test fails loudly at the first surprise"
 )]
 
+mod auth;
 mod chain;
 mod events;
 mod explain;
 mod federation;
 mod helpers;
 mod http;
+mod limits;
 mod pagination;
 mod schema;
 mod subscriptions;

@@ -54,6 +54,10 @@ impl Client {
         client
     }
 
+    pub fn socket_mut(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+
     pub async fn send(&mut self, message: Value) {
         self.socket
             .send(Message::Text(message.to_string().into()))
@@ -88,6 +92,19 @@ impl Client {
                 _ => return value,
             }
         }
+    }
+
+    /// The code of an error message: `error` messages carry a list, `next` ones `errors`.
+    pub fn error_code(message: &Value) -> String {
+        let errors = if message["payload"].is_array() {
+            &message["payload"]
+        } else {
+            &message["payload"]["errors"]
+        };
+        errors[0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// The next event delivered to subscription `id`.
@@ -154,17 +171,7 @@ async fn filtered_delivery(app: &TestApp, protocol: &str) {
         .subscribe("2", TAIL, json!({ "after": "garbage" }))
         .await;
     let error = client.receive().await;
-    let errors = if error["type"] == "error" && !error["payload"].is_array() {
-        &error["payload"]["errors"]
-    } else {
-        &error["payload"]
-    };
-    let errors = if errors.is_array() {
-        errors.clone()
-    } else {
-        error["payload"]["errors"].clone()
-    };
-    assert_eq!(errors[0]["extensions"]["code"], "BAD_USER_INPUT", "{error}");
+    assert_eq!(Client::error_code(&error), "BAD_USER_INPUT", "{error}");
 }
 
 async fn filtered_delivery_over_graphql_transport_ws(app: &TestApp) {
