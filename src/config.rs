@@ -106,15 +106,18 @@ pub enum ExportFormat {
 }
 
 /// How long events are kept.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct RetentionConfig {
     /// Days to keep events, per tenant: `acme=90,globex=365`, and `*=400` for every other
     /// tenant. Tenants without an entry keep everything. Off by default.
     #[arg(long, env = "AUDIT_RETENTION", value_parser = retention_rule, value_delimiter = ',')]
     pub retention: Vec<(String, u32)>,
-    /// Minutes between retention runs in the server.
+    /// Minutes between housekeeping runs in the server (partitions, retention, keys).
     #[arg(long, env = "AUDIT_RETENTION_INTERVAL_MINUTES", default_value_t = 60)]
     pub retention_interval_minutes: u64,
+    /// Days an idempotency key is remembered (a retry after that creates a new event).
+    #[arg(long, env = "AUDIT_IDEMPOTENCY_TTL_DAYS", default_value_t = 30)]
+    pub idempotency_ttl_days: u32,
 }
 
 impl RetentionConfig {
@@ -242,5 +245,15 @@ pub struct AuthConfig {
 impl AuthConfig {
     pub fn jwt_configured(&self) -> bool {
         self.jwt_hs256_secret.is_some() || self.jwt_jwks_file.is_some()
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            retention: Vec::new(),
+            retention_interval_minutes: 60,
+            idempotency_ttl_days: 30,
+        }
     }
 }

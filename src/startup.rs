@@ -17,7 +17,7 @@ use crate::http::{AppState, app};
 use crate::metrics::Metrics;
 use crate::pubsub::{self, Feed};
 use crate::service::ingest::Ingestor;
-use crate::service::retention;
+use crate::service::maintenance;
 
 /// A bound, migrated server, ready to run.
 pub struct Application {
@@ -47,13 +47,11 @@ impl Application {
             tokio::spawn(pubsub::listen(db.clone(), url, feed.clone()));
         }
         let ingestor = Ingestor::start(db.clone(), feed.clone());
-        if !config.retention.retention.is_empty() {
-            tokio::spawn(retention::run_periodically(
-                db.clone(),
-                ingestor.clone(),
-                config.retention.clone(),
-            ));
-        }
+        tokio::spawn(maintenance::run(
+            db.clone(),
+            ingestor.clone(),
+            config.retention.clone(),
+        ));
         let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
         if auth.is_open().await? {
             anyhow::ensure!(

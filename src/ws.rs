@@ -28,6 +28,8 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// Most subscriptions one connection may have running.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Client messages waiting for async-graphql; a client that outruns it is disconnected.
+const INBOX: usize = 1024;
 
 /// An upgraded request, ready to serve.
 pub struct Connection {
@@ -50,7 +52,7 @@ impl Connection {
     /// Serves the connection until either side closes it.
     pub async fn serve(self, socket: WebSocket) {
         let (mut sink, mut source) = socket.split();
-        let (to_protocol, from_client) = mpsc::channel::<String>(16);
+        let (to_protocol, from_client) = mpsc::channel::<String>(INBOX);
         // Filled in when the client's credential is accepted, before async-graphql sees
         // `connection_init`.
         let admitted: Arc<Mutex<Option<Principal>>> = Arc::default();
@@ -91,11 +93,15 @@ impl Connection {
                     };
                     let inbound = self.inbound(text, &mut initialized, &mut active, &admitted).await;
                     match inbound {
-                        Inbound::Forward(text) => {
-                            if to_protocol.send(text).await.is_err() {
-                                break None;
+                        // Never wait here: async-graphql drains the inbox only when this loop
+                        // polls it, so waiting for room would deadlock.
+                        Inbound::Forward(text) => match to_protocol.try_send(text) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                break Some((1008, "too many messages in flight".to_owned()));
                             }
-                        }
+                            Err(mpsc::error::TrySendError::Closed(_)) => break None,
+                        },
                         Inbound::Reply(text) => {
                             if sink.send(Message::Text(text.into())).await.is_err() {
                                 break None;

@@ -1,7 +1,10 @@
-//! The audit log table, its constraints and indexes, and the per-tenant sequence heads.
+//! The audit log table, its constraints and indexes, the per-tenant chain heads, retention
+//! checkpoints, idempotency keys, and the append-only triggers.
 //!
-//! Written as SQL per backend: the CHECK constraints, `inet`, `jsonb`, partial and GIN indexes
-//! are where the two databases differ, and reviewers should see exactly what each one gets.
+//! Written as SQL per backend: partitions, CHECK constraints, `inet`, `jsonb`, partial and GIN
+//! indexes are where the two databases differ, and reviewers should see exactly what each
+//! one gets. On PostgreSQL the table is range-partitioned by month on `occurred_at`; every
+//! key and index leads with `tenant_id`, so the table can be distributed by tenant (Citus).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
@@ -11,7 +14,7 @@ pub struct Migration;
 
 const POSTGRES_UP: &str = r#"
 CREATE TABLE control_plane.audit_logs (
-    id              uuid        PRIMARY KEY,
+    id              uuid        NOT NULL,
     tenant_id       text        COLLATE "C" NOT NULL DEFAULT 'default',
     seq             bigint      NOT NULL,
     occurred_at     timestamptz NOT NULL,
@@ -32,7 +35,10 @@ CREATE TABLE control_plane.audit_logs (
     idempotency_key text,
     prev_hash       bytea       NOT NULL,
     hash            bytea       NOT NULL,
-    CONSTRAINT audit_logs_tenant_seq_key UNIQUE (tenant_id, seq),
+    -- Unique keys of a partitioned table must hold the partition key, so (tenant_id, seq) is
+    -- kept unique by the chain head lock (and checked by verification), and idempotency keys
+    -- live in their own table.
+    CONSTRAINT audit_logs_pkey PRIMARY KEY (tenant_id, id, occurred_at),
     CONSTRAINT audit_logs_seq_positive CHECK (seq > 0),
     CONSTRAINT audit_logs_hash_length CHECK (length(prev_hash) = 32 AND length(hash) = 32),
     CONSTRAINT audit_logs_actor_type_check CHECK (actor_type IN ('user', 'service', 'system')),
@@ -45,7 +51,8 @@ CREATE TABLE control_plane.audit_logs (
         AND (target_type IS NOT NULL OR target_name IS NULL)
         AND (target_id IS NULL OR target_id <> '')),
     CONSTRAINT audit_logs_metadata_check CHECK (jsonb_typeof(metadata) = 'object')
-);
+) PARTITION BY RANGE (occurred_at);
+CREATE INDEX audit_logs_tenant_seq_idx ON control_plane.audit_logs (tenant_id, seq);
 CREATE INDEX audit_logs_tenant_time_idx
     ON control_plane.audit_logs (tenant_id, occurred_at DESC, id DESC);
 CREATE INDEX audit_logs_actor_idx
@@ -59,8 +66,17 @@ CREATE INDEX audit_logs_request_idx
     ON control_plane.audit_logs (tenant_id, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX audit_logs_metadata_idx
     ON control_plane.audit_logs USING gin (metadata jsonb_path_ops);
-CREATE UNIQUE INDEX audit_logs_idempotency_key
-    ON control_plane.audit_logs (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+-- Idempotency keys, unique per tenant, kept until they expire or their event is purged.
+CREATE TABLE control_plane.idempotency_keys (
+    tenant_id   text        COLLATE "C" NOT NULL,
+    key         text        NOT NULL,
+    event_id    uuid        NOT NULL,
+    seq         bigint      NOT NULL,
+    created_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+CREATE INDEX idempotency_keys_created_idx ON control_plane.idempotency_keys (created_at);
 
 CREATE TABLE control_plane.chain_heads (
     tenant_id   text        COLLATE "C" PRIMARY KEY,
@@ -81,19 +97,60 @@ CREATE TABLE control_plane.chain_checkpoints (
 
 -- Append-only: UPDATE, DELETE and TRUNCATE are refused, except DELETE inside a transaction
 -- of the retention job, which sets `audit.retention = 'on'` with SET LOCAL.
+-- Row triggers reach every partition; TRUNCATE triggers are added to each partition too.
 CREATE FUNCTION control_plane.audit_logs_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'DELETE' AND current_setting('audit.retention', true) = 'on' THEN
-        RETURN NULL;
+        RETURN OLD;
     END IF;
     RAISE EXCEPTION 'control_plane.audit_logs is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END
 $$;
 CREATE TRIGGER audit_logs_append_only
-    BEFORE UPDATE OR DELETE OR TRUNCATE ON control_plane.audit_logs
+    BEFORE UPDATE OR DELETE ON control_plane.audit_logs
+    FOR EACH ROW EXECUTE FUNCTION control_plane.audit_logs_append_only();
+CREATE TRIGGER audit_logs_append_only_truncate
+    BEFORE TRUNCATE ON control_plane.audit_logs
     FOR EACH STATEMENT EXECUTE FUNCTION control_plane.audit_logs_append_only();
+
+-- Events outside the monthly partitions (older ones, mostly) land here.
+CREATE TABLE control_plane.audit_logs_default PARTITION OF control_plane.audit_logs DEFAULT;
+CREATE TRIGGER audit_logs_append_only_truncate
+    BEFORE TRUNCATE ON control_plane.audit_logs_default
+    FOR EACH STATEMENT EXECUTE FUNCTION control_plane.audit_logs_append_only();
+
+-- Creates the monthly partitions `audit_logs_pYYYYMM` from last month to `months_ahead`
+-- months ahead, skipping a month whose events already sit in the default partition. The
+-- server calls it at start and daily; SECURITY DEFINER lets a server role without CREATE
+-- keep partitions ahead of time.
+CREATE FUNCTION control_plane.ensure_audit_partitions(months_ahead integer) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = control_plane, pg_temp AS $$
+DECLARE
+    first timestamp := date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month';
+    low timestamptz;
+    high timestamptz;
+    name text;
+    created integer := 0;
+BEGIN
+    FOR i IN 0 .. months_ahead + 1 LOOP
+        low := (first + make_interval(months => i)) AT TIME ZONE 'UTC';
+        high := (first + make_interval(months => i + 1)) AT TIME ZONE 'UTC';
+        name := 'audit_logs_p' || to_char(low AT TIME ZONE 'UTC', 'YYYYMM');
+        CONTINUE WHEN to_regclass(name) IS NOT NULL;
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM audit_logs_default WHERE occurred_at >= low AND occurred_at < high);
+        EXECUTE format('CREATE TABLE %I PARTITION OF audit_logs FOR VALUES FROM (%L) TO (%L)',
+            name, low, high);
+        EXECUTE format('CREATE TRIGGER audit_logs_append_only_truncate BEFORE TRUNCATE ON %I '
+            'FOR EACH STATEMENT EXECUTE FUNCTION audit_logs_append_only()', name);
+        created := created + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+SELECT control_plane.ensure_audit_partitions(3);
 "#;
 
 // SQLite has no regular expressions: the action format is spelled out with GLOB. Together the
@@ -148,8 +205,15 @@ CREATE INDEX audit_logs_target_idx
     WHERE target_type IS NOT NULL;
 CREATE INDEX audit_logs_action_idx ON audit_logs (tenant_id, action, occurred_at DESC, id DESC);
 CREATE INDEX audit_logs_request_idx ON audit_logs (tenant_id, request_id) WHERE request_id IS NOT NULL;
-CREATE UNIQUE INDEX audit_logs_idempotency_key
-    ON audit_logs (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE idempotency_keys (
+    tenant_id  TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    event_id   BLOB    NOT NULL,
+    seq        INTEGER NOT NULL,
+    created_at TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+) STRICT;
+CREATE INDEX idempotency_keys_created_idx ON idempotency_keys (created_at);
 
 CREATE TABLE chain_heads (
     tenant_id   TEXT    PRIMARY KEY NOT NULL,
@@ -203,15 +267,16 @@ impl MigrationTrait for Migration {
         let (prefix, extra) = match manager.get_database_backend() {
             DbBackend::Postgres => (
                 "control_plane.",
-                " DROP FUNCTION control_plane.audit_logs_append_only();",
+                " DROP FUNCTION control_plane.audit_logs_append_only(); \
+                 DROP FUNCTION control_plane.ensure_audit_partitions(integer);",
             ),
             _ => ("", " DROP TABLE retention_gate;"),
         };
         manager
             .get_connection()
             .execute_unprepared(&format!(
-                "DROP TABLE {prefix}chain_checkpoints; DROP TABLE {prefix}chain_heads; \
-                 DROP TABLE {prefix}audit_logs;{extra}"
+                "DROP TABLE {prefix}idempotency_keys; DROP TABLE {prefix}chain_checkpoints; \
+                 DROP TABLE {prefix}chain_heads; DROP TABLE {prefix}audit_logs;{extra}"
             ))
             .await?;
         Ok(())

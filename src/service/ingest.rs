@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, ActorType, Column, Outcome};
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use entity::idempotency_key;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
     EntityTrait, QueryFilter, Statement, TransactionTrait,
@@ -268,6 +269,7 @@ async fn write(
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         insert(&txn, chunk).await?;
     }
+    remember_keys(&txn, &rows, recorded_at).await?;
     let mut ranges = Vec::new();
     for (tenant_id, (first, head)) in &heads {
         if let Some(head) = head
@@ -430,9 +432,17 @@ async fn load_keyed(
     }
     let mut known = HashMap::new();
     for (tenant_id, keys) in keys.into_iter().filter(|(_, k)| !k.is_empty()) {
+        let used = idempotency_key::Entity::find()
+            .filter(idempotency_key::Column::TenantId.eq(tenant_id))
+            .filter(idempotency_key::Column::Key.is_in(keys))
+            .all(txn)
+            .await?;
+        if used.is_empty() {
+            continue;
+        }
         let stored = audit_log::Entity::find()
             .filter(Column::TenantId.eq(tenant_id))
-            .filter(Column::IdempotencyKey.is_in(keys))
+            .filter(Column::Id.is_in(used.iter().map(|k| k.event_id)))
             .all(txn)
             .await?;
         for model in stored {
@@ -442,6 +452,49 @@ async fn load_keyed(
         }
     }
     Ok(known)
+}
+
+/// Remembers the idempotency keys of new events (replacing a key whose event is gone).
+async fn remember_keys(
+    txn: &DatabaseTransaction,
+    rows: &[audit_log::Model],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    use idempotency_key::Column as Key;
+    let keyed: Vec<_> = rows
+        .iter()
+        .filter(|r| r.idempotency_key.is_some())
+        .collect();
+    for chunk in keyed.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(idempotency_key::Entity)
+            .columns([
+                Key::TenantId,
+                Key::Key,
+                Key::EventId,
+                Key::Seq,
+                Key::CreatedAt,
+            ])
+            .on_conflict(
+                OnConflict::columns([Key::TenantId, Key::Key])
+                    .update_columns([Key::EventId, Key::Seq, Key::CreatedAt])
+                    .to_owned(),
+            );
+        for row in chunk {
+            insert
+                .values([
+                    row.tenant_id.clone().into(),
+                    row.idempotency_key.clone().into(),
+                    row.id.into(),
+                    row.seq.into(),
+                    now.into(),
+                ])
+                .map_err(Error::internal)?;
+        }
+        txn.execute(&insert).await?;
+    }
+    Ok(())
 }
 
 async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model]) -> Result<()> {

@@ -6,6 +6,7 @@ pub mod event;
 pub mod ingest;
 pub mod keys;
 pub mod live;
+pub mod maintenance;
 pub mod query;
 pub mod retention;
 pub mod trail;

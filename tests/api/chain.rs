@@ -331,3 +331,66 @@ async fn concurrent_instances_keep_one_chain() {
     );
     app.cleanup().await;
 }
+
+/// On PostgreSQL, retention drops a monthly partition whole when all of it is purged.
+#[tokio::test]
+async fn retention_drops_whole_partitions() {
+    use chrono::{Datelike, Duration, TimeZone, Utc};
+    use sea_orm::ConnectionTrait;
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let now = Utc::now();
+    let this_month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .expect("month");
+    let last_month = this_month - Duration::days(3);
+    let partition = format!("audit_logs_p{}", last_month.format("%Y%m"));
+    let old: Vec<Value> = (0..5)
+        .map(|i| {
+            let mut e = event(&format!("u{i}"), "project.created");
+            e["occurredAt"] = json!(last_month.to_rfc3339());
+            e
+        })
+        .collect();
+    app.log_batch(json!(old)).await;
+    let kept = app.log(event("recent", "project.created")).await;
+    let exists = |name: String| {
+        let db = &app.db;
+        async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    format!("SELECT to_regclass('control_plane.{name}') IS NOT NULL AS present"),
+                ))
+                .await
+                .expect("query")
+                .expect("row");
+            row.try_get::<bool>("", "present").expect("bool")
+        }
+    };
+    assert!(exists(partition.clone()).await);
+    let before = kept["recordedAt"].as_str().expect("recordedAt");
+    let output = app.cli(&["purge", "--tenant", "default", "--before", before]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !exists(partition).await,
+        "the purged month's partition is dropped"
+    );
+    assert_eq!(
+        app.stored_rows().await,
+        2,
+        "the recent event and the purge event remain"
+    );
+    let result = app.graphql(CHAIN, json!({})).await;
+    assert_eq!(
+        result["data"]["verifyAuditChain"]["valid"], true,
+        "{result}"
+    );
+    app.cleanup().await;
+}
