@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             before,
         } => {
             let db = connect(&database).await?;
-            let ingestor = Ingestor::start(db.clone(), Feed::new(1));
+            let ingestor = Ingestor::start(db.clone(), Feed::new(1), Default::default());
             let events = match tenant.zip(before) {
                 Some((tenant, before)) => {
                     ingestor.purge(&tenant, before).await?.into_iter().collect()

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 
@@ -9,6 +10,10 @@ use sea_orm::DatabaseConnection;
 #[derive(Default)]
 pub struct Metrics {
     sql_statements: AtomicU64,
+    commits: AtomicU64,
+    events: AtomicU64,
+    commit_micros: AtomicU64,
+    chain_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -20,12 +25,53 @@ impl Metrics {
         });
     }
 
+    /// One ingest transaction: how long it took, and how much of that went to numbering and
+    /// hashing the events (the hash chain's share of the write path).
+    pub fn committed(&self, events: usize, total: Duration, chain: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(total.as_micros() as u64, Ordering::Relaxed);
+        self.chain_micros
+            .fetch_add(chain.as_micros() as u64, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
-        format!(
-            "# HELP audit_sql_statements_total SQL statements run against the database.\n\
-             # TYPE audit_sql_statements_total counter\n\
-             audit_sql_statements_total {}\n",
-            self.sql_statements.load(Ordering::Relaxed)
-        )
+        let counters = [
+            (
+                "audit_sql_statements_total",
+                "SQL statements run against the database.",
+                &self.sql_statements,
+            ),
+            (
+                "audit_ingest_transactions_total",
+                "Ingest (group commit) transactions.",
+                &self.commits,
+            ),
+            (
+                "audit_ingest_events_total",
+                "Events committed.",
+                &self.events,
+            ),
+            (
+                "audit_ingest_transaction_microseconds_total",
+                "Time spent in ingest transactions.",
+                &self.commit_micros,
+            ),
+            (
+                "audit_ingest_chain_microseconds_total",
+                "Of that, time spent numbering and hashing events.",
+                &self.chain_micros,
+            ),
+        ];
+        counters
+            .iter()
+            .map(|(name, help, value)| {
+                format!(
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                    value.load(Ordering::Relaxed)
+                )
+            })
+            .collect()
     }
 }

@@ -46,7 +46,7 @@ impl Application {
             let url = config.database.url.expose_secret().to_owned();
             tokio::spawn(pubsub::listen(db.clone(), url, feed.clone()));
         }
-        let ingestor = Ingestor::start(db.clone(), feed.clone());
+        let ingestor = Ingestor::start(db.clone(), feed.clone(), metrics.clone());
         tokio::spawn(maintenance::run(
             db.clone(),
             ingestor.clone(),

@@ -12,6 +12,8 @@
 //! record their own `audit.retention.purged` event in the same transaction.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, ActorType, Column, Outcome};
@@ -28,6 +30,7 @@ use super::chain::GENESIS;
 use super::event::{MAX_BATCH, NewEvent, Target, micros};
 use super::retention;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::pubsub::{self, Feed};
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
@@ -48,6 +51,7 @@ pub struct Ingestor {
 struct Committer {
     db: DatabaseConnection,
     feed: Option<Feed>,
+    metrics: Arc<Metrics>,
 }
 
 struct Job {
@@ -74,10 +78,10 @@ impl Work {
 impl Ingestor {
     /// Starts the committer on the current tokio runtime. On SQLite it publishes committed
     /// events to `feed`; on PostgreSQL it notifies every instance's listener instead.
-    pub fn start(db: DatabaseConnection, feed: Feed) -> Self {
+    pub fn start(db: DatabaseConnection, feed: Feed, metrics: Arc<Metrics>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let feed = (db.get_database_backend() != DbBackend::Postgres).then_some(feed);
-        tokio::spawn(commit_loop(Committer { db, feed }, queue));
+        tokio::spawn(commit_loop(Committer { db, feed, metrics }, queue));
         Ingestor { jobs }
     }
 
@@ -184,7 +188,10 @@ impl Committer {
 
     /// Writes jobs in one transaction and makes the new events live once committed.
     async fn write(&self, requests: &[Request]) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
-        let (results, committed) = write(&self.db, requests).await?;
+        let started = Instant::now();
+        let (results, committed, chain) = write(&self.db, requests).await?;
+        self.metrics
+            .committed(committed.len(), started.elapsed(), chain);
         if let Some(feed) = &self.feed {
             feed.publish(committed);
         }
@@ -209,7 +216,7 @@ type JobResults = Vec<Result<Vec<audit_log::Model>>>;
 async fn write(
     db: &DatabaseConnection,
     requests: &[Request],
-) -> Result<(JobResults, Vec<audit_log::Model>)> {
+) -> Result<(JobResults, Vec<audit_log::Model>, Duration)> {
     let txn = db.begin().await?;
     let recorded_at = micros(Utc::now());
 
@@ -228,6 +235,7 @@ async fn write(
 
     let mut results = Vec::with_capacity(requests.len());
     let mut rows = Vec::new();
+    let mut chain = Duration::ZERO;
     for (tenant_id, work) in requests {
         let head = heads
             .get_mut(tenant_id.as_str())
@@ -245,7 +253,10 @@ async fn write(
                 }
             }
         };
-        match plan(tenant_id, &events, head, recorded_at, &known) {
+        let planning = Instant::now();
+        let planned = plan(tenant_id, &events, head, recorded_at, &known);
+        chain += planning.elapsed();
+        match planned {
             Ok(planned) => {
                 let mut models = Vec::with_capacity(planned.len());
                 for Planned { model, is_new } in planned {
@@ -291,7 +302,7 @@ async fn write(
         }
     }
     txn.commit().await?;
-    Ok((results, rows))
+    Ok((results, rows, chain))
 }
 
 /// The event that records a purge, in the purged tenant's own chain.

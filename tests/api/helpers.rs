@@ -118,7 +118,11 @@ pub async fn start_server(database_url: &str) -> String {
     start_server_with(database_url, |_| {}).await
 }
 
-async fn start_server_with(database_url: &str, configure: impl FnOnce(&mut ServeConfig)) -> String {
+/// `start_server` with a changed configuration.
+pub async fn start_server_with(
+    database_url: &str,
+    configure: impl FnOnce(&mut ServeConfig),
+) -> String {
     let mut config = serve_config(database_url);
     configure(&mut config);
     let app = Application::build(&config).await.expect("server starts");

@@ -1,0 +1,85 @@
+//! audit-bench: measures audit-service on this machine, side by side with pgbench doing the
+//! same work directly against PostgreSQL in the same run, and prints a table of numbers and
+//! ratios. `bench/run.sh` builds everything and runs it all.
+
+mod events;
+mod load;
+mod pgbench;
+mod scenarios;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator for audit-service.
+#[derive(Parser)]
+struct Cli {
+    /// A PostgreSQL URL with the right to create databases (the bench makes its own).
+    #[arg(
+        long,
+        env = "BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        global = true
+    )]
+    admin_url: String,
+    /// The audit-service binary to measure.
+    #[arg(long, default_value = "target/release/audit-service", global = true)]
+    server_bin: String,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 15, global = true)]
+    seconds: u64,
+    /// Write the table to this file as well (`docs/benchmarks.md`).
+    #[arg(long, global = true)]
+    write: Option<String>,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand, Clone)]
+enum What {
+    /// Everything below, in one run.
+    All {
+        /// Events to seed for the query measurements.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Batch and single-event ingest against pgbench's INSERTs, and SQLite batch ingest.
+    Ingest,
+    /// Seeds events, then filtered pages against pgbench, page depth, memory.
+    Query {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// 1,000 WebSocket subscribers, events at 500/s: delivery latency.
+    Subscribers,
+    /// 100 federation entities with their trails in one request.
+    Federation,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut report = scenarios::Report::new(&cli.admin_url);
+    let bench = scenarios::Bench {
+        admin_url: cli.admin_url.clone(),
+        bin: cli.server_bin.clone(),
+        duration: std::time::Duration::from_secs(cli.seconds),
+    };
+    match cli.what.clone() {
+        What::All { events } => {
+            bench.ingest(&mut report).await?;
+            let seeded = bench.query(events, &mut report).await?;
+            bench.federation(Some(&seeded), &mut report).await?;
+            bench.subscribers(&mut report).await?;
+        }
+        What::Ingest => bench.ingest(&mut report).await?,
+        What::Query { events } => drop(bench.query(events, &mut report).await?),
+        What::Subscribers => bench.subscribers(&mut report).await?,
+        What::Federation => bench.federation(None, &mut report).await?,
+    }
+    let table = report.markdown();
+    println!("{table}");
+    if let Some(path) = cli.write {
+        std::fs::write(path, table)?;
+    }
+    Ok(())
+}

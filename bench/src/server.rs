@@ -1,0 +1,119 @@
+//! The server under test, as its own process, and the databases it runs on.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The HS256 secret the bench's servers accept tokens for.
+pub const SECRET: &str = "audit-bench-secret-audit-bench-secret";
+
+/// A running `audit-service` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `bin` on `database_url` and waits until it answers `/readyz`.
+    pub async fn start(bin: &str, database_url: &str, port: u16) -> anyhow::Result<Server> {
+        let child = Command::new(bin)
+            .env("DATABASE_URL", database_url)
+            .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AUDIT_JWT_HS256_SECRET", SECRET)
+            .env("AUDIT_RATE_LIMIT", "0")
+            .env("AUDIT_DB_POOL_SIZE", "16")
+            .env("AUDIT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(r) = client.get(format!("{}/readyz", server.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{bin} did not become ready")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// SQL statements the server has run, from `/metrics`.
+    pub async fn statements(&self) -> anyhow::Result<u64> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("audit_sql_statements_total "))
+            .and_then(|n| n.parse().ok())
+            .context("no statement counter")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs SQL on the PostgreSQL server at `admin_url` with psql.
+pub fn psql(admin_url: &str, sql: &str) -> anyhow::Result<String> {
+    let output = Command::new("psql")
+        .args([admin_url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .context("running psql")?;
+    if !output.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// A fresh, empty PostgreSQL database named `name` (dropped first if it exists); returns
+/// its URL.
+pub fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    psql(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )?;
+    psql(admin_url, &format!("CREATE DATABASE {name}"))?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .context("database URL without a path")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// Applies audit-service's migrations to a database.
+pub fn migrate(bin: &str, database_url: &str) -> anyhow::Result<()> {
+    let status = Command::new(bin)
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("AUDIT_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("migrate failed");
+    }
+    Ok(())
+}
