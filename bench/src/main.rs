@@ -43,7 +43,11 @@ enum What {
         events: u64,
     },
     /// Batch and single-event ingest against pgbench's INSERTs, and SQLite batch ingest.
-    Ingest,
+    Ingest {
+        /// Only the SQLite measurement.
+        #[arg(long)]
+        sqlite: bool,
+    },
     /// Seeds events, then filtered pages against pgbench, page depth, memory.
     Query {
         #[arg(long, default_value_t = 1_000_000)]
@@ -71,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
             bench.federation(Some(&seeded), &mut report).await?;
             bench.subscribers(&mut report).await?;
         }
-        What::Ingest => bench.ingest(&mut report).await?,
+        What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
+        What::Ingest { sqlite: false } => bench.ingest(&mut report).await?,
         What::Query { events } => drop(bench.query(events, &mut report).await?),
         What::Subscribers => bench.subscribers(&mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,

@@ -90,9 +90,10 @@ pub fn run(
 /// One event row as literal SQL values, shaped like the events the bench logs.
 fn row(n: usize) -> String {
     format!(
-        "(gen_random_uuid(), 'pgbench', {n}, now(), now(), 'user', 'actor-{}', 'resource{}.updated', \
+        "(gen_random_uuid(), 'pgbench', {}, now(), now(), 'user', 'actor-{}', 'resource{}.updated', \
          'project', 't-{}', 'success', '{{\"env\":\"prod\",\"n\":{n}}}', '10.1.2.3', 'req-{n}', \
          '\\x{}', '\\x{}')",
+        n + 1,
         n % 5000,
         n % 40,
         n % 20000,

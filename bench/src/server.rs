@@ -59,13 +59,19 @@ impl Server {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
-    /// SQL statements the server has run, from `/metrics`.
-    pub async fn statements(&self) -> anyhow::Result<u64> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url))
             .await?
             .text()
-            .await?;
-        text.lines()
+            .await?)
+    }
+
+    /// SQL statements the server has run, from `/metrics`.
+    pub async fn statements(&self) -> anyhow::Result<u64> {
+        self.metrics()
+            .await?
+            .lines()
             .find_map(|l| l.strip_prefix("audit_sql_statements_total "))
             .and_then(|n| n.parse().ok())
             .context("no statement counter")

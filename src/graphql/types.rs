@@ -246,8 +246,23 @@ async fn trail(
         subject,
         args: TrailArgs::new(filter, after, size + 1),
     };
+    // The count is asked for together with the page, so that every entity's count lands in
+    // the same batch: asked for later, the counts would trickle in over several batches.
+    let count = ctx.look_ahead().field("totalCount").exists().then(|| {
+        CountKey(TrailKey {
+            subject: key.subject.clone(),
+            args: TrailArgs::new(key.args.filter.clone(), None, 0),
+        })
+    });
     let loader = ctx.data::<DataLoader<AuditLoader>>()?;
-    let mut rows = loader.load_one(key.clone()).await?.unwrap_or_default();
+    let (rows, total) = futures_util::future::join(loader.load_one(key), async {
+        match count {
+            Some(count) => loader.load_one(count).await.map(Option::unwrap_or_default),
+            None => Ok(0),
+        }
+    })
+    .await;
+    let mut rows = rows?.unwrap_or_default();
     let has_next_page = rows.len() as u64 > size;
     rows.truncate(size as usize);
     let page = Page {
@@ -255,11 +270,7 @@ async fn trail(
         has_next_page,
         has_previous_page,
     };
-    let count = CountKey(TrailKey {
-        subject: key.subject,
-        args: TrailArgs::new(key.args.filter.clone(), None, 0),
-    });
-    Ok(AuditLogConnection::new(page, Count::Trail(count)))
+    Ok(AuditLogConnection::new(page, Count::Known(total?)))
 }
 
 /// Where a request came from.
@@ -443,7 +454,8 @@ pub struct AuditLogConnection {
 /// How to count all the events of a connection, should `totalCount` be asked for.
 pub enum Count {
     Query(Box<Filter>),
-    Trail(CountKey),
+    /// Counted already (through the loader, with the page).
+    Known(u64),
 }
 
 #[ComplexObject]
@@ -456,10 +468,7 @@ impl AuditLogConnection {
                 let db = ctx.data::<sea_orm::DatabaseConnection>()?;
                 Ok(query::count(db, filter).await?)
             }
-            Count::Trail(key) => {
-                let loader = ctx.data::<DataLoader<AuditLoader>>()?;
-                Ok(loader.load_one(key.clone()).await?.unwrap_or_default())
-            }
+            Count::Known(n) => Ok(*n),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! Retention purges are jobs too: they cut a tenant's chain under the same head lock and
 //! record their own `audit.retention.purged` event in the same transaction.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -242,10 +243,10 @@ async fn write(
             .and_then(|(_, head)| head.as_mut())
             .ok_or_else(|| Error::internal("chain head not locked"))?;
         let events = match work {
-            Work::Log(events) => events.clone(),
+            Work::Log(events) => Cow::Borrowed(events),
             Work::Purge(cutoff) => {
                 match retention::cut(&txn, tenant_id, head.seq, *cutoff, recorded_at).await? {
-                    Some(cut) => vec![purge_event(tenant_id, &cut)],
+                    Some(cut) => Cow::Owned(vec![purge_event(tenant_id, &cut)]),
                     None => {
                         results.push(Ok(Vec::new()));
                         continue;

@@ -2,7 +2,9 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, event, spawn_app, spawn_app_with, start_server_with};
+use crate::helpers::{
+    Backend, TestApp, event, post_json, spawn_app, spawn_app_with, start_server_with,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -313,16 +315,7 @@ async fn concurrent_instances_keep_one_chain_per_tenant() {
             let mut acknowledged = Vec::new();
             for round in 0..50 {
                 let batch: Vec<Value> = (0..50).map(|i| event(&format!("w{n}-{round}-{i}"), "project.updated")).collect();
-                let body: Value = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&json!({ "query": "mutation($b: [AuditEventInput!]!) { logAuditEvents(inputs: $b) { id } }", "variables": { "b": batch } }))
-                    .send()
-                    .await
-                    .expect("sent")
-                    .json()
-                    .await
-                    .expect("json");
+                let body = post_json(&client, &url, Some(&token), json!({ "query": "mutation($b: [AuditEventInput!]!) { logAuditEvents(inputs: $b) { id } }", "variables": { "b": batch } })).await;
                 assert_eq!(body["errors"], Value::Null, "{body}");
                 for e in body["data"]["logAuditEvents"].as_array().expect("events") {
                     acknowledged.push(e["id"].as_str().expect("id").to_owned());
@@ -356,17 +349,7 @@ async fn concurrent_instances_keep_one_chain_per_tenant() {
     for (t, tenant) in tenants.iter().enumerate() {
         // Writers 0..8 take tenants in turn: a gets 3 writers, b 3, c 2, of 2,500 events.
         let expected = if t < 2 { 7_500 } else { 5_000 };
-        let body: Value = app
-            .client
-            .post(format!("{}/graphql", app.address))
-            .bearer_auth(&admin)
-            .json(&json!({ "query": "query($t: String) { verifyAuditChain(tenantId: $t) { valid checkedCount } auditChainHead(tenantId: $t) { sequence } }", "variables": { "t": tenant } }))
-            .send()
-            .await
-            .expect("sent")
-            .json()
-            .await
-            .expect("json");
+        let body = post_json(&app.client, &format!("{}/graphql", app.address), Some(&admin), json!({ "query": "query($t: String) { verifyAuditChain(tenantId: $t) { valid checkedCount } auditChainHead(tenantId: $t) { sequence } }", "variables": { "t": tenant } })).await;
         assert_eq!(
             body["data"]["verifyAuditChain"],
             json!({ "valid": true, "checkedCount": expected }),

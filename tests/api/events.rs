@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{EVENT_FIELDS, TestApp, event};
+use crate::helpers::{EVENT_FIELDS, TestApp, event, post_json};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -122,15 +122,13 @@ async fn concurrent_writers_get_gap_free_sequences(app: &TestApp) {
                         json!({ "v": event(&format!("w{writer}-{i}"), "project.updated") }),
                     )
                 };
-                let body: Value = client
-                    .post(&url)
-                    .json(&json!({ "query": query, "variables": variables }))
-                    .send()
-                    .await
-                    .expect("sent")
-                    .json()
-                    .await
-                    .expect("json");
+                let body = post_json(
+                    &client,
+                    &url,
+                    None,
+                    json!({ "query": query, "variables": variables }),
+                )
+                .await;
                 assert_eq!(body["errors"], Value::Null, "{body}");
                 ids.push(body["data"].to_string());
             }

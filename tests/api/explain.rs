@@ -106,20 +106,7 @@ async fn every_filter_uses_an_index() {
     for (name, filter, index) in cases {
         let statement =
             page_statement(&filter, &PageArgs::default(), DbBackend::Postgres).expect("statement");
-        let explain = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            format!("EXPLAIN {}", statement.sql),
-            statement.values.expect("values"),
-        );
-        let plan: Vec<String> = app
-            .db
-            .query_all_raw(explain)
-            .await
-            .expect("explain")
-            .iter()
-            .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan line"))
-            .collect();
-        let plan = plan.join("\n");
+        let plan = explain(&app.db, statement).await;
         assert!(plan.contains(index), "{name} should use {index}:\n{plan}");
         // The test data sits in the default partition; empty monthly ones may be scanned.
         assert!(
@@ -151,20 +138,7 @@ async fn time_filters_prune_partitions() {
     };
     let statement =
         page_statement(&filter, &PageArgs::default(), DbBackend::Postgres).expect("statement");
-    let explain = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        format!("EXPLAIN {}", statement.sql),
-        statement.values.expect("values"),
-    );
-    let plan: Vec<String> = app
-        .db
-        .query_all_raw(explain)
-        .await
-        .expect("explain")
-        .iter()
-        .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan line"))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = explain(&app.db, statement).await;
     let partition = format!("audit_logs_p{}", month.format("%Y%m"));
     assert!(plan.contains(&partition), "{plan}");
     assert_eq!(
@@ -173,4 +147,21 @@ async fn time_filters_prune_partitions() {
         "only {partition} is scanned:\n{plan}"
     );
     app.cleanup().await;
+}
+
+/// The plan PostgreSQL makes for a statement.
+async fn explain(db: &sea_orm::DatabaseConnection, statement: Statement) -> String {
+    let explain = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!("EXPLAIN {}", statement.sql),
+        statement.values.expect("values"),
+    );
+    let lines: Vec<String> = db
+        .query_all_raw(explain)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN").expect("plan line"))
+        .collect();
+    lines.join("\n")
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, post_json, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(a_gateway_query_crosses_both_subgraphs);
@@ -179,16 +179,7 @@ async fn a_gateway_query_crosses_both_subgraphs(app: &TestApp) {
     let gateway = tokio::task::spawn_blocking(move || start_gateway(&format!("{address}/graphql")))
         .await
         .expect("gateway starts");
-    let body: Value = app
-        .client
-        .post(&gateway.url)
-        .json(&json!({ "query": "{ projects { id name auditTrail { type id auditLogs(first: 2) { totalCount nodes { action actor { id } } pageInfo { hasNextPage } } } } }" }))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let body = post_json(&app.client, &gateway.url, None, json!({ "query": "{ projects { id name auditTrail { type id auditLogs(first: 2) { totalCount nodes { action actor { id } } pageInfo { hasNextPage } } } } }" })).await;
     assert_eq!(body["errors"], Value::Null, "{body}");
     let projects = &body["data"]["projects"];
     assert_eq!(projects[0]["id"], "p1");

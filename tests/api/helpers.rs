@@ -275,3 +275,24 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         auth: Default::default(),
     }
 }
+
+/// POSTs a JSON body to a GraphQL endpoint, with a bearer token when given; returns the
+/// decoded response body.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Value {
+    let mut request = client.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("a JSON body")
+}

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{Backend, TestApp, event, spawn_app, spawn_app_with, start_server};
+use crate::helpers::{Backend, TestApp, event, post_json, spawn_app, spawn_app_with, start_server};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -196,15 +196,7 @@ async fn resume_after_a_cursor_has_no_gap_and_no_duplicate(app: &TestApp) {
         let url = format!("{}/graphql", app.address);
         tokio::spawn(async move {
             for i in 20..120 {
-                let body: Value = client
-                    .post(&url)
-                    .json(&json!({ "query": "mutation($e: AuditEventInput!) { logAuditEvent(input: $e) { id } }", "variables": { "e": event(&format!("u{i}"), "project.created") } }))
-                    .send()
-                    .await
-                    .expect("sent")
-                    .json()
-                    .await
-                    .expect("json");
+                let body = post_json(&client, &url, None, json!({ "query": "mutation($e: AuditEventInput!) { logAuditEvent(input: $e) { id } }", "variables": { "e": event(&format!("u{i}"), "project.created") } })).await;
                 assert_eq!(body["errors"], Value::Null);
             }
         })
@@ -306,15 +298,7 @@ async fn events_cross_instances_and_survive_a_listener_restart() {
         let url = format!("{}/graphql", app.address);
         tokio::spawn(async move {
             for i in 0..60 {
-                let body: Value = client
-                    .post(&url)
-                    .json(&json!({ "query": "mutation($e: AuditEventInput!) { logAuditEvent(input: $e) { id } }", "variables": { "e": event(&format!("w{i}"), "project.created") } }))
-                    .send()
-                    .await
-                    .expect("sent")
-                    .json()
-                    .await
-                    .expect("json");
+                let body = post_json(&client, &url, None, json!({ "query": "mutation($e: AuditEventInput!) { logAuditEvent(input: $e) { id } }", "variables": { "e": event(&format!("w{i}"), "project.created") } })).await;
                 assert_eq!(body["errors"], Value::Null);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
