@@ -1,7 +1,10 @@
 //! The per-tenant hash chain: the canonical encoding of an event (version 1), its hash, and
 //! verification of a stored chain. `docs/chain.md` specifies the encoding for outside tools.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use std::borrow::Cow;
+use std::io::Write;
+
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use entity::audit_log::{self, Column};
 use entity::{chain_checkpoint, chain_head};
 use sea_orm::{
@@ -9,7 +12,9 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
-use super::event::host_only;
+use serde_json::Value;
+
+use super::event::{MAX_SAFE_INTEGER, host_only};
 use crate::error::{Error, Result};
 
 /// Version of the canonical encoding, part of every hashed event.
@@ -35,7 +40,13 @@ pub fn chain_hash(prev_hash: &[u8], event: &audit_log::Model) -> Vec<u8> {
 /// `metadata` goes through a JCS serializer. A test checks the whole against JCS.
 pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    let ip = e.ip_address.clone().map(host_only);
+    // Stored addresses are canonical already, except PostgreSQL's `inet` text form.
+    let ip = e.ip_address.as_deref().map(|ip| {
+        match ip.contains('/') || ip.contains('.') && ip.contains(':') {
+            true => Cow::Owned(host_only(ip.to_owned())),
+            false => Cow::Borrowed(ip),
+        }
+    });
     out.extend_from_slice(b"{\"action\":");
     string(&mut out, Some(&e.action));
     out.extend_from_slice(b",\"actor_id\":");
@@ -45,26 +56,26 @@ pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     out.extend_from_slice(b",\"actor_type\":");
     string(&mut out, Some(&e.actor_type.to_value()));
     out.extend_from_slice(format!(",\"chain_version\":{CHAIN_VERSION},\"id\":").as_bytes());
-    string(&mut out, Some(&e.id.to_string()));
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    string(&mut out, Some(e.id.hyphenated().encode_lower(&mut id)));
     out.extend_from_slice(b",\"idempotency_key\":");
     string(&mut out, e.idempotency_key.as_deref());
     out.extend_from_slice(b",\"ip_address\":");
     string(&mut out, ip.as_deref());
     out.extend_from_slice(b",\"metadata\":");
-    // Serializing a JSON value to a Vec cannot fail.
-    let _ = serde_json_canonicalizer::to_writer(&e.metadata, &mut out);
+    write_jcs(&mut out, &e.metadata);
     out.extend_from_slice(b",\"occurred_at\":");
-    string(&mut out, Some(&timestamp(e.occurred_at)));
+    write_timestamp(&mut out, e.occurred_at);
     out.extend_from_slice(b",\"outcome\":");
     string(&mut out, Some(&e.outcome.to_value()));
     out.extend_from_slice(b",\"reason\":");
     string(&mut out, e.reason.as_deref());
     out.extend_from_slice(b",\"recorded_at\":");
-    string(&mut out, Some(&timestamp(e.recorded_at)));
+    write_timestamp(&mut out, e.recorded_at);
     out.extend_from_slice(b",\"request_id\":");
     string(&mut out, e.request_id.as_deref());
     out.extend_from_slice(b",\"seq\":");
-    string(&mut out, Some(&e.seq.to_string()));
+    let _ = write!(out, "\"{}\"", e.seq);
     out.extend_from_slice(b",\"target_id\":");
     string(&mut out, e.target_id.as_deref());
     out.extend_from_slice(b",\"target_name\":");
@@ -77,6 +88,49 @@ pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     string(&mut out, e.user_agent.as_deref());
     out.push(b'}');
     out
+}
+
+/// A JSON value as RFC 8785 says: object keys sorted by UTF-16 code units, numbers as
+/// ECMAScript prints them (`1e+21`, `0.0001`, `100` for 100.0, `0` for -0).
+fn write_jcs(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => match n.as_i64() {
+            // Integers metadata may hold (±(2^53 - 1)) print the same either way.
+            Some(i) if i.unsigned_abs() <= MAX_SAFE_INTEGER => drop(write!(out, "{i}")),
+            _ => {
+                let f = n.as_f64().unwrap_or_default();
+                out.extend_from_slice(ryu_js::Buffer::new().format(f).as_bytes());
+            }
+        },
+        Value::String(text) => string(out, Some(text)),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_jcs(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(out, Some(key));
+                out.push(b':');
+                write_jcs(out, item);
+            }
+            out.push(b'}');
+        }
+    }
 }
 
 /// A JSON string or `null`. serde_json escapes exactly as JCS does: `"`, `\`, and control
@@ -92,6 +146,21 @@ fn string(out: &mut Vec<u8>, value: Option<&str>) {
 /// RFC 3339 in UTC with exactly six fractional digits: `2026-01-02T03:04:05.123456Z`.
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// `timestamp` as a JSON string, written in place (it runs twice per ingested event).
+fn write_timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
+    let _ = write!(
+        out,
+        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z\"",
+        at.year(),
+        at.month(),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.nanosecond() / 1000
+    );
 }
 
 /// The result of checking a range of a tenant's chain.
@@ -326,7 +395,7 @@ mod tests {
             target_name: None,
             outcome: Outcome::Success,
             reason: None,
-            metadata: json!({ "z": 1.0, "a": [1e21, 1e-7, 0.1, -0.0, "\u{1f}"], "é": { "b": null, "a": true } }),
+            metadata: json!({ "z": 1.0, "a": [1e21, 1e-7, 0.1, -0.0, "\u{1f}", 9007199254740991u64, -42, 1.5e300, 123456789.125], "é": { "b": null, "a": true }, "\u{1F600}": 1, "\u{E000}": 2 }),
             ip_address: Some("10.0.0.1/32".into()),
             user_agent: None,
             request_id: None,
