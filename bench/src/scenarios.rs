@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::events::{Generator, TENANTS};
 use crate::load::{self, Graphql, new_histogram, token};
 use crate::pgbench;
-use crate::server::{Server, fresh_database, migrate, psql};
+use crate::server::{Server, counter, fresh_database, migrate, psql, rss_mib};
 
 const BATCH: &str =
     "mutation($inputs: [AuditEventInput!]!) { logAuditEvents(inputs: $inputs) { id } }";
@@ -290,10 +290,10 @@ impl Bench {
         };
         let peak = Arc::new(Mutex::new(0f64));
         let sampling = {
-            let (peak, pid_rss) = (peak.clone(), server_rss_probe(&server));
+            let (peak, pid) = (peak.clone(), server.pid());
             tokio::spawn(async move {
                 loop {
-                    let rss = pid_rss();
+                    let rss = rss_mib(pid);
                     let mut peak = peak.lock().await;
                     *peak = peak.max(rss);
                     drop(peak);
@@ -592,26 +592,4 @@ impl Bench {
         );
         Ok(())
     }
-}
-
-/// Reads the server's RSS from a task without holding the server.
-fn server_rss_probe(server: &Server) -> impl Fn() -> f64 + Send + 'static {
-    let pid_file = format!("/proc/{}/status", server.pid());
-    move || {
-        std::fs::read_to_string(&pid_file)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-}
-
-/// A counter's value in `/metrics` text.
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }

@@ -50,13 +50,7 @@ impl Server {
 
     /// Resident memory of the process, in MiB.
     pub fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        rss_mib(self.child.id())
     }
 
     /// The server's `/metrics` text.
@@ -69,12 +63,7 @@ impl Server {
 
     /// SQL statements the server has run, from `/metrics`.
     pub async fn statements(&self) -> anyhow::Result<u64> {
-        self.metrics()
-            .await?
-            .lines()
-            .find_map(|l| l.strip_prefix("audit_sql_statements_total "))
-            .and_then(|n| n.parse().ok())
-            .context("no statement counter")
+        Ok(counter(&self.metrics().await?, "audit_sql_statements_total") as u64)
     }
 }
 
@@ -122,4 +111,23 @@ pub fn migrate(bin: &str, database_url: &str) -> anyhow::Result<()> {
         bail!("migrate failed");
     }
     Ok(())
+}
+
+/// Resident memory of a process, in MiB (0 when it is gone).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A counter's value in `/metrics` text (0 when absent).
+pub fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -163,7 +163,11 @@ impl AuditLog {
     /// Where the request came from.
     async fn context(&self) -> RequestContext {
         RequestContext {
-            ip_address: self.0.ip_address.clone().map(host_only),
+            ip_address: self
+                .0
+                .ip_address
+                .as_deref()
+                .map(|ip| host_only(ip).into_owned()),
             user_agent: self.0.user_agent.clone(),
             request_id: self.0.request_id.clone(),
         }

@@ -1,7 +1,6 @@
 //! The per-tenant hash chain: the canonical encoding of an event (version 1), its hash, and
 //! verification of a stored chain. `docs/chain.md` specifies the encoding for outside tools.
 
-use std::borrow::Cow;
 use std::io::Write;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
@@ -40,13 +39,7 @@ pub fn chain_hash(prev_hash: &[u8], event: &audit_log::Model) -> Vec<u8> {
 /// `metadata` goes through a JCS serializer. A test checks the whole against JCS.
 pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    // Stored addresses are canonical already, except PostgreSQL's `inet` text form.
-    let ip = e.ip_address.as_deref().map(|ip| {
-        match ip.contains('/') || ip.contains('.') && ip.contains(':') {
-            true => Cow::Owned(host_only(ip.to_owned())),
-            false => Cow::Borrowed(ip),
-        }
-    });
+    let ip = e.ip_address.as_deref().map(host_only);
     out.extend_from_slice(b"{\"action\":");
     string(&mut out, Some(&e.action));
     out.extend_from_slice(b",\"actor_id\":");

@@ -1,5 +1,6 @@
 //! An event as a caller submits it, its validation, and the limits that validation enforces.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, Timelike, Utc};
@@ -164,7 +165,8 @@ impl NewEvent {
                 .occurred_at
                 .is_none_or(|at| micros(at) == stored.occurred_at)
             && self.metadata.as_ref().unwrap_or(&empty) == &stored.metadata
-            && self.ip_address.clone().map(canonical_ip) == stored.ip_address.clone().map(host_only)
+            && self.ip_address.clone().map(canonical_ip).as_deref()
+                == stored.ip_address.as_deref().map(host_only).as_deref()
             && self.user_agent == stored.user_agent
             && self.request_id == stored.request_id
     }
@@ -182,10 +184,15 @@ fn canonical_ip(ip: String) -> String {
 }
 
 /// A stored IP address in canonical form: PostgreSQL's `inet` reads back as `host/prefix`
-/// and writes some IPv6 forms differently (`::1.2.3.4` for `::102:304`).
-pub fn host_only(ip: String) -> String {
-    let host = ip.split_once('/').map_or(ip.as_str(), |(host, _)| host);
-    canonical_ip(host.to_owned())
+/// and writes some IPv6 forms differently (`::1.2.3.4` for `::102:304`). Stored addresses
+/// are canonical already otherwise, so those are the only ones re-parsed.
+pub fn host_only(ip: &str) -> Cow<'_, str> {
+    let reworded = ip.contains('/') || (ip.contains('.') && ip.contains(':'));
+    if !reworded {
+        return Cow::Borrowed(ip);
+    }
+    let host = ip.split_once('/').map_or(ip, |(host, _)| host);
+    Cow::Owned(canonical_ip(host.to_owned()))
 }
 
 /// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
