@@ -22,7 +22,7 @@ fn event() -> Model {
         target_name: Some("Apollo".into()),
         outcome: Outcome::Success,
         reason: None,
-        metadata: json!({ "env": "prod", "region": "eu-west-1", "n": 123_456, "roles": ["admin", "viewer"] }),
+        metadata: json!({ "env": "prod", "region": "eu-west-1", "n": 123_456, "roles": ["admin", "viewer"] }).into(),
         ip_address: Some("203.0.113.7".into()),
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
         request_id: Some("req-8f14e45f".into()),

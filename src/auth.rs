@@ -235,12 +235,30 @@ impl JwtVerifier {
 /// An API key lookup (by hash) and when it was made; `None` for an unknown or revoked key.
 type CachedKey = (Instant, Option<Principal>);
 
+/// Why a request gets no principal.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The credential is missing or not valid.
+    Denied(Denial),
+    /// The credential could not be checked (the database did not answer).
+    Failed(Error),
+}
+
+/// Whether the server runs open, and since when that is known.
+#[derive(Clone, Copy)]
+struct OpenMode {
+    open: bool,
+    checked: Instant,
+}
+
 /// Turns an `Authorization` header into a principal.
 pub struct Authenticator {
     jwt: Option<JwtVerifier>,
     db: DatabaseConnection,
     keys: Mutex<HashMap<Vec<u8>, CachedKey>>,
-    open: Mutex<Option<(Instant, bool)>>,
+    open: Mutex<Option<OpenMode>>,
+    /// Held by the one request that re-reads open mode; the others use what is known.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Authenticator {
@@ -250,55 +268,74 @@ impl Authenticator {
             db,
             keys: Mutex::new(HashMap::new()),
             open: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Open mode: no JWT key configured and no API key ever created. Checked every few
-    /// seconds, so creating the first key closes the server; nothing reopens it.
+    /// Open mode: no JWT key configured and no API key ever created. Re-read from the
+    /// database every few seconds by one request at a time, so creating the first key
+    /// closes the server; nothing reopens it. While the database does not answer, what was
+    /// last known holds: an outage neither opens nor closes the server.
     pub async fn is_open(&self) -> Result<bool> {
         if self.jwt.is_some() {
             return Ok(false);
         }
-        if let Some((at, open)) = *self.open.lock().unwrap_or_else(|e| e.into_inner())
-            && at.elapsed() < KEY_CACHE_TTL
-        {
-            return Ok(open);
+        let known = *self.open.lock().unwrap_or_else(|e| e.into_inner());
+        match known {
+            Some(mode) if !mode.open => return Ok(false),
+            Some(mode) if mode.checked.elapsed() < KEY_CACHE_TTL => return Ok(true),
+            _ => {}
         }
-        let open = !keys::any_created(&self.db).await?;
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), open));
+        let Ok(_refreshing) = self.refreshing.try_lock() else {
+            if let Some(mode) = known {
+                return Ok(mode.open);
+            }
+            // Only at start, before anything is known: wait for the one who asks.
+            let _wait = self.refreshing.lock().await;
+            return Box::pin(self.is_open()).await;
+        };
+        let open = match keys::any_created(&self.db).await {
+            Ok(any) => !any,
+            Err(err) => match known {
+                Some(mode) => {
+                    tracing::warn!(error = %err, "open mode not re-read; keeping what was known");
+                    mode.open
+                }
+                None => return Err(err),
+            },
+        };
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(OpenMode {
+            open,
+            checked: Instant::now(),
+        });
         Ok(open)
     }
 
     /// The principal an `Authorization` header (or a WebSocket `connection_init` payload's
     /// `authorization`) stands for.
-    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Denial> {
-        if self
-            .is_open()
-            .await
-            .map_err(|e| Denial::new(e.to_string()))?
-        {
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, Refusal> {
+        if self.is_open().await.map_err(Refusal::Failed)? {
             return Ok(Principal::open());
         }
+        let denied = |reason: &str| Refusal::Denied(Denial::new(reason));
         let Some(header) = authorization else {
-            return Err(Denial::new("no credential"));
+            return Err(denied("no credential"));
         };
         let Some(token) = header.strip_prefix("Bearer ").map(str::trim) else {
-            return Err(Denial::new(
-                "the Authorization header is not `Bearer <token>`",
-            ));
+            return Err(denied("the Authorization header is not `Bearer <token>`"));
         };
         if token.starts_with(keys::KEY_PREFIX) {
             return self.api_key(token).await;
         }
         match &self.jwt {
-            Some(jwt) => jwt.verify(token),
-            None => Err(Denial::new(
+            Some(jwt) => jwt.verify(token).map_err(Refusal::Denied),
+            None => Err(denied(
                 "JWTs are not accepted here (no JWT key is configured)",
             )),
         }
     }
 
-    async fn api_key(&self, key: &str) -> Result<Principal, Denial> {
+    async fn api_key(&self, key: &str) -> Result<Principal, Refusal> {
         let hash = keys::hash(key);
         let cached = self
             .keys
@@ -311,7 +348,7 @@ impl Authenticator {
             _ => {
                 let record = keys::find_active(&self.db, &hash)
                     .await
-                    .map_err(|e| Denial::new(e.to_string()))?;
+                    .map_err(Refusal::Failed)?;
                 let principal = record.map(|k| Principal {
                     subject: format!("api-key:{}", k.name),
                     tenant_id: k.tenant_id,
@@ -329,6 +366,6 @@ impl Authenticator {
                 principal
             }
         };
-        principal.ok_or_else(|| Denial::new("unknown or revoked API key"))
+        principal.ok_or_else(|| Refusal::Denied(Denial::new("unknown or revoked API key")))
     }
 }

@@ -61,7 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => retention::apply(&db, &ingestor, &retention, chrono::Utc::now()).await?,
             };
             for event in &events {
-                println!("{}: {}", event.tenant_id, event.metadata);
+                println!("{}: {}", event.tenant_id, *event.metadata);
             }
             println!("{} tenant(s) purged", events.len());
         }

@@ -35,6 +35,9 @@ pub enum Error {
     /// The database could not be reached.
     #[error("the database is unavailable, retry later")]
     Unavailable(#[source] DbErr),
+    /// The server sheds load: too many expensive requests are running.
+    #[error("the server is busy with other expensive requests; retry in a moment")]
+    Busy,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -50,7 +53,7 @@ impl Error {
             Error::RateLimited { .. } => "RATE_LIMITED",
             Error::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
             Error::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
-            Error::Unavailable(_) => "UNAVAILABLE",
+            Error::Unavailable(_) | Error::Busy => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -91,10 +94,38 @@ impl Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Error::Unavailable(err),
-            other => Error::Internal(Box::new(other)),
+        if is_connection_error(&err) {
+            Error::Unavailable(err)
+        } else {
+            Error::Internal(Box::new(err))
         }
+    }
+}
+
+/// Whether the database, not the statement, failed: no connection to be had, the
+/// connection broke, or the server is shutting down or starting (SQLSTATE classes 08 and
+/// 57P). Such a failure is worth a retry.
+pub fn is_connection_error(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    use sea_orm::sqlx::Error as Sqlx;
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
+            match cause.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_)
+                | Sqlx::BeginFailed => true,
+                Sqlx::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 

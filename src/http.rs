@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
 use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
@@ -28,9 +29,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::access::{Access, Origin};
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Authenticator, Principal, Refusal};
 use crate::error::Error;
-use crate::graphql::{AppSchema, limits};
+use crate::graphql::{AppSchema, admission, limits};
 use crate::metrics::Metrics;
 use crate::ws;
 
@@ -61,6 +62,8 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
             get(|State(state): State<AppState>| async move { state.metrics.render() }),
         )
         .merge(crate::graphiql::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http());
@@ -75,14 +78,39 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     router
 }
 
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn ready(State(state): State<AppState>) -> Response {
-    match state.db.ping().await {
-        Ok(()) => "ready".into_response(),
-        Err(err) => {
+    match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s")
+            .into_response(),
     }
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    tracing::debug!(path = %uri.path(), "no such route");
+    error_response(StatusCode::NOT_FOUND, Error::NotFound)
+}
+
+/// 405 with the methods the path takes.
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    let allow = if uri.path() == "/graphql" {
+        "GET, POST"
+    } else {
+        "GET"
+    };
+    let error = Error::bad_input("", format!("{} takes {allow}", uri.path()));
+    let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, error);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 /// The response media types of GraphQL over HTTP.
@@ -197,20 +225,22 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     };
     let mut request = async_graphql::Request::new(params.query).variables(variables);
     request.operation_name = params.operation_name;
+    let (principal, origin) = match admit(&state, &parts).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
     // Parsing recurses, so the nesting check comes first.
     let parses = limits::nesting(&request.query) <= limits::MAX_NESTING;
     if parses && selected_operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation)
     {
-        let mut response = http_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "mutations must be sent with POST",
-        );
+        let error = Error::bad_input("", "mutations must be sent with POST");
+        let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, error);
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&state, request, media, &parts).await
+    run(&state, request, media, principal, origin).await
 }
 
 /// The operation the request would run; `None` when the document does not parse (the
@@ -261,7 +291,7 @@ fn origin(parts: &Parts) -> Origin {
 }
 
 /// Authenticates a request and counts it against its credential's rate limit; the error is
-/// the response refusing it (401 or 429).
+/// the response refusing it (401, 429, or 503 when the credential cannot be checked).
 async fn admit(state: &AppState, parts: &Parts) -> Result<(Principal, Origin), Response> {
     let origin = origin(parts);
     let authorization = parts
@@ -270,7 +300,10 @@ async fn admit(state: &AppState, parts: &Parts) -> Result<(Principal, Origin), R
         .and_then(|v| v.to_str().ok());
     let principal = match state.auth.authenticate(authorization).await {
         Ok(principal) => principal,
-        Err(denial) => {
+        Err(Refusal::Failed(err)) => {
+            return Err(error_response(status_of(&err), err));
+        }
+        Err(Refusal::Denied(denial)) => {
             state.access.record_denial(
                 denial.tenant_id.as_deref(),
                 denial.subject.as_deref(),
@@ -278,30 +311,19 @@ async fn admit(state: &AppState, parts: &Parts) -> Result<(Principal, Origin), R
                 &denial.reason,
                 &origin,
             );
-            let mut response = coded_error(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHENTICATED",
-                &format!("a valid credential is required: {}", denial.reason),
-            );
+            let error = Error::Unauthenticated(format!(
+                "a valid credential is required: {}",
+                denial.reason
+            ));
+            let mut response = error_response(StatusCode::UNAUTHORIZED, error);
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Err(response);
         }
     };
-    if let Err(Error::RateLimited { retry_after_secs }) = state.access.admit(&principal) {
-        let message = format!("too many requests; retry in {retry_after_secs} s");
-        let body = json!({ "errors": [{ "message": message, "extensions": { "code": "RATE_LIMITED", "retryAfter": retry_after_secs } }] });
-        let mut response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::CONTENT_TYPE, JSON)],
-            Json(body),
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        return Err(response);
+    if let Err(err) = state.access.admit(&principal) {
+        return Err(error_response(StatusCode::TOO_MANY_REQUESTS, err));
     }
     Ok((principal, origin))
 }
@@ -312,10 +334,20 @@ async fn execute(
     media: Media,
     parts: &Parts,
 ) -> Response {
-    let (principal, origin) = match admit(state, parts).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
+    match admit(state, parts).await {
+        Ok((principal, origin)) => run(state, request, media, principal, origin).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// Runs an admitted request and encodes its answer.
+async fn run(
+    state: &AppState,
+    request: async_graphql::Request,
+    media: Media,
+    principal: Principal,
+    origin: Origin,
+) -> Response {
     let response = if limits::nesting(&request.query) > limits::MAX_NESTING {
         async_graphql::Response::from_errors(vec![limits::too_deep()])
     } else {
@@ -346,24 +378,48 @@ async fn respond_to(
     }
 }
 
-/// The HTTP response for a GraphQL response, in the negotiated media type.
+/// The HTTP response for a GraphQL response, in the negotiated media type; one larger than
+/// `MAX_RESPONSE_BYTES` is replaced by an error saying so.
 fn encode(mut response: async_graphql::Response, media: Media) -> Response {
     response.errors.iter_mut().for_each(crate::graphql::label);
     // Errors before execution (parse, validation, variables) carry no path and leave no data.
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
-    let mut body = match serde_json::to_value(&response) {
+    // Load shed or database down before anything ran: worth a retry, so 503.
+    let unavailable = Error::Busy.code();
+    let shed = request_error
+        && response.errors.iter().any(|e| {
+            e.extensions
+                .as_ref()
+                .and_then(|x| x.get("code"))
+                .is_some_and(|code| *code == async_graphql::Value::from(unavailable))
+        });
+    let body = if request_error {
+        serde_json::to_vec(&json!({ "errors": response.errors }))
+    } else {
+        serde_json::to_vec(&response)
+    };
+    let body = match body {
+        Ok(body) if body.len() > admission::MAX_RESPONSE_BYTES => {
+            drop(body);
+            let error = Error::bad_input(
+                "",
+                format!(
+                    "the response would be larger than {} MiB; ask for fewer events or fields",
+                    admission::MAX_RESPONSE_BYTES >> 20
+                ),
+            );
+            return encode(async_graphql::Response::from_errors(vec![server_error(error)]), media);
+        }
         Ok(body) => body,
         Err(err) => {
             tracing::error!(error = %err, "could not serialize a GraphQL response");
-            return http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, Error::internal(err));
         }
     };
-    if request_error && let Some(object) = body.as_object_mut() {
-        object.remove("data");
-    }
     let status = match media {
+        _ if shed => StatusCode::SERVICE_UNAVAILABLE,
         Media::GraphqlResponseJson if request_error => StatusCode::BAD_REQUEST,
         _ => StatusCode::OK,
     };
@@ -371,28 +427,61 @@ fn encode(mut response: async_graphql::Response, media: Media) -> Response {
         Media::Json => JSON,
         Media::GraphqlResponseJson => GRAPHQL_RESPONSE_JSON,
     };
-    (status, [(header::CONTENT_TYPE, content_type)], Json(body)).into_response()
+    let mut response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    if shed {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+    }
+    response
+}
+
+/// An error as async-graphql carries it, with its code.
+fn server_error(error: Error) -> ServerError {
+    async_graphql::Error::from(error).into_server_error(async_graphql::Pos::default())
 }
 
 /// A GraphQL-shaped error for requests refused before they reach the schema.
 fn http_error(status: StatusCode, message: &str) -> Response {
-    let code = if status.is_server_error() {
-        "INTERNAL"
+    let error = if status.is_server_error() {
+        Error::internal(message.to_owned())
     } else {
-        "BAD_USER_INPUT"
+        Error::bad_input("", message)
     };
-    coded_error(status, code, message)
+    error_response(status, error)
 }
 
-fn coded_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response()
+/// The HTTP status for an error answered outside GraphQL.
+fn status_of(error: &Error) -> StatusCode {
+    match error {
+        Error::Unavailable(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON body `{"errors": [{message, extensions: {code, ...}}]}` for an error answered
+/// outside GraphQL; rate limits and outages also say when to retry.
+fn error_response(status: StatusCode, error: Error) -> Response {
+    let retry_after = match &error {
+        Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+        Error::Unavailable(_) | Error::Busy => Some(1),
+        _ => None,
+    };
+    let body = json!({ "errors": [server_error(error)] });
+    let mut response = (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
     let upgrade = match WebSocketUpgrade::from_request_parts(parts, &state).await {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => return http_error(rejection.status(), &rejection.body_text()),
     };
     let protocol = parts
         .headers

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::{Access, Origin};
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{Authenticator, Principal, Refusal};
 use crate::graphql::AppSchema;
 
 /// How long a client may take to send `connection_init`.
@@ -162,7 +162,12 @@ impl Connection {
                         *admitted.lock().unwrap_or_else(|e| e.into_inner()) = Some(principal);
                         Inbound::Forward(text)
                     }
-                    Err(denial) => {
+                    Err(Refusal::Failed(err)) => {
+                        tracing::warn!(error = %err, "WebSocket credential not checked");
+                        // 1013: try again later.
+                        Inbound::Close(1013, err.to_string())
+                    }
+                    Err(Refusal::Denied(denial)) => {
                         self.access
                             .record_denial(None, None, None, &denial.reason, &self.origin);
                         match self.protocol {

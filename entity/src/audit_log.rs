@@ -25,7 +25,9 @@ pub struct Model {
     pub target_name: Option<String>,
     pub outcome: Outcome,
     pub reason: Option<String>,
-    pub metadata: Json,
+    /// `jsonb` on PostgreSQL, read back as text and parsed here, one row at a time.
+    #[sea_orm(column_type = "JsonBinary", select_as = "text")]
+    pub metadata: Metadata,
     /// `inet` on PostgreSQL, read back as text (`host/prefix`).
     #[sea_orm(select_as = "text")]
     pub ip_address: Option<String>,
@@ -60,6 +62,79 @@ pub enum Outcome {
     Failure,
     #[sea_orm(string_value = "denied")]
     Denied,
+}
+
+/// An event's metadata, a JSON object. Read leniently: a stored value this reader cannot
+/// parse (nested deeper than serde_json's 128 levels, which older servers let in) becomes
+/// an object saying so, rather than failing the whole query it came in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata(pub Json);
+
+/// The key of the object that stands in for unreadable metadata.
+pub const UNREADABLE: &str = "$unreadable";
+
+impl Metadata {
+    /// Parses stored text; see the type's description for what cannot be parsed.
+    pub fn parse(text: &str) -> Self {
+        match serde_json::from_str(text) {
+            Ok(value) => Metadata(value),
+            Err(err) => {
+                let reason = format!("stored metadata cannot be read: {err}");
+                Metadata(Json::Object([(UNREADABLE.to_owned(), Json::String(reason))].into_iter().collect()))
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Metadata {
+    type Target = Json;
+
+    fn deref(&self) -> &Json {
+        &self.0
+    }
+}
+
+impl From<Json> for Metadata {
+    fn from(value: Json) -> Self {
+        Metadata(value)
+    }
+}
+
+impl From<Metadata> for Value {
+    fn from(metadata: Metadata) -> Self {
+        Value::Json(Some(Box::new(metadata.0)))
+    }
+}
+
+impl sea_orm::TryGetable for Metadata {
+    fn try_get_by<I: sea_orm::ColIdx>(
+        res: &QueryResult,
+        index: I,
+    ) -> Result<Self, sea_orm::TryGetError> {
+        String::try_get_by(res, index).map(|text| Metadata::parse(&text))
+    }
+}
+
+impl sea_orm::sea_query::ValueType for Metadata {
+    fn try_from(v: Value) -> Result<Self, sea_orm::sea_query::ValueTypeErr> {
+        match v {
+            Value::Json(Some(value)) => Ok(Metadata(*value)),
+            Value::String(Some(text)) => Ok(Metadata::parse(&text)),
+            _ => Err(sea_orm::sea_query::ValueTypeErr),
+        }
+    }
+
+    fn type_name() -> String {
+        "Metadata".to_owned()
+    }
+
+    fn array_type() -> sea_orm::sea_query::ArrayType {
+        sea_orm::sea_query::ArrayType::Json
+    }
+
+    fn column_type() -> ColumnType {
+        ColumnType::JsonBinary
+    }
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

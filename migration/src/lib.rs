@@ -38,7 +38,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     options
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1))
         .sqlx_logging(false)
         .set_schema_search_path(PG_SCHEMA)
         .map_sqlx_sqlite_opts(|opts| {

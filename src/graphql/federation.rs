@@ -4,10 +4,12 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Guard, ID, Object};
 use uuid::Uuid;
 
+use super::admission;
 use super::guards::RequireScope;
 use super::loaders::{AuditLoader, EventKey};
 use super::types::{ActorType, AuditActor, AuditLog, AuditTarget};
 use crate::auth::{Principal, Scope};
+use crate::service::event::{MAX_ID_LEN, MAX_TYPE_LEN, check_id};
 
 #[derive(Default)]
 pub struct FederationQuery;
@@ -25,6 +27,7 @@ impl FederationQuery {
         let Ok(id) = Uuid::parse_str(&id) else {
             return Ok(None);
         };
+        admission::charge(ctx, 1)?;
         let principal = ctx.data::<Principal>()?;
         let key = EventKey {
             tenant_ids: principal.readable_tenants().into(),
@@ -43,6 +46,7 @@ impl FederationQuery {
         #[graphql(key)] id: String,
     ) -> async_graphql::Result<AuditActor> {
         RequireScope(Scope::Read).check(ctx).await?;
+        check_id("id", &id, MAX_ID_LEN)?;
         Ok(AuditActor {
             kind,
             id,
@@ -59,6 +63,8 @@ impl FederationQuery {
         #[graphql(key)] id: String,
     ) -> async_graphql::Result<AuditTarget> {
         RequireScope(Scope::Read).check(ctx).await?;
+        check_id("type", &kind, MAX_TYPE_LEN)?;
+        check_id("id", &id, MAX_ID_LEN)?;
         Ok(AuditTarget {
             kind,
             id,

@@ -13,39 +13,74 @@ pub const MAX_NESTING: usize = 64;
 /// Most root fields (aliases included) in one operation.
 pub const MAX_ROOT_FIELDS: usize = 100;
 
-/// How deeply brackets nest in GraphQL text, ignoring strings and comments.
+/// How deeply `{`, `[` and `(` nest in GraphQL text, read as async-graphql's grammar reads
+/// it: brackets inside strings, block strings and comments do not count.
+///
+/// The count never falls short of what the parser would recurse through. Where the grammar
+/// backtracks (an unterminated block string `"""` re-reads as the empty string `""`
+/// followed by a string), so does this; where a token cannot parse (a string broken by a
+/// line end), the parser stops there, and this counts on as if it were code.
 pub fn nesting(text: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' | '[' | '(' => {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' | b'(' => {
                 depth += 1;
                 deepest = deepest.max(depth);
+                i += 1;
             }
-            '}' | ']' | ')' => depth = depth.saturating_sub(1),
-            '#' => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
+            b'}' | b']' | b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'#' => {
+                while i < bytes.len() && !matches!(bytes[i], b'\n' | b'\r') {
+                    i += 1;
                 }
             }
-            '"' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' => break,
-                        _ => {}
-                    }
-                }
+            b'"' if bytes[i..].starts_with(br#"""""#) => {
+                i = match block_string_end(bytes, i + 3) {
+                    Some(end) => end,
+                    // The grammar falls back to `""`, an empty string.
+                    None => i + 2,
+                };
             }
-            _ => {}
+            b'"' => i = string_end(bytes, i + 1),
+            _ => i += 1,
         }
     }
     deepest
+}
+
+/// Where a block string whose content starts at `i` ends (after its closing `"""`); `None`
+/// when it is not closed. Only `\"""` escapes inside.
+fn block_string_end(bytes: &[u8], mut i: usize) -> Option<usize> {
+    while i < bytes.len() {
+        if bytes[i..].starts_with(br#"\""""#) {
+            i += 4;
+        } else if bytes[i..].starts_with(br#"""""#) {
+            return Some(i + 3);
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Where a string whose content starts at `i` ends: after its closing `"`, or at a line end
+/// (where the parser gives up, and counting goes on as code).
+fn string_end(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return i + 1,
+            b'\n' | b'\r' => return i,
+            // An escape's next character is never the end; a line end stays one.
+            b'\\' if !matches!(bytes.get(i + 1), Some(b'\n' | b'\r')) => i += 2,
+            _ => i += 1,
+        }
+    }
+    i
 }
 
 /// Checks a document's text before it is parsed, then its operations after; refuses
@@ -145,5 +180,24 @@ mod tests {
         assert_eq!(nesting("{ a { b(x: [1]) } }"), 4);
         assert_eq!(nesting(r#"{ a(s: "{{{{\"{{") } # {{{{{"#), 2);
         assert_eq!(nesting(&"{".repeat(100_000)), 100_000);
+    }
+
+    #[test]
+    fn nesting_reads_block_strings_as_the_grammar_does() {
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        // The attack that got past the first version: a block string holding one `"`.
+        let attack = format!(r#"{{ a(x: """a"b""", y: {deep}) }}"#);
+        assert_eq!(nesting(&attack), 102);
+        // `\"""` does not close a block string; brackets inside it do not count.
+        assert_eq!(nesting(r#"{ a(x: """ \""" [[[[ """) }"#), 2);
+        // Unterminated: the grammar re-reads `"""` as `""` and a string.
+        assert_eq!(nesting(&format!(r#"{{ a(x: """{deep}"#)), 2);
+        assert_eq!(nesting(&format!("{{ a(x: \"\"\"\n{deep}")), 102);
+        // A string ends at a line end; an escaped quote does not end it.
+        assert_eq!(nesting(&format!("{{ a(x: \"[[\n{deep}")), 102);
+        assert_eq!(nesting(r#"{ a(x: "\"[[[") }"#), 2);
+        assert_eq!(nesting(&format!("{{ a(x: \"\\\n{deep}")), 102);
+        // Comments end at either line end.
+        assert_eq!(nesting(&format!("# [[[\r{deep}")), 100);
     }
 }

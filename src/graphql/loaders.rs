@@ -4,7 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::dataloader::Loader;
+use std::time::Duration;
+
+use async_graphql::ServerResult;
+use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
 use entity::audit_log::{self, Column};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
@@ -16,9 +20,44 @@ use crate::service::trail::{self, Subject};
 /// Most keys per batch (SQLite allows 500 members in one UNION).
 pub const MAX_BATCH: usize = 250;
 
-/// Loads for one schema; keys carry the caller's tenants, so nothing leaks between callers.
+/// Loads for one request: a request's keys are batched only with its own, so one request's
+/// failure cannot fail another's. Keys carry the caller's tenants too.
 pub struct AuditLoader {
     pub db: DatabaseConnection,
+}
+
+/// Gives every request (and every subscription) its own [`AuditLoader`].
+pub struct RequestLoaders {
+    pub db: DatabaseConnection,
+    /// How long a batch waits for more keys after its first.
+    pub window: Duration,
+}
+
+impl ExtensionFactory for RequestLoaders {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(RequestLoaders {
+            db: self.db.clone(),
+            window: self.window,
+        })
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for RequestLoaders {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: async_graphql::Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<async_graphql::Request> {
+        let loader = AuditLoader {
+            db: self.db.clone(),
+        };
+        let loader = DataLoader::new(loader, tokio::spawn)
+            .max_batch_size(MAX_BATCH)
+            .delay(self.window);
+        next.run(ctx, request.data(loader)).await
+    }
 }
 
 /// An event by id, within some tenants.

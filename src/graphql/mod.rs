@@ -1,5 +1,6 @@
 //! The GraphQL schema: roots, types, and the error-code extension.
 
+pub mod admission;
 mod errors;
 pub mod federation;
 pub mod guards;
@@ -16,14 +17,17 @@ pub use errors::label;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::dataloader::DataLoader;
 use async_graphql::{MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder};
 use sea_orm::DatabaseConnection;
 
 use crate::access::Access;
 use crate::pubsub::Feed;
 use crate::service::ingest::Ingestor;
-use loaders::AuditLoader;
+use loaders::RequestLoaders;
+
+/// How many requests of the largest complexity may run at once; smaller ones share the
+/// same capacity in proportion.
+const CONCURRENT_COMPLEXITY_LIMITS: usize = 4;
 
 /// Query root.
 #[derive(MergedObject, Default)]
@@ -44,7 +48,7 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 pub struct SchemaConfig {
     /// Most nested selection depth.
     pub max_depth: usize,
-    /// Largest query complexity (one point per field).
+    /// Largest query complexity: a point per field, times the page size for each page.
     pub max_complexity: usize,
     /// Whether `__schema` and `__type` answer.
     pub introspection: bool,
@@ -56,7 +60,7 @@ impl Default for SchemaConfig {
     fn default() -> Self {
         SchemaConfig {
             max_depth: 15,
-            max_complexity: 2000,
+            max_complexity: 25_000,
             introspection: true,
             batch_window: Duration::from_millis(2),
         }
@@ -92,14 +96,17 @@ pub fn build_schema(
     access: Arc<Access>,
     config: &SchemaConfig,
 ) -> AppSchema {
-    let loader = DataLoader::new(AuditLoader { db: db.clone() }, tokio::spawn)
-        .max_batch_size(loaders::MAX_BATCH)
-        .delay(config.batch_window);
     builder(config)
+        .extension(RequestLoaders {
+            db: db.clone(),
+            window: config.batch_window,
+        })
+        .extension(admission::Admission::new(
+            CONCURRENT_COMPLEXITY_LIMITS * config.max_complexity,
+        ))
         .data(db)
         .data(ingestor)
         .data(feed)
-        .data(loader)
         .data(access)
         .finish()
 }

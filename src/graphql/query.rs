@@ -4,6 +4,7 @@ use async_graphql::{Context, ID, Object};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
+use super::admission::{self, page_cost};
 use super::guards::RequireScope;
 use super::types::{
     AuditChainHead, AuditChainVerification, AuditLog, AuditLogConnection, AuditLogFilter,
@@ -12,6 +13,7 @@ use super::types::{
 use crate::auth::{Principal, Scope};
 use crate::error::Error;
 use crate::service::chain;
+use crate::service::event::{MAX_ID_LEN, check_id};
 use crate::service::query::{self, PageArgs};
 
 #[derive(Default)]
@@ -37,7 +39,10 @@ impl AuditQuery {
     /// Events matching `filter`, a page at a time (Relay cursor connection). Give `first`
     /// (and `after`) to page forward or `last` (and `before`) to page backward; pages hold
     /// 50 events by default and at most 500.
-    #[graphql(guard = "RequireScope(Scope::Read)")]
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "page_cost(first, last, child_complexity)"
+    )]
     async fn audit_logs(
         &self,
         ctx: &Context<'_>,
@@ -66,6 +71,7 @@ impl AuditQuery {
             "hasNextPage"
         };
         let want_far_side = ctx.look_ahead().field("pageInfo").field(far_flag).exists();
+        admission::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
         let db = ctx.data::<DatabaseConnection>()?;
         let page = query::page(db, &filter, &args, want_far_side).await?;
         Ok(AuditLogConnection::new(
@@ -101,6 +107,15 @@ impl AuditQuery {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
         let from = sequence_arg("fromSequence", from_sequence)?;
         let to = sequence_arg("toSequence", to_sequence)?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(Error::bad_input(
+                "toSequence",
+                "toSequence must not be below fromSequence",
+            )
+            .into());
+        }
         let db = ctx.data::<DatabaseConnection>()?;
         Ok(chain::verify(db, &tenant_id, from, to).await?.into())
     }
@@ -110,6 +125,7 @@ impl AuditQuery {
 fn readable_tenant(ctx: &Context<'_>, tenant_id: Option<String>) -> async_graphql::Result<String> {
     let principal = ctx.data::<Principal>()?;
     let tenant_id = tenant_id.unwrap_or_else(|| principal.tenant_id.clone());
+    check_id("tenantId", &tenant_id, MAX_ID_LEN)?;
     principal.tenants(Some(vec![tenant_id.clone()]))?;
     Ok(tenant_id)
 }

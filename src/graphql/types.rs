@@ -4,6 +4,7 @@ use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object,
 use entity::audit_log;
 use serde_json::Value;
 
+use super::admission::{self, page_cost};
 use super::scalars::DateTime;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
@@ -149,7 +150,7 @@ impl AuditLog {
     }
     /// Free-form details, a JSON object.
     async fn metadata(&self) -> Json<&Value> {
-        Json(&self.0.metadata)
+        Json(&*self.0.metadata)
     }
     /// SHA-256 over `previousHash` and the event's canonical bytes, in lower-case hex
     /// (`docs/chain.md` says how to recompute it).
@@ -191,6 +192,7 @@ pub struct AuditActor {
 #[ComplexObject]
 impl AuditActor {
     /// This actor's own audit trail, newest first (50 events by default, at most 500).
+    #[graphql(complexity = "page_cost(first, None, child_complexity)")]
     async fn audit_logs(
         &self,
         ctx: &Context<'_>,
@@ -221,6 +223,7 @@ pub struct AuditTarget {
 #[ComplexObject]
 impl AuditTarget {
     /// This target's own audit trail, newest first (50 events by default, at most 500).
+    #[graphql(complexity = "page_cost(first, None, child_complexity)")]
     async fn audit_logs(
         &self,
         ctx: &Context<'_>,
@@ -244,6 +247,7 @@ async fn trail(
     let principal = ctx.data::<Principal>()?;
     let filter = filter.unwrap_or_default().into_filter(principal)?;
     let size = query::page_size(first, None)?;
+    admission::charge(ctx, size as usize)?;
     let after = query::decode_cursor(after.as_deref(), "after")?;
     let has_previous_page = after.is_some();
     let key = TrailKey {
@@ -405,6 +409,9 @@ impl AuditLogFilter {
     /// The service filter for what `principal` may read, validated; error paths start at
     /// `filter`.
     pub fn into_filter(self, principal: &Principal) -> Result<Filter> {
+        if let Some(tenant_ids) = &self.tenant_ids {
+            Filter::validate_tenants(tenant_ids).map_err(|e| e.rooted_at("filter.", true))?;
+        }
         let filter = Filter {
             tenant_ids: principal.tenants(self.tenant_ids)?,
             actor_ids: self.actor_ids,

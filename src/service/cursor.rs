@@ -6,6 +6,9 @@ use chrono::{DateTime, Utc};
 use entity::audit_log;
 use uuid::Uuid;
 
+/// 9999-12-31T23:59:59.999999Z in microseconds since 1970.
+const MAX_MICROS: i64 = 253_402_300_799_999_999;
+
 /// Where an event sits: `(occurred_at, id)` orders pages, `(tenant_id, seq)` orders commits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
@@ -43,10 +46,16 @@ impl Cursor {
         if parts.next()? != "v1" {
             return None;
         }
-        let seq = parts.next()?.parse().ok()?;
-        let occurred_at = DateTime::from_timestamp_micros(parts.next()?.parse().ok()?)?;
+        let seq = parts.next()?.parse().ok().filter(|seq| *seq >= 0)?;
+        // Only instants an event can have (from 1970, within four-digit years): anything
+        // else is no position this server made, and some databases cannot compare it.
+        let micros = parts.next()?.parse().ok().filter(|m| (0..=MAX_MICROS).contains(m))?;
+        let occurred_at = DateTime::from_timestamp_micros(micros)?;
         let id = parts.next()?.parse().ok()?;
         let tenant_id = parts.next()?.to_owned();
+        if tenant_id.is_empty() || tenant_id.chars().any(char::is_control) {
+            return None;
+        }
         Some(Cursor {
             tenant_id,
             seq,
@@ -69,8 +78,18 @@ mod tests {
             id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        for garbage in ["", "abc", "!!!", &URL_SAFE_NO_PAD.encode("v2\n1\n2\n3\n4")] {
-            assert_eq!(Cursor::decode(garbage), None, "{garbage}");
+        let id = Uuid::now_v7();
+        for garbage in [
+            "".to_owned(),
+            "abc".to_owned(),
+            "!!!".to_owned(),
+            URL_SAFE_NO_PAD.encode("v2\n1\n2\n3\n4"),
+            URL_SAFE_NO_PAD.encode(format!("v1\n1\n-210866803200000001\n{id}\nt")),
+            URL_SAFE_NO_PAD.encode(format!("v1\n1\n{}\n{id}\nt", MAX_MICROS + 1)),
+            URL_SAFE_NO_PAD.encode(format!("v1\n-1\n0\n{id}\nt")),
+            URL_SAFE_NO_PAD.encode(format!("v1\n1\n0\n{id}\nt\0")),
+        ] {
+            assert_eq!(Cursor::decode(&garbage), None, "{garbage}");
         }
     }
 }

@@ -8,7 +8,7 @@ use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::chain::chain_hash;
+use super::chain::{canonical_bytes, chain_hash};
 use crate::error::{Error, Result};
 
 /// Most events in one `logAuditEvents` call.
@@ -108,12 +108,25 @@ impl NewEvent {
         recorded_at: DateTime<Utc>,
         prev_hash: Vec<u8>,
     ) -> audit_log::Model {
+        let mut model = self.into_unhashed(Uuid::now_v7(), tenant_id, seq, recorded_at);
+        model.prev_hash = prev_hash;
+        model.hash = chain_hash(&model.prev_hash, &model);
+        model
+    }
+
+    fn into_unhashed(
+        self,
+        id: Uuid,
+        tenant_id: &str,
+        seq: i64,
+        recorded_at: DateTime<Utc>,
+    ) -> audit_log::Model {
         let (target_type, target_id, target_name) = match self.target {
             Some(t) => (Some(t.kind), Some(t.id), t.name),
             None => (None, None, None),
         };
-        let mut model = audit_log::Model {
-            id: Uuid::now_v7(),
+        audit_log::Model {
+            id,
             tenant_id: tenant_id.to_owned(),
             seq,
             occurred_at: micros(self.occurred_at.unwrap_or(recorded_at)),
@@ -129,46 +142,30 @@ impl NewEvent {
             reason: self.reason,
             metadata: self
                 .metadata
-                .unwrap_or_else(|| Value::Object(Default::default())),
+                .unwrap_or_else(|| Value::Object(Default::default()))
+                .into(),
             ip_address: self.ip_address.map(canonical_ip),
             user_agent: self.user_agent,
             request_id: self.request_id,
             idempotency_key: self.idempotency_key,
-            prev_hash,
+            prev_hash: Vec::new(),
             hash: Vec::new(),
-        };
-        model.hash = chain_hash(&model.prev_hash, &model);
-        model
+        }
     }
 
-    /// Whether `stored` records this same event, for idempotent retries. `occurredAt` is
-    /// compared only when the caller gave it: a retry without it means "now" both times.
+    /// Whether `stored` records this same event, for idempotent retries: the row this event
+    /// would become, in the place of `stored`, has the same canonical encoding (the one the
+    /// hash chain covers), so whatever a database gives back for a value (`1e16` as an
+    /// integer, an address as `host/prefix`) equals its retry. `occurredAt` is compared
+    /// only when the caller gave it: a retry without it means "now" both times.
     pub fn same_content(&self, stored: &audit_log::Model) -> bool {
-        let target = stored
-            .target_type
-            .clone()
-            .zip(stored.target_id.clone())
-            .map(|(kind, id)| Target {
-                kind,
-                id,
-                name: stored.target_name.clone(),
-            });
-        let empty = Value::Object(Default::default());
-        self.actor_type == stored.actor_type
-            && self.actor_id == stored.actor_id
-            && self.actor_name == stored.actor_name
-            && self.action == stored.action
-            && self.target == target
-            && self.outcome == stored.outcome
-            && self.reason == stored.reason
-            && self
-                .occurred_at
-                .is_none_or(|at| micros(at) == stored.occurred_at)
-            && self.metadata.as_ref().unwrap_or(&empty) == &stored.metadata
-            && self.ip_address.clone().map(canonical_ip).as_deref()
-                == stored.ip_address.as_deref().map(host_only).as_deref()
-            && self.user_agent == stored.user_agent
-            && self.request_id == stored.request_id
+        let mut retry =
+            self.clone()
+                .into_unhashed(stored.id, &stored.tenant_id, stored.seq, stored.recorded_at);
+        if self.occurred_at.is_none() {
+            retry.occurred_at = stored.occurred_at;
+        }
+        canonical_bytes(&retry) == canonical_bytes(stored)
     }
 }
 
@@ -222,8 +219,9 @@ fn check_action(action: &str) -> Result<()> {
     ))
 }
 
-/// An identifier: not blank, no control characters, bounded.
-fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
+/// An identifier: not blank, no control characters, bounded. Also what filters and
+/// arguments naming identifiers must be, so that bad ones get the same answer everywhere.
+pub fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {
         return Err(Error::bad_input(
             field,
@@ -286,33 +284,60 @@ fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
 /// (RFC 8785), exact only up to 2^53 - 1 (I-JSON, RFC 7493).
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
+/// Deepest nesting of arrays and objects in metadata (and in metadata filters): far below
+/// what any reader of stored events recurses through (serde_json stops at 128).
+pub const MAX_METADATA_DEPTH: usize = 32;
+
 fn check_metadata(metadata: &Value) -> Result<()> {
+    check_json_object("metadata", metadata)?;
     if has_unsafe_integer(metadata) {
         return Err(Error::bad_input(
             "metadata",
             "metadata integers must be between -(2^53 - 1) and 2^53 - 1",
         ));
     }
-    if !metadata.is_object() {
+    Ok(())
+}
+
+/// A JSON object as metadata or a metadata filter: nested at most `MAX_METADATA_DEPTH`
+/// deep, no NUL in keys or strings (PostgreSQL cannot store it), at most 64 KiB.
+pub fn check_json_object(field: &str, value: &Value) -> Result<()> {
+    if !value.is_object() {
         return Err(Error::bad_input(
-            "metadata",
-            "metadata must be a JSON object",
+            field,
+            format!("{field} must be a JSON object"),
         ));
     }
-    if has_nul(metadata) {
+    if depth(value) > MAX_METADATA_DEPTH {
         return Err(Error::bad_input(
-            "metadata",
-            "metadata must not contain NUL characters",
+            field,
+            format!("{field} nests deeper than {MAX_METADATA_DEPTH} levels"),
         ));
     }
-    let size = serde_json::to_vec(metadata).map_err(Error::internal)?.len();
+    if has_nul(value) {
+        return Err(Error::bad_input(
+            field,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
+    let size = serde_json::to_vec(value).map_err(Error::internal)?.len();
     if size > MAX_METADATA_BYTES {
         return Err(Error::bad_input(
-            "metadata",
-            format!("metadata is {size} bytes, more than the limit of {MAX_METADATA_BYTES}"),
+            field,
+            format!("{field} is {size} bytes, more than the limit of {MAX_METADATA_BYTES}"),
         ));
     }
     Ok(())
+}
+
+/// How deeply arrays and objects nest (a scalar is 0). Recursion stays within what serde
+/// let through: 128 levels.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 fn has_unsafe_integer(value: &Value) -> bool {

@@ -6,7 +6,8 @@
 //! number and chain the new events, insert them with multi-row INSERTs, move the heads,
 //! commit, and only then answer the callers. A job that fails on its own (an idempotency
 //! conflict) fails alone; if the whole transaction fails, each job is retried by itself so
-//! that one bad job cannot sink the others.
+//! that one bad job cannot sink the others, unless the database is unreachable: then the
+//! whole group fails at once with `UNAVAILABLE`.
 //!
 //! Retention purges are jobs too: they cut a tenant's chain under the same head lock and
 //! record their own `audit.retention.purged` event in the same transaction.
@@ -22,7 +23,7 @@ use entity::idempotency_key;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    EntityTrait, QueryFilter, Statement, TransactionTrait,
+    DbErr, EntityTrait, QueryFilter, RuntimeErr, Statement, TransactionTrait,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -173,6 +174,15 @@ impl Committer {
             }
             Err(err) if requests.len() == 1 => {
                 let _ = replies.into_iter().next().map(|reply| reply.send(Err(err)));
+            }
+            // The database is down: every job would fail the same way, and fast is better.
+            Err(Error::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, jobs = requests.len(), "group commit failed: database unavailable");
+                let message = cause.to_string();
+                for reply in replies {
+                    let cause = DbErr::Conn(RuntimeErr::Internal(message.clone()));
+                    let _ = reply.send(Err(Error::Unavailable(cause)));
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, jobs = requests.len(), "group commit failed, retrying jobs one by one");

@@ -15,7 +15,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::cursor::Cursor;
-use super::event::{MAX_METADATA_BYTES, is_valid_action, is_valid_segment};
+use super::event::{
+    MAX_ID_LEN, MAX_KEY_LEN, MAX_TYPE_LEN, check_id, check_json_object, is_valid_action,
+    is_valid_segment,
+};
 use crate::error::{Error, Result};
 
 /// Default page size.
@@ -117,14 +120,44 @@ impl Filter {
         if self.target_ids.is_some() && self.target_type.is_none() {
             return Err(Error::bad_input("targetIds", "targetIds needs targetType"));
         }
-        if let Some(metadata) = &self.metadata {
-            let size = serde_json::to_vec(metadata).map_err(Error::internal)?.len();
-            if !metadata.is_object() || size > MAX_METADATA_BYTES {
-                return Err(Error::bad_input(
-                    "metadata",
-                    "metadata must be a JSON object of at most 64 KiB",
-                ));
+        // Values no stored event can hold: refused alike on both databases.
+        let ids = [
+            ("actorIds", self.actor_ids.as_deref(), MAX_ID_LEN),
+            ("targetIds", self.target_ids.as_deref(), MAX_ID_LEN),
+        ];
+        for (field, values, max) in ids {
+            for (i, value) in values.into_iter().flatten().enumerate() {
+                check_id(&format!("{field}[{i}]"), value, max)?;
             }
+        }
+        if let Some(kind) = &self.target_type {
+            check_id("targetType", kind, MAX_TYPE_LEN)?;
+        }
+        if let Some(request_id) = &self.request_id {
+            check_id("requestId", request_id, MAX_KEY_LEN)?;
+        }
+        if let Some(metadata) = &self.metadata {
+            check_json_object("metadata", metadata)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the tenants a filter asks for (`tenantIds`), before access decides on them.
+    pub fn validate_tenants(tenant_ids: &[String]) -> Result<()> {
+        if tenant_ids.is_empty() {
+            return Err(Error::bad_input(
+                "tenantIds",
+                "tenantIds must not be empty; leave it out to read your own tenant",
+            ));
+        }
+        if tenant_ids.len() > MAX_FILTER_VALUES {
+            return Err(Error::bad_input(
+                "tenantIds",
+                format!("tenantIds holds at most {MAX_FILTER_VALUES} values"),
+            ));
+        }
+        for (i, tenant_id) in tenant_ids.iter().enumerate() {
+            check_id(&format!("tenantIds[{i}]"), tenant_id, MAX_ID_LEN)?;
         }
         Ok(())
     }
