@@ -53,7 +53,7 @@ impl Cursor {
         let occurred_at = DateTime::from_timestamp_micros(micros)?;
         let id = parts.next()?.parse().ok()?;
         let tenant_id = parts.next()?.to_owned();
-        if tenant_id.is_empty() || tenant_id.chars().any(char::is_control) {
+        if tenant_id.is_empty() || tenant_id.contains('\0') {
             return None;
         }
         Some(Cursor {

@@ -12,6 +12,7 @@ mod events;
 mod explain;
 mod federation;
 mod helpers;
+mod hostile;
 mod http;
 mod limits;
 mod pagination;

@@ -1,0 +1,561 @@
+//! Hostile input: every way a single request was found to crash, poison or exhaust the
+//! server, as regression tests on both backends, with generated variants. After each
+//! attack the server must still answer, every error must carry a code, none `INTERNAL`,
+//! and the log must still read, verify and export.
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::auth::{claims, hs256, with_jwt};
+use crate::helpers::{Backend, TestApp, event, spawn_app, spawn_app_with};
+use crate::subscriptions::Client;
+
+/// Runs `$name(backend)` on SQLite and on PostgreSQL.
+macro_rules! both {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(crate::helpers::Backend::Postgres).await;
+            }
+        }
+    )+};
+}
+
+both!(
+    deep_documents,
+    poisoned_metadata,
+    fan_out,
+    nul_and_out_of_range_values,
+    one_requests_bad_key_does_not_fail_another,
+    idempotent_retry_of_large_numbers,
+    odd_requests_get_coded_answers,
+);
+
+/// Every error has a code, none is `INTERNAL`; returns the codes.
+pub fn codes(body: &Value) -> Vec<String> {
+    let errors = body["errors"].as_array().cloned().unwrap_or_default();
+    errors
+        .iter()
+        .map(|e| {
+            let code = e["extensions"]["code"].as_str().unwrap_or_default();
+            assert!(!code.is_empty(), "error without a code: {body}");
+            assert_ne!(code, "INTERNAL", "{body}");
+            code.to_owned()
+        })
+        .collect()
+}
+
+/// The first error's code and field, after checking every error with `codes`.
+fn first_error(body: &Value) -> (String, String) {
+    let codes = codes(body);
+    assert!(!codes.is_empty(), "expected an error: {body}");
+    let field = body["errors"][0]["extensions"]["field"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (codes[0].clone(), field)
+}
+
+/// The server still answers, reads its log and verifies its chain.
+pub async fn assert_alive(app: &TestApp) {
+    let health = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .expect("the server still answers");
+    assert_eq!(health.status(), 200);
+    let body = app
+        .graphql(
+            "{ auditLogs(first: 500) { nodes { id metadata } } verifyAuditChain { valid } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+}
+
+async fn jwt_app(backend: Backend) -> Option<TestApp> {
+    let mut app = spawn_app_with(backend, with_jwt).await?;
+    app.token = Some(hs256(&claims("acme", "audit:read audit:write")));
+    Some(app)
+}
+
+/// `[[[…"x"…]]]`, `{a: {a: …}}` and `{ a { a … } }` in many disguises: a block string with
+/// an odd number of quotes (the attack that got past the first guard), escapes, comments,
+/// unicode, an unterminated block string.
+fn deep_documents_of(depth: usize) -> Vec<String> {
+    let disguises = [
+        r#"requestId: """a"b""", "#,
+        r#"requestId: """a\"""b""", "#,
+        r#"requestId: "a\"b{[(", "#,
+        "requestId: \"é☃\\u00e9\", ",
+        "# \" \"\"\" {{{\n",
+        "",
+    ];
+    let mut documents = Vec::new();
+    for disguise in disguises {
+        let list = format!("{}\"x\"{}", "[".repeat(depth), "]".repeat(depth));
+        documents.push(format!(
+            "{{ auditLogs(filter: {{{disguise}actorIds: {list}}}) {{ totalCount }} }}"
+        ));
+        let object = format!("{}1{}", "{a: ".repeat(depth), "}".repeat(depth));
+        documents.push(format!(
+            "{{ auditLogs(filter: {{{disguise}metadata: {object}}}) {{ totalCount }} }}"
+        ));
+        let selections = format!("{}id{}", "a { ".repeat(depth), " }".repeat(depth));
+        documents.push(format!("{{ {disguise} {selections} }}"));
+    }
+    documents.push(format!("{}{}", r#"{ a(x: """"#, "[".repeat(depth)));
+    documents
+}
+
+async fn deep_documents(backend: Backend) {
+    let Some(app) = jwt_app(backend).await else {
+        return;
+    };
+    let mut tried = 0;
+    for document in deep_documents_of(3000) {
+        // Without a credential, refused before anything is parsed, over GET and POST.
+        let get = app
+            .client
+            .get(format!("{}/graphql", app.address))
+            .query(&[("query", &document)])
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(get.status(), 401);
+        let body: Value = get.json().await.expect("JSON");
+        assert_eq!(codes(&body), ["UNAUTHENTICATED"]);
+        // With a credential, over POST and GET: a clear error, no crash.
+        let body = app.graphql(&document, json!({})).await;
+        assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+        let body: Value = app
+            .client
+            .get(format!("{}/graphql", app.address))
+            .query(&[("query", &document)])
+            .bearer_auth(app.token.as_deref().unwrap_or_default())
+            .send()
+            .await
+            .expect("answered")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+        tried += 3;
+    }
+    // A token without scopes, and a WebSocket subscription, get the same answer.
+    let no_scopes = hs256(&claims("acme", ""));
+    let deep = &deep_documents_of(5000)[0];
+    let body = crate::helpers::post_json(
+        &app.client,
+        &format!("{}/graphql", app.address),
+        Some(&no_scopes),
+        json!({ "query": deep }),
+    )
+    .await;
+    assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+    let mut client = Client::connect(&app.address, "graphql-transport-ws").await;
+    let token = format!("Bearer {}", app.token.as_deref().unwrap_or_default());
+    client
+        .send(json!({ "type": "connection_init", "payload": { "authorization": token } }))
+        .await;
+    assert_eq!(client.receive().await["type"], "connection_ack");
+    client.subscribe("1", deep, json!({})).await;
+    let answer = client.receive().await;
+    assert_eq!(answer["id"], "1", "{answer}");
+    assert_eq!(Client::error_code(&answer), "BAD_USER_INPUT", "{answer}");
+    assert!(tried >= 57);
+    assert_alive(&app).await;
+    app.cleanup().await;
+}
+
+/// `{"a": {"a": … 1 …}}`, `depth` objects deep.
+fn nested_json(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!({ "a": inner }))
+}
+
+async fn poisoned_metadata(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    // Inline, 200 deep: refused before parsing.
+    let inline = format!("{}1{}", "{a: ".repeat(200), "}".repeat(200));
+    let body = app
+        .graphql(
+            &format!(
+                "mutation {{ logAuditEvent(input: {{actor: {{type: USER, id: \"u\"}}, action: \"a.b\", metadata: {inline}}}) {{ id }} }}"
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+    // Through variables: one limit, 32 levels, whatever the path.
+    for (depth, accepted) in [(100, false), (33, false), (32, true)] {
+        let mut input = event("u-1", "project.created");
+        input["metadata"] = nested_json(depth);
+        let body = app
+            .graphql(
+                "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
+                json!({ "input": input }),
+            )
+            .await;
+        if accepted {
+            assert_eq!(body["errors"], Value::Null, "{body}");
+        } else {
+            assert_eq!(
+                first_error(&body),
+                ("BAD_USER_INPUT".to_owned(), "input.metadata".to_owned())
+            );
+        }
+        let mut filter = json!({ "metadata": nested_json(depth) });
+        filter["actorIds"] = json!(["u-1"]);
+        let body = app
+            .graphql(
+                "query($f: AuditLogFilter) { auditLogs(filter: $f) { totalCount } }",
+                json!({ "f": filter }),
+            )
+            .await;
+        if !accepted {
+            assert_eq!(
+                first_error(&body),
+                ("BAD_USER_INPUT".to_owned(), "filter.metadata".to_owned())
+            );
+        }
+    }
+    assert_eq!(app.stored_rows().await, 1);
+
+    // A row an older server let in, nested deeper than serde_json reads (planted behind
+    // the API's back): readers show it as unreadable instead of failing.
+    app.log(event("u-2", "project.updated")).await;
+    let poison = serde_json::to_string(&nested_json(200)).expect("JSON");
+    app.tamper(&format!(
+        "UPDATE audit_logs SET metadata = '{poison}' WHERE seq = 2"
+    ))
+    .await;
+    let body = app
+        .graphql(
+            "{ auditLogs(orderBy: OCCURRED_AT_ASC) { nodes { sequence metadata } } verifyAuditChain { valid firstInvalidSequence reason } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    let nodes = body["data"]["auditLogs"]["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2);
+    assert!(nodes[1]["metadata"]["$unreadable"].is_string(), "{body}");
+    let verification = &body["data"]["verifyAuditChain"];
+    assert_eq!(verification["valid"], false);
+    assert_eq!(verification["firstInvalidSequence"], "2");
+    let verify = app.cli(&["verify"]);
+    assert_eq!(verify.status.code(), Some(1), "{verify:?}");
+    let export = app.cli(&["export", "--tenant", "default"]);
+    assert!(export.status.success(), "{export:?}");
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 2);
+
+    if backend == Backend::Postgres {
+        // The live feed carries on past such a row: plant one more as a newly committed
+        // event, announce it as the ingest path would, then log a real one.
+        let mut client = Client::init(&app.address, "graphql-transport-ws").await;
+        client
+            .subscribe(
+                "live",
+                "subscription { auditLogCreated { sequence metadata } }",
+                json!({}),
+            )
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.tamper(&format!(
+            "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, recorded_at, actor_type, \
+             actor_id, action, outcome, metadata, prev_hash, hash) \
+             SELECT gen_random_uuid(), tenant_id, 3, occurred_at, recorded_at, actor_type, \
+             actor_id, action, outcome, '{poison}', hash, hash FROM audit_logs WHERE seq = 2; \
+             UPDATE chain_heads SET seq = 3 WHERE tenant_id = 'default'; \
+             SELECT pg_notify('audit_events', '[[\"default\",3,3]]')"
+        ))
+        .await;
+        let planted = client.next_event("live").await;
+        assert_eq!(planted["sequence"], "3");
+        assert!(planted["metadata"]["$unreadable"].is_string());
+        app.log(event("u-3", "project.deleted")).await;
+        assert_eq!(client.next_event("live").await["sequence"], "4");
+    }
+    let body = app
+        .graphql("{ auditLogs { totalCount } }", json!({}))
+        .await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    app.cleanup().await;
+}
+
+async fn fan_out(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let inputs: Vec<Value> = (0..150)
+        .map(|i| event(&format!("u-{}", i % 3), "project.created"))
+        .collect();
+    app.log_batch(json!(inputs)).await;
+    // 141 bytes that once grew memory without bound: trails within trails.
+    let nested = "{ auditLogs { nodes { id actor { auditLogs { nodes { id actor { auditLogs { nodes { id actor { auditLogs { nodes { id } } } } } } } } } } } }";
+    let body = app.graphql(nested, json!({})).await;
+    assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("complex"),
+        "{body}"
+    );
+    // 90 aliases of the largest page.
+    let wide: Vec<String> = (0..90)
+        .map(|i| format!("a{i}: auditLogs(first: 500) {{ nodes {{ id metadata }} }}"))
+        .collect();
+    let body = app
+        .graphql(&format!("{{ {} }}", wide.join(" ")), json!({})).await;
+    assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+    // The largest page alone, with every field, is fine.
+    let body = app
+        .graphql(
+            &format!(
+                "{{ auditLogs(first: 500) {{ edges {{ cursor node {{ {} hash previousHash }} }} }} }}",
+                crate::helpers::EVENT_FIELDS
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    assert_eq!(
+        body["data"]["auditLogs"]["edges"]
+            .as_array()
+            .map(Vec::len),
+        Some(150)
+    );
+    // Entities multiply what static complexity sees: the event budget stops them.
+    let representations: Vec<Value> = (0..250)
+        .map(|i| json!({ "__typename": "AuditActor", "type": "USER", "id": format!("u-{i}") }))
+        .collect();
+    let body = app
+        .graphql(
+            "query($r: [_Any!]!) { _entities(representations: $r) { ... on AuditActor { auditLogs(first: 500) { nodes { id } } } } }",
+            json!({ "r": representations }),
+        )
+        .await;
+    let codes = codes(&body);
+    assert!(codes.iter().any(|c| c == "BAD_USER_INPUT"), "{body}");
+    assert_alive(&app).await;
+    app.cleanup().await;
+}
+
+async fn nul_and_out_of_range_values(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.log(event("u-1", "project.created")).await;
+    let page = "query($f: AuditLogFilter) { auditLogs(filter: $f) { nodes { id } } }";
+    let ancient = {
+        use base64::Engine;
+        let raw = format!("v1\n1\n-210866803200000001\n{}\ndefault", uuid::Uuid::now_v7());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    };
+    let cases = [
+        (page, json!({ "f": { "actorIds": ["u\u{0}"] } }), "filter.actorIds[0]"),
+        (page, json!({ "f": { "requestId": "r\u{0}" } }), "filter.requestId"),
+        (page, json!({ "f": { "targetType": "p\u{0}" } }), "filter.targetType"),
+        (
+            page,
+            json!({ "f": { "targetType": "p", "targetIds": ["ok", "p\u{0}"] } }),
+            "filter.targetIds[1]",
+        ),
+        (page, json!({ "f": { "metadata": { "k\u{0}": 1 } } }), "filter.metadata"),
+        (page, json!({ "f": { "metadata": { "k": "v\u{0}" } } }), "filter.metadata"),
+        (page, json!({ "f": { "metadata": { "k": ["v\u{0}"] } } }), "filter.metadata"),
+        (page, json!({ "f": { "tenantIds": ["t\u{0}"] } }), "filter.tenantIds[0]"),
+        (page, json!({ "f": { "tenantIds": [] } }), "filter.tenantIds"),
+        (
+            "query($t: String) { auditChainHead(tenantId: $t) { sequence } }",
+            json!({ "t": "t\u{0}" }),
+            "tenantId",
+        ),
+        (
+            "query($t: String) { verifyAuditChain(tenantId: $t) { valid } }",
+            json!({ "t": "t\u{0}" }),
+            "tenantId",
+        ),
+        (
+            "query($a: String) { auditLogs(after: $a) { nodes { id } } }",
+            json!({ "a": ancient }),
+            "after",
+        ),
+        (
+            "{ verifyAuditChain(fromSequence: \"5\", toSequence: \"2\") { valid } }",
+            json!({}),
+            "toSequence",
+        ),
+        (
+            "query($r: [_Any!]!) { _entities(representations: $r) { ... on AuditActor { auditLogs { nodes { id } } } } }",
+            json!({ "r": [{ "__typename": "AuditActor", "type": "USER", "id": "x\u{0}" }] }),
+            "id",
+        ),
+        (
+            "query($r: [_Any!]!) { _entities(representations: $r) { ... on AuditTarget { auditLogs { nodes { id } } } } }",
+            json!({ "r": [{ "__typename": "AuditTarget", "type": "p\u{0}", "id": "x" }] }),
+            "type",
+        ),
+    ];
+    for (query, variables, field) in cases {
+        let body = app.graphql(query, variables.clone()).await;
+        assert_eq!(
+            first_error(&body),
+            ("BAD_USER_INPUT".to_owned(), field.to_owned()),
+            "{query} {variables}: {body}"
+        );
+    }
+    // Every string of an event, with NUL: refused, nothing stored.
+    let fields = [
+        ("actor", "id"),
+        ("actor", "name"),
+        ("target", "type"),
+        ("target", "id"),
+        ("target", "name"),
+        ("context", "userAgent"),
+        ("context", "requestId"),
+        ("context", "ipAddress"),
+    ];
+    for (object, field) in fields {
+        let mut input = event("u-1", "project.created");
+        input["target"] = json!({ "type": "project", "id": "p-1" });
+        input[object][field] = json!("x\u{0}");
+        let body = app
+            .graphql(
+                "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
+                json!({ "input": input }),
+            )
+            .await;
+        assert_eq!(
+            first_error(&body),
+            ("BAD_USER_INPUT".to_owned(), format!("input.{object}.{field}")),
+        );
+    }
+    for field in ["action", "reason", "idempotencyKey"] {
+        let mut input = event("u-1", "project.created");
+        input[field] = json!("x\u{0}");
+        let body = app
+            .graphql(
+                "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
+                json!({ "input": input }),
+            )
+            .await;
+        assert_eq!(
+            first_error(&body),
+            ("BAD_USER_INPUT".to_owned(), format!("input.{field}")),
+        );
+    }
+    assert_eq!(app.stored_rows().await, 1);
+    assert_alive(&app).await;
+    app.cleanup().await;
+}
+
+async fn one_requests_bad_key_does_not_fail_another(backend: Backend) {
+    let Some(mut app) = jwt_app(backend).await else {
+        return;
+    };
+    app.token = Some(hs256(&claims("globex", "audit:read audit:write")));
+    app.log(event("u-1", "project.created")).await;
+    let attacker = hs256(&claims("acme", "audit:read"));
+    let url = format!("{}/graphql", app.address);
+    let trail = "query($r: [_Any!]!) { _entities(representations: $r) { ... on AuditActor { auditLogs { nodes { action } } } } }";
+    let bad = json!({ "query": trail, "variables": { "r": [{ "__typename": "AuditActor", "type": "USER", "id": "x\u{0}" }] } });
+    let good = json!({ "query": trail, "variables": { "r": [{ "__typename": "AuditActor", "type": "USER", "id": "u-1" }] } });
+    let requests = (0..100).map(|i| {
+        let (token, body) = if i % 2 == 0 {
+            (attacker.as_str(), bad.clone())
+        } else {
+            (app.token.as_deref().unwrap_or_default(), good.clone())
+        };
+        let (client, url) = (app.client.clone(), url.clone());
+        async move {
+            let body = crate::helpers::post_json(&client, &url, Some(token), body).await;
+            (i % 2 == 0, body)
+        }
+    });
+    for (bad, body) in join_all(requests).await {
+        if bad {
+            assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
+        } else {
+            assert_eq!(body["errors"], Value::Null, "{body}");
+            assert_eq!(
+                body["data"]["_entities"][0]["auditLogs"]["nodes"][0]["action"],
+                "project.created"
+            );
+        }
+    }
+    app.cleanup().await;
+}
+
+async fn idempotent_retry_of_large_numbers(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut input = event("u-1", "project.created");
+    input["idempotencyKey"] = json!("retry-1");
+    input["metadata"] = json!({ "v": 1e16, "w": 1.5, "x": -0.0, "y": 1e300, "z": [2.5e-7] });
+    input["context"] = json!({ "ipAddress": "::ffff:1.2.3.4" });
+    let first = app.log(input.clone()).await;
+    let again = app.log(input.clone()).await;
+    assert_eq!(first["id"], again["id"]);
+    input["metadata"]["v"] = json!(2e16);
+    let body = app
+        .graphql(
+            "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
+            json!({ "input": input }),
+        )
+        .await;
+    assert_eq!(first_error(&body).0, "IDEMPOTENCY_CONFLICT");
+    assert_eq!(app.stored_rows().await, 1);
+    app.cleanup().await;
+}
+
+async fn odd_requests_get_coded_answers(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let graphql = format!("{}/graphql", app.address);
+    for method in ["PUT", "DELETE", "PATCH"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = app
+            .client
+            .request(method, &graphql)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()["allow"], "GET, POST");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
+    }
+    let response = app
+        .client
+        .get(format!("{}/no/such/page", app.address))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(codes(&body), ["NOT_FOUND"]);
+    // An upgrade request that is not a WebSocket handshake.
+    let response = app
+        .client
+        .get(&graphql)
+        .header("Connection", "upgrade")
+        .header("Upgrade", "websocket")
+        .send()
+        .await
+        .expect("answered");
+    assert!(response.status().is_client_error());
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
+    app.cleanup().await;
+}
