@@ -8,6 +8,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 mod graphiql;
 pub mod graphql;
 pub mod http;

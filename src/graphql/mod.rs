@@ -111,15 +111,19 @@ pub fn build_schema(
         .finish()
 }
 
+/// The schema with its default limits and no data: it parses, validates and describes
+/// documents, and its resolvers fail for want of a caller.
+pub fn bare_schema() -> AppSchema {
+    builder(&SchemaConfig::default()).finish()
+}
+
 /// The schema in SDL, as `schema.graphql` holds it.
 pub fn sdl() -> String {
-    builder(&SchemaConfig::default()).finish().sdl()
+    bare_schema().sdl()
 }
 
 /// The Apollo Federation subgraph SDL, as `_service { sdl }` serves it and
 /// `schema.subgraph.graphql` holds it.
 pub fn subgraph_sdl() -> String {
-    builder(&SchemaConfig::default())
-        .finish()
-        .sdl_with_options(SDLExportOptions::new().federation().compose_directive())
+    bare_schema().sdl_with_options(SDLExportOptions::new().federation().compose_directive())
 }
