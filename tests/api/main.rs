@@ -15,6 +15,7 @@ mod helpers;
 mod hostile;
 mod http;
 mod limits;
+mod outage;
 mod pagination;
 mod schema;
 mod subscriptions;
