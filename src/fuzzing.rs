@@ -43,10 +43,9 @@ pub fn json(data: &[u8]) {
         return;
     };
     let variables = Variables::from_json(serde_json::json!({ "input": value.clone() }));
-    let request = Request::new(
-        "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
-    )
-    .variables(variables);
+    let request =
+        Request::new("mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }")
+            .variables(variables);
     let response = RUNTIME.block_on(SCHEMA.execute(request));
     assert!(!response.errors.is_empty(), "ran without a caller");
     assert_eq!(*stored, value, "stored text reads back as parsed");

@@ -79,7 +79,7 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
 }
 
 /// How long `/readyz` waits for the database.
-const READY_TIMEOUT: Duration = Duration::from_secs(1);
+const READY_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn ready(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
@@ -88,7 +88,10 @@ async fn ready(State(state): State<AppState>) -> Response {
             tracing::warn!(error = %err, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s")
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database did not answer within 500 ms",
+        )
             .into_response(),
     }
 }
@@ -410,7 +413,10 @@ fn encode(mut response: async_graphql::Response, media: Media) -> Response {
                     admission::MAX_RESPONSE_BYTES >> 20
                 ),
             );
-            return encode(async_graphql::Response::from_errors(vec![server_error(error)]), media);
+            return encode(
+                async_graphql::Response::from_errors(vec![server_error(error)]),
+                media,
+            );
         }
         Ok(body) => body,
         Err(err) => {

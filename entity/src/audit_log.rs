@@ -80,7 +80,11 @@ impl Metadata {
             Ok(value) => Metadata(value),
             Err(err) => {
                 let reason = format!("stored metadata cannot be read: {err}");
-                Metadata(Json::Object([(UNREADABLE.to_owned(), Json::String(reason))].into_iter().collect()))
+                Metadata(Json::Object(
+                    [(UNREADABLE.to_owned(), Json::String(reason))]
+                        .into_iter()
+                        .collect(),
+                ))
             }
         }
     }

@@ -4,60 +4,26 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use std::time::Duration;
-
-use async_graphql::ServerResult;
-use async_graphql::dataloader::{DataLoader, Loader};
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest};
+use async_graphql::dataloader::Loader;
 use entity::audit_log::{self, Column};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
+use super::admission::Budget;
 use crate::service::cursor::Cursor;
 use crate::service::query::Filter;
 use crate::service::trail::{self, Subject};
 
 /// Most keys per batch (SQLite allows 500 members in one UNION).
 pub const MAX_BATCH: usize = 250;
+/// About how many events one trail statement may load.
+const LOAD_CHUNK_ROWS: usize = 1000;
 
-/// Loads for one request: a request's keys are batched only with its own, so one request's
-/// failure cannot fail another's. Keys carry the caller's tenants too.
+/// Loads for one request, against its budget (see `admission`). Keys carry the caller's
+/// tenants too.
 pub struct AuditLoader {
     pub db: DatabaseConnection,
-}
-
-/// Gives every request (and every subscription) its own [`AuditLoader`].
-pub struct RequestLoaders {
-    pub db: DatabaseConnection,
-    /// How long a batch waits for more keys after its first.
-    pub window: Duration,
-}
-
-impl ExtensionFactory for RequestLoaders {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(RequestLoaders {
-            db: self.db.clone(),
-            window: self.window,
-        })
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for RequestLoaders {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: async_graphql::Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<async_graphql::Request> {
-        let loader = AuditLoader {
-            db: self.db.clone(),
-        };
-        let loader = DataLoader::new(loader, tokio::spawn)
-            .max_batch_size(MAX_BATCH)
-            .delay(self.window);
-        next.run(ctx, request.data(loader)).await
-    }
+    pub budget: Arc<Budget>,
 }
 
 /// An event by id, within some tenants.
@@ -148,6 +114,7 @@ impl Loader<EventKey> for AuditLoader {
                 .all(&self.db)
                 .await
                 .map_err(crate::error::Error::from)?;
+            self.budget.hold(&rows).await?;
             for row in rows {
                 let key = EventKey {
                     tenant_ids: tenant_ids.clone(),
@@ -167,22 +134,30 @@ impl Loader<TrailKey> for AuditLoader {
     async fn load(&self, keys: &[TrailKey]) -> Result<HashMap<TrailKey, Self::Value>, Self::Error> {
         let mut found = HashMap::new();
         for ((args, _), subjects) in batches(keys.iter()) {
-            let pages = trail::pages(
-                &self.db,
-                &subjects,
-                &args.filter,
-                args.after.as_ref(),
-                args.limit,
-            )
-            .await?;
-            for (subject, rows) in pages {
-                found.insert(
-                    TrailKey {
-                        subject,
-                        args: args.clone(),
-                    },
-                    rows,
-                );
+            // A statement loads at most about `LOAD_CHUNK_ROWS` events, and each chunk is
+            // held against the request's budget before the next is loaded.
+            let per_chunk = (LOAD_CHUNK_ROWS / args.limit.max(1) as usize).max(1);
+            for chunk in subjects.chunks(per_chunk) {
+                let pages = trail::pages(
+                    &self.db,
+                    chunk,
+                    &args.filter,
+                    args.after.as_ref(),
+                    args.limit,
+                )
+                .await?;
+                for rows in pages.values() {
+                    self.budget.hold(rows).await?;
+                }
+                for (subject, rows) in pages {
+                    found.insert(
+                        TrailKey {
+                            subject,
+                            args: args.clone(),
+                        },
+                        rows,
+                    );
+                }
             }
         }
         Ok(found)

@@ -23,8 +23,6 @@ use sea_orm::DatabaseConnection;
 use crate::access::Access;
 use crate::pubsub::Feed;
 use crate::service::ingest::Ingestor;
-use loaders::RequestLoaders;
-
 /// How many requests of the largest complexity may run at once; smaller ones share the
 /// same capacity in proportion.
 const CONCURRENT_COMPLEXITY_LIMITS: usize = 4;
@@ -97,12 +95,10 @@ pub fn build_schema(
     config: &SchemaConfig,
 ) -> AppSchema {
     builder(config)
-        .extension(RequestLoaders {
-            db: db.clone(),
-            window: config.batch_window,
-        })
         .extension(admission::Admission::new(
             CONCURRENT_COMPLEXITY_LIMITS * config.max_complexity,
+            db.clone(),
+            config.batch_window,
         ))
         .data(db)
         .data(ingestor)

@@ -33,6 +33,7 @@ impl AuditQuery {
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let db = ctx.data::<DatabaseConnection>()?;
         let found = query::find(db, &principal.readable_tenants(), id).await?;
+        admission::hold(ctx, found.as_slice()).await?;
         Ok(found.map(AuditLog))
     }
 
@@ -74,6 +75,7 @@ impl AuditQuery {
         admission::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
         let db = ctx.data::<DatabaseConnection>()?;
         let page = query::page(db, &filter, &args, want_far_side).await?;
+        admission::hold(ctx, &page.rows).await?;
         Ok(AuditLogConnection::new(
             page,
             Count::Query(Box::new(filter)),

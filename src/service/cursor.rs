@@ -49,7 +49,11 @@ impl Cursor {
         let seq = parts.next()?.parse().ok().filter(|seq| *seq >= 0)?;
         // Only instants an event can have (from 1970, within four-digit years): anything
         // else is no position this server made, and some databases cannot compare it.
-        let micros = parts.next()?.parse().ok().filter(|m| (0..=MAX_MICROS).contains(m))?;
+        let micros = parts
+            .next()?
+            .parse()
+            .ok()
+            .filter(|m| (0..=MAX_MICROS).contains(m))?;
         let occurred_at = DateTime::from_timestamp_micros(micros)?;
         let id = parts.next()?.parse().ok()?;
         let tenant_id = parts.next()?.to_owned();

@@ -159,9 +159,12 @@ impl NewEvent {
     /// integer, an address as `host/prefix`) equals its retry. `occurredAt` is compared
     /// only when the caller gave it: a retry without it means "now" both times.
     pub fn same_content(&self, stored: &audit_log::Model) -> bool {
-        let mut retry =
-            self.clone()
-                .into_unhashed(stored.id, &stored.tenant_id, stored.seq, stored.recorded_at);
+        let mut retry = self.clone().into_unhashed(
+            stored.id,
+            &stored.tenant_id,
+            stored.seq,
+            stored.recorded_at,
+        );
         if self.occurred_at.is_none() {
             retry.occurred_at = stored.occurred_at;
         }

@@ -25,7 +25,8 @@ pub struct TestApp {
     cleanup: Cleanup,
 }
 
-enum Cleanup {
+/// What removes a test database.
+pub enum Cleanup {
     Sqlite(#[expect(dead_code, reason = "kept for its Drop")] tempfile::TempDir),
     Postgres { admin_url: String, name: String },
 }
@@ -65,7 +66,26 @@ pub async fn spawn_app_with(
     backend: Backend,
     configure: impl FnOnce(&mut ServeConfig),
 ) -> Option<TestApp> {
-    let (database_url, cleanup) = match backend {
+    let (database_url, cleanup) = new_database(backend).await?;
+    let address = start_server_with(&database_url, configure).await;
+    let db = migration::connect(&database_url, 2)
+        .await
+        .expect("connect to test database");
+    Some(TestApp {
+        address,
+        client: reqwest::Client::new(),
+        backend,
+        db,
+        database_url,
+        token: None,
+        cleanup,
+    })
+}
+
+/// A new, empty database and what removes it. For PostgreSQL that is a new database on
+/// `TEST_DATABASE_URL`; without it, `None` (loudly), and in CI (`CI` set) a failure.
+pub async fn new_database(backend: Backend) -> Option<(String, Cleanup)> {
+    Some(match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!(
@@ -97,19 +117,6 @@ pub async fn spawn_app_with(
                 Cleanup::Postgres { admin_url, name },
             )
         }
-    };
-    let address = start_server_with(&database_url, configure).await;
-    let db = migration::connect(&database_url, 2)
-        .await
-        .expect("connect to test database");
-    Some(TestApp {
-        address,
-        client: reqwest::Client::new(),
-        backend,
-        db,
-        database_url,
-        token: None,
-        cleanup,
     })
 }
 
@@ -206,7 +213,15 @@ impl TestApp {
     /// Drops the PostgreSQL test database (left behind when a test fails, for inspection).
     pub async fn cleanup(self) {
         self.db.close().await.ok();
-        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+        self.cleanup.run().await;
+    }
+}
+
+impl Cleanup {
+    /// Removes the database: a PostgreSQL one is dropped, a SQLite one goes with its
+    /// directory.
+    pub async fn run(self) {
+        if let Cleanup::Postgres { admin_url, name } = &self {
             let admin = migration::connect(admin_url, 1).await.expect("connect");
             admin
                 .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -244,7 +244,9 @@ async fn poisoned_metadata(backend: Backend) {
         )
         .await;
     assert_eq!(body["errors"], Value::Null, "{body}");
-    let nodes = body["data"]["auditLogs"]["nodes"].as_array().expect("nodes");
+    let nodes = body["data"]["auditLogs"]["nodes"]
+        .as_array()
+        .expect("nodes");
     assert_eq!(nodes.len(), 2);
     assert!(nodes[1]["metadata"]["$unreadable"].is_string(), "{body}");
     let verification = &body["data"]["verifyAuditChain"];
@@ -283,9 +285,7 @@ async fn poisoned_metadata(backend: Backend) {
         app.log(event("u-3", "project.deleted")).await;
         assert_eq!(client.next_event("live").await["sequence"], "4");
     }
-    let body = app
-        .graphql("{ auditLogs { totalCount } }", json!({}))
-        .await;
+    let body = app.graphql("{ auditLogs { totalCount } }", json!({})).await;
     assert_eq!(body["errors"], Value::Null, "{body}");
     app.cleanup().await;
 }
@@ -314,7 +314,8 @@ async fn fan_out(backend: Backend) {
         .map(|i| format!("a{i}: auditLogs(first: 500) {{ nodes {{ id metadata }} }}"))
         .collect();
     let body = app
-        .graphql(&format!("{{ {} }}", wide.join(" ")), json!({})).await;
+        .graphql(&format!("{{ {} }}", wide.join(" ")), json!({}))
+        .await;
     assert_eq!(first_error(&body).0, "BAD_USER_INPUT", "{body}");
     // The largest page alone, with every field, is fine.
     let body = app
@@ -328,9 +329,7 @@ async fn fan_out(backend: Backend) {
         .await;
     assert_eq!(body["errors"], Value::Null, "{body}");
     assert_eq!(
-        body["data"]["auditLogs"]["edges"]
-            .as_array()
-            .map(Vec::len),
+        body["data"]["auditLogs"]["edges"].as_array().map(Vec::len),
         Some(150)
     );
     // Entities multiply what static complexity sees: the event budget stops them.
@@ -357,23 +356,58 @@ async fn nul_and_out_of_range_values(backend: Backend) {
     let page = "query($f: AuditLogFilter) { auditLogs(filter: $f) { nodes { id } } }";
     let ancient = {
         use base64::Engine;
-        let raw = format!("v1\n1\n-210866803200000001\n{}\ndefault", uuid::Uuid::now_v7());
+        let raw = format!(
+            "v1\n1\n-210866803200000001\n{}\ndefault",
+            uuid::Uuid::now_v7()
+        );
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     };
     let cases = [
-        (page, json!({ "f": { "actorIds": ["u\u{0}"] } }), "filter.actorIds[0]"),
-        (page, json!({ "f": { "requestId": "r\u{0}" } }), "filter.requestId"),
-        (page, json!({ "f": { "targetType": "p\u{0}" } }), "filter.targetType"),
+        (
+            page,
+            json!({ "f": { "actorIds": ["u\u{0}"] } }),
+            "filter.actorIds[0]",
+        ),
+        (
+            page,
+            json!({ "f": { "requestId": "r\u{0}" } }),
+            "filter.requestId",
+        ),
+        (
+            page,
+            json!({ "f": { "targetType": "p\u{0}" } }),
+            "filter.targetType",
+        ),
         (
             page,
             json!({ "f": { "targetType": "p", "targetIds": ["ok", "p\u{0}"] } }),
             "filter.targetIds[1]",
         ),
-        (page, json!({ "f": { "metadata": { "k\u{0}": 1 } } }), "filter.metadata"),
-        (page, json!({ "f": { "metadata": { "k": "v\u{0}" } } }), "filter.metadata"),
-        (page, json!({ "f": { "metadata": { "k": ["v\u{0}"] } } }), "filter.metadata"),
-        (page, json!({ "f": { "tenantIds": ["t\u{0}"] } }), "filter.tenantIds[0]"),
-        (page, json!({ "f": { "tenantIds": [] } }), "filter.tenantIds"),
+        (
+            page,
+            json!({ "f": { "metadata": { "k\u{0}": 1 } } }),
+            "filter.metadata",
+        ),
+        (
+            page,
+            json!({ "f": { "metadata": { "k": "v\u{0}" } } }),
+            "filter.metadata",
+        ),
+        (
+            page,
+            json!({ "f": { "metadata": { "k": ["v\u{0}"] } } }),
+            "filter.metadata",
+        ),
+        (
+            page,
+            json!({ "f": { "tenantIds": ["t\u{0}"] } }),
+            "filter.tenantIds[0]",
+        ),
+        (
+            page,
+            json!({ "f": { "tenantIds": [] } }),
+            "filter.tenantIds",
+        ),
         (
             "query($t: String) { auditChainHead(tenantId: $t) { sequence } }",
             json!({ "t": "t\u{0}" }),
@@ -436,7 +470,10 @@ async fn nul_and_out_of_range_values(backend: Backend) {
             .await;
         assert_eq!(
             first_error(&body),
-            ("BAD_USER_INPUT".to_owned(), format!("input.{object}.{field}")),
+            (
+                "BAD_USER_INPUT".to_owned(),
+                format!("input.{object}.{field}")
+            ),
         );
     }
     for field in ["action", "reason", "idempotencyKey"] {

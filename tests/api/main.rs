@@ -15,6 +15,7 @@ mod helpers;
 mod hostile;
 mod http;
 mod limits;
+mod memory;
 mod outage;
 mod pagination;
 mod schema;

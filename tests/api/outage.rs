@@ -42,7 +42,9 @@ impl Cluster {
         let cluster = Cluster { dir, port };
         // PostgreSQL refuses to run as root: then the cluster belongs to `postgres`.
         if is_root() {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(cluster.dir.path()));
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(cluster.dir.path()));
         }
         run(cluster
             .command("initdb")
@@ -130,7 +132,10 @@ async fn ready(client: &reqwest::Client, address: &str) -> bool {
 async fn until_ready_is(client: &reqwest::Client, address: &str, want: bool) -> Duration {
     let started = Instant::now();
     while ready(client, address).await != want {
-        assert!(started.elapsed() < Duration::from_secs(30), "readyz never became {want}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "readyz never became {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     started.elapsed()
@@ -197,7 +202,10 @@ async fn postgres_stopped_and_restarted_under_write_load() {
     )
     .await;
     assert!(started.elapsed() < Duration::from_secs(3), "{read}");
-    assert_eq!(read["errors"][0]["extensions"]["code"], "UNAVAILABLE", "{read}");
+    assert_eq!(
+        read["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{read}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.pg_ctl("start");
     let flipped_up = until_ready_is(&client, &address, true).await;
@@ -214,7 +222,10 @@ async fn postgres_stopped_and_restarted_under_write_load() {
         seen.acknowledged.len(),
         seen.refusals.len()
     );
-    assert!(flipped_down < Duration::from_millis(1500), "{flipped_down:?}");
+    assert!(
+        flipped_down < Duration::from_millis(1500),
+        "{flipped_down:?}"
+    );
     assert!(!seen.refusals.is_empty(), "the outage was noticed");
     for code in &seen.refusals {
         assert_eq!(code, "UNAVAILABLE", "refusals: {:?}", seen.refusals);
@@ -224,7 +235,9 @@ async fn postgres_stopped_and_restarted_under_write_load() {
         "writes resumed by themselves"
     );
     // Every acknowledged event is stored, once.
-    let db = migration::connect(&cluster.url(), 1).await.expect("connect");
+    let db = migration::connect(&cluster.url(), 1)
+        .await
+        .expect("connect");
     let rows = db
         .query_all_raw(Statement::from_string(
             db.get_database_backend(),
@@ -247,7 +260,10 @@ async fn postgres_stopped_and_restarted_under_write_load() {
         json!({ "query": "{ verifyAuditChain { valid checkedCount } }" }),
     )
     .await;
-    assert_eq!(verification["data"]["verifyAuditChain"]["valid"], true, "{verification}");
+    assert_eq!(
+        verification["data"]["verifyAuditChain"]["valid"], true,
+        "{verification}"
+    );
     db.close().await.ok();
     drop(cluster);
 }
