@@ -141,7 +141,11 @@ async fn session(
             }
         };
         for (tenant_id, _first, last) in ranges {
-            deliver_through(db, feed, delivered, &tenant_id, last).await?;
+            // One tenant's failure must not stop the others' deliveries; its events are
+            // tried again with its next notification or reconnection.
+            if let Err(err) = deliver_through(db, feed, delivered, &tenant_id, last).await {
+                tracing::warn!(tenant = %tenant_id, error = %err, "could not deliver a tenant's events");
+            }
         }
     }
     Ok(())

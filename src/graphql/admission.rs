@@ -5,15 +5,17 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest, NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest, NextSubscribe,
+    NextValidation,
 };
 use async_graphql::{Context, Response, ServerError, ServerResult, ValidationResult};
 use entity::audit_log;
+use futures_util::stream::BoxStream;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -70,6 +72,7 @@ impl ExtensionFactory for Admission {
         Arc::new(Admitted {
             admission: self.clone(),
             complexity: Mutex::new(0),
+            streaming: AtomicBool::new(false),
         })
     }
 }
@@ -78,6 +81,8 @@ impl ExtensionFactory for Admission {
 struct Admitted {
     admission: Admission,
     complexity: Mutex<usize>,
+    /// Set when the request is a subscription (before it is prepared).
+    streaming: AtomicBool,
 }
 
 #[async_graphql::async_trait::async_trait]
@@ -91,6 +96,7 @@ impl Extension for Admitted {
         let budget = Arc::new(Budget {
             events: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            streaming: AtomicBool::new(self.streaming.load(Ordering::Relaxed)),
             memory: self.admission.memory.clone(),
             held: Mutex::new(Vec::new()),
         });
@@ -102,6 +108,18 @@ impl Extension for Admitted {
             .max_batch_size(MAX_BATCH)
             .delay(self.admission.batch_window);
         next.run(ctx, request.data(budget).data(loader)).await
+    }
+
+    /// A subscription runs for as long as its client likes: its budget applies to each
+    /// piece of work on its own rather than adding up.
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        self.streaming.store(true, Ordering::Relaxed);
+        next.run(ctx, stream)
     }
 
     async fn validation(
@@ -153,6 +171,8 @@ pub fn page_cost(first: Option<i32>, last: Option<i32>, child_complexity: usize)
 pub struct Budget {
     events: AtomicUsize,
     bytes: AtomicUsize,
+    /// A subscription's: nothing adds up, and memory is not held past each load.
+    streaming: AtomicBool,
     memory: Arc<Semaphore>,
     held: Mutex<Vec<OwnedSemaphorePermit>>,
 }
@@ -163,7 +183,11 @@ pub fn charge(ctx: &Context<'_>, events: usize) -> Result<(), Error> {
     let Ok(budget) = ctx.data::<Arc<Budget>>() else {
         return Ok(());
     };
-    let spent = budget.events.fetch_add(events, Ordering::Relaxed) + events;
+    let spent = if budget.streaming.load(Ordering::Relaxed) {
+        events
+    } else {
+        budget.events.fetch_add(events, Ordering::Relaxed) + events
+    };
     if spent > MAX_EVENTS_PER_RESPONSE {
         return Err(Error::bad_input(
             "first",
@@ -190,7 +214,12 @@ impl Budget {
     /// `UNAVAILABLE`.
     pub async fn hold(&self, rows: &[audit_log::Model]) -> Result<(), Error> {
         let bytes: usize = rows.iter().map(size_of_event).sum();
-        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let streaming = self.streaming.load(Ordering::Relaxed);
+        let total = if streaming {
+            bytes
+        } else {
+            self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes
+        };
         if total > MAX_RESPONSE_BYTES {
             return Err(Error::bad_input(
                 "first",
@@ -205,6 +234,9 @@ impl Budget {
             .await
             .map_err(|_| Error::Busy)?
             .map_err(|_| Error::Busy)?;
+        if streaming {
+            return Ok(());
+        }
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -34,6 +34,7 @@ both!(
     one_requests_bad_key_does_not_fail_another,
     idempotent_retry_of_large_numbers,
     odd_requests_get_coded_answers,
+    a_subscription_does_not_use_up_a_budget,
 );
 
 /// Every error has a code, none is `INTERNAL`; returns the codes.
@@ -594,5 +595,35 @@ async fn odd_requests_get_coded_answers(backend: Backend) {
     assert!(response.status().is_client_error());
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(codes(&body), ["BAD_USER_INPUT"]);
+    app.cleanup().await;
+}
+
+/// A subscription lives as long as its client likes: the per-response budgets apply to
+/// each event on its own, and the memory it loads is not held for its lifetime.
+async fn a_subscription_does_not_use_up_a_budget(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut client = Client::init(&app.address, "graphql-transport-ws").await;
+    client
+        .subscribe(
+            "trails",
+            "subscription { auditLogCreated { sequence actor { auditLogs(first: 500) { nodes { id } } } } }",
+            json!({}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // 25 pages of 500 are more than one response may hold; across events, that is fine.
+    for i in 1..=25 {
+        app.log(event("u-1", "project.updated")).await;
+        let delivered = client.next_event("trails").await;
+        assert_eq!(delivered["sequence"], i.to_string());
+        assert_eq!(
+            delivered["actor"]["auditLogs"]["nodes"]
+                .as_array()
+                .map(Vec::len),
+            Some(i)
+        );
+    }
     app.cleanup().await;
 }
