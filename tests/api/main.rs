@@ -11,6 +11,7 @@ mod chain;
 mod events;
 mod explain;
 mod federation;
+mod fuzz;
 mod helpers;
 mod hostile;
 mod http;
