@@ -138,7 +138,7 @@ impl From<Error> for async_graphql::Error {
         }
         let mut gql = async_graphql::Error::new(err.to_string());
         let code = err.code();
-        let field = err.field().map(str::to_owned);
+        let field = err.field().filter(|f| !f.is_empty()).map(str::to_owned);
         let retry_after = match err {
             Error::RateLimited { retry_after_secs } => Some(retry_after_secs),
             _ => None,
