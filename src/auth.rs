@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::config::AuthConfig;
 use crate::error::{Error, Result};
+use crate::service::event::{MAX_ID_LEN, check_id};
 use crate::service::keys;
 
 /// The tenant of open mode.
@@ -217,6 +218,15 @@ impl JwtVerifier {
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| Denial::new(format!("the token was refused: {e}")))?
             .claims;
+        // The tenant is written into every event, the subject is an actor id: a token that
+        // names values no event could hold is refused, not half-used.
+        for (claim, value) in [("tenant_id", &claims.tenant_id), ("sub", &claims.sub)] {
+            if check_id(claim, value, MAX_ID_LEN).is_err() {
+                return Err(Denial::new(format!(
+                    "the token's {claim} is not 1 to {MAX_ID_LEN} characters without control characters"
+                )));
+            }
+        }
         let scopes = claims
             .scope
             .split_whitespace()

@@ -188,7 +188,7 @@ pub struct ServeConfig {
     /// Largest complexity of a GraphQL document: a point per selected field, times the page
     /// size (`first`/`last`, 50 by default) for every field inside a page, so nested trails
     /// multiply. Four requests of this size may run at once; smaller ones share that room.
-    #[arg(long, env = "AUDIT_MAX_COMPLEXITY", default_value_t = 25_000)]
+    #[arg(long, env = "AUDIT_MAX_COMPLEXITY", default_value_t = 50_000)]
     pub max_complexity: usize,
     /// Answer introspection (`__schema`, `__type`); switch off in production if you like.
     #[arg(long, env = "AUDIT_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]

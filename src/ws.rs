@@ -132,7 +132,7 @@ impl Connection {
         };
         let frame = close.map(|(code, reason)| CloseFrame {
             code,
-            reason: reason.into(),
+            reason: close_reason(reason).into(),
         });
         // The peer may already be gone.
         let _ = sink.send(Message::Close(frame)).await;
@@ -181,6 +181,9 @@ impl Connection {
                 }
             }
             (Some("subscribe" | "start"), Some(id)) => {
+                if active.contains(&id) && self.protocol == WebSocketProtocols::GraphQLWS {
+                    return Inbound::Close(4409, format!("Subscriber for {id} already exists"));
+                }
                 if active.len() >= MAX_SUBSCRIPTIONS && !active.contains(&id) {
                     let error = json!({ "message": format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), "extensions": { "code": "RATE_LIMITED" } });
                     let payload = match self.protocol {
@@ -201,6 +204,20 @@ impl Connection {
             _ => Inbound::Forward(text),
         }
     }
+}
+
+/// A close frame's reason, cut to the 123 bytes a control frame leaves for it (it may
+/// repeat what the client sent, so its length is the client's to choose).
+fn close_reason(mut reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// Forgets subscriptions the server has finished.

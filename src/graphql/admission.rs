@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextPrepareRequest, NextSubscribe,
-    NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextSubscribe, NextValidation,
 };
-use async_graphql::{Context, Response, ServerError, ServerResult, ValidationResult};
+use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::{Context, Response, ServerError, ServerResult, ValidationResult, Variables};
 use entity::audit_log;
 use futures_util::stream::BoxStream;
 use serde_json::Value;
@@ -21,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use sea_orm::DatabaseConnection;
 
+use super::limits;
 use super::loaders::{AuditLoader, MAX_BATCH};
 use crate::error::Error;
 use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
@@ -48,18 +50,26 @@ pub struct Admission {
     capacity: Arc<Semaphore>,
     total: u32,
     memory: Arc<Semaphore>,
+    max_complexity: usize,
     db: DatabaseConnection,
     /// How long a loader batch waits for more keys after its first.
     batch_window: Duration,
 }
 
 impl Admission {
-    /// Capacity for `total` complexity points at once.
-    pub fn new(total: usize, db: DatabaseConnection, batch_window: Duration) -> Self {
+    /// Room for `concurrent` requests of `max_complexity` at once.
+    pub fn new(
+        max_complexity: usize,
+        concurrent: usize,
+        db: DatabaseConnection,
+        batch_window: Duration,
+    ) -> Self {
+        let total = max_complexity.saturating_mul(concurrent);
         let total = u32::try_from(total).unwrap_or(u32::MAX).max(1);
         Admission {
             capacity: Arc::new(Semaphore::new(total as usize)),
             total,
+            max_complexity,
             memory: Arc::new(Semaphore::new(MEMORY_FOR_EVENTS >> 10)),
             db,
             batch_window,
@@ -71,6 +81,7 @@ impl ExtensionFactory for Admission {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(Admitted {
             admission: self.clone(),
+            representations: AtomicUsize::new(0),
             complexity: Mutex::new(0),
             streaming: AtomicBool::new(false),
         })
@@ -80,6 +91,8 @@ impl ExtensionFactory for Admission {
 /// One request's view of the capacity.
 struct Admitted {
     admission: Admission,
+    /// Entity representations the document asks for (see `limits::representations`).
+    representations: AtomicUsize,
     complexity: Mutex<usize>,
     /// Set when the request is a subscription (before it is prepared).
     streaming: AtomicBool,
@@ -122,12 +135,33 @@ impl Extension for Admitted {
         next.run(ctx, stream)
     }
 
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        let entities = limits::representations(&document, variables);
+        self.representations.store(entities, Ordering::Relaxed);
+        Ok(document)
+    }
+
+    /// async-graphql counts the selection of `_entities` once; it runs once per
+    /// representation.
     async fn validation(
         &self,
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        let result = next.run(ctx).await?;
+        let mut result = next.run(ctx).await?;
+        let entities = self.representations.load(Ordering::Relaxed).max(1);
+        result.complexity = result.complexity.saturating_mul(entities);
+        if result.complexity > self.admission.max_complexity {
+            // async-graphql's own words for the same refusal.
+            return Err(vec![ServerError::new("Query is too complex.", None)]);
+        }
         *self.complexity.lock().unwrap_or_else(|e| e.into_inner()) = result.complexity;
         Ok(result)
     }

@@ -1,17 +1,21 @@
 //! Limits on a document's shape that async-graphql's depth and complexity limits do not
-//! cover: how deeply its text nests (checked before parsing, which recurses) and how many
-//! root fields (aliases included) one operation selects.
+//! cover: how deeply its text nests (checked before parsing, which recurses), how many
+//! root fields (aliases included) one operation selects, and how many entities it asks for.
 
 use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::types::{
+    ExecutableDocument, Field, OperationType, Selection, SelectionSet,
+};
 use async_graphql::{ServerError, ServerResult, Variables};
 
 /// Deepest nesting of `{`, `[` and `(` in a document's text.
 pub const MAX_NESTING: usize = 64;
 /// Most root fields (aliases included) in one operation.
 pub const MAX_ROOT_FIELDS: usize = 100;
+/// Most entity representations in one request.
+pub const MAX_REPRESENTATIONS: usize = 1000;
 
 /// How deeply `{`, `[` and `(` nest in GraphQL text, read as async-graphql's grammar reads
 /// it: brackets inside strings, block strings and comments do not count.
@@ -119,17 +123,56 @@ impl Extension for DocumentLimits {
                 ));
             }
             let fields = root_fields(&document, root, 0);
-            if fields > MAX_ROOT_FIELDS {
+            if fields.len() > MAX_ROOT_FIELDS {
                 return Err(ServerError::new(
                     format!(
-                        "an operation may select at most {MAX_ROOT_FIELDS} root fields (aliases included); this one selects {fields}"
+                        "an operation may select at most {MAX_ROOT_FIELDS} root fields (aliases included); this one selects {}",
+                        fields.len()
                     ),
                     None,
                 ));
             }
+            if operation.node.ty == OperationType::Subscription && fields.len() != 1 {
+                return Err(ServerError::new(
+                    "a subscription selects exactly one root field",
+                    None,
+                ));
+            }
+        }
+        let entities = representations(&document, variables);
+        if entities > MAX_REPRESENTATIONS {
+            return Err(ServerError::new(
+                format!(
+                    "_entities takes at most {MAX_REPRESENTATIONS} representations per request; this one has {entities}"
+                ),
+                None,
+            ));
         }
         Ok(document)
     }
+}
+
+/// How many entity representations the document's `_entities` fields ask for, all
+/// operations and aliases together: each is resolved with its own selection, so the
+/// document's complexity counts once per representation.
+pub fn representations(document: &ExecutableDocument, variables: &Variables) -> usize {
+    document
+        .operations
+        .iter()
+        .flat_map(|(_, operation)| root_fields(document, &operation.node.selection_set.node, 0))
+        .filter(|field| field.name.node == "_entities")
+        .filter_map(|field| field.get_argument("representations"))
+        .map(|value| {
+            let resolved = value
+                .node
+                .clone()
+                .into_const_with(|name| variables.get(&name).cloned().ok_or(()));
+            match resolved {
+                Ok(async_graphql::Value::List(items)) => items.len(),
+                _ => 1,
+            }
+        })
+        .sum()
 }
 
 pub fn too_deep() -> ServerError {
@@ -150,25 +193,29 @@ fn introspects(set: &SelectionSet) -> bool {
 
 /// Fields selected at the root, through fragments (bounded, in case fragments cycle; the
 /// validator reports cycles).
-fn root_fields(document: &ExecutableDocument, set: &SelectionSet, level: usize) -> usize {
+fn root_fields<'d>(
+    document: &'d ExecutableDocument,
+    set: &'d SelectionSet,
+    level: usize,
+) -> Vec<&'d Field> {
     if level > 8 {
-        return 0;
+        return Vec::new();
     }
     set.items
         .iter()
-        .map(|selection| match &selection.node {
-            Selection::Field(_) => 1,
+        .flat_map(|selection| match &selection.node {
+            Selection::Field(field) => vec![&field.node],
             Selection::InlineFragment(f) => {
                 root_fields(document, &f.node.selection_set.node, level + 1)
             }
             Selection::FragmentSpread(spread) => document
                 .fragments
                 .get(&spread.node.fragment_name.node)
-                .map_or(0, |f| {
+                .map_or_else(Vec::new, |f| {
                     root_fields(document, &f.node.selection_set.node, level + 1)
                 }),
         })
-        .sum()
+        .collect()
 }
 
 #[cfg(test)]

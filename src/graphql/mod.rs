@@ -58,7 +58,7 @@ impl Default for SchemaConfig {
     fn default() -> Self {
         SchemaConfig {
             max_depth: 15,
-            max_complexity: 25_000,
+            max_complexity: 50_000,
             introspection: true,
             batch_window: Duration::from_millis(2),
         }
@@ -96,7 +96,8 @@ pub fn build_schema(
 ) -> AppSchema {
     builder(config)
         .extension(admission::Admission::new(
-            CONCURRENT_COMPLEXITY_LIMITS * config.max_complexity,
+            config.max_complexity,
+            CONCURRENT_COMPLEXITY_LIMITS,
             db.clone(),
             config.batch_window,
         ))

@@ -135,7 +135,10 @@ fn readable_tenant(ctx: &Context<'_>, tenant_id: Option<String>) -> async_graphq
 fn sequence_arg(field: &str, value: Option<String>) -> Result<Option<i64>, Error> {
     value
         .map(|v| {
-            v.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            // Digits only, as `sequence` prints them: no sign, no leading zero.
+            let canonical = v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0');
+            let n = v.parse::<i64>().ok().filter(|_| canonical);
+            n.ok_or_else(|| {
                 Error::bad_input(field, format!("{field} is a sequence number, 1 or more"))
             })
         })

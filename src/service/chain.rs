@@ -216,6 +216,12 @@ pub async fn verify(
     if from < 1 {
         return Err(Error::bad_input("fromSequence", "fromSequence starts at 1"));
     }
+    if from > head_seq.saturating_add(1) {
+        return Err(Error::bad_input(
+            "fromSequence",
+            format!("fromSequence is past the tenant's last event, {head_seq}"),
+        ));
+    }
     if from <= floor {
         return Err(Error::bad_input(
             "fromSequence",

@@ -11,6 +11,7 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::event::{MAX_ID_LEN, check_id};
 use crate::error::{Error, Result};
 
 /// Every key starts so, so scanners and people recognize it.
@@ -28,6 +29,9 @@ pub async fn create(
     scopes: &[String],
     name: &str,
 ) -> Result<(api_key::Model, String)> {
+    // The tenant becomes every event's tenant and the subject an actor id: the same rules.
+    check_id("tenant", tenant_id, MAX_ID_LEN)?;
+    check_id("name", name, MAX_ID_LEN - "api-key:".len())?;
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| Error::internal(e.to_string()))?;
     let key = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret));

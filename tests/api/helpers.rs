@@ -284,7 +284,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         retention: Default::default(),
         subscriber_buffer: 1000,
         max_depth: 15,
-        max_complexity: 25_000,
+        max_complexity: 50_000,
         introspection: true,
         batch_window_ms: 2,
         auth: Default::default(),

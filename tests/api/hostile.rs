@@ -7,6 +7,8 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::auth::{claims, hs256, with_jwt};
+use sea_orm::ConnectionTrait;
+
 use crate::helpers::{Backend, TestApp, event, spawn_app, spawn_app_with};
 use crate::subscriptions::Client;
 
@@ -35,6 +37,9 @@ both!(
     idempotent_retry_of_large_numbers,
     odd_requests_get_coded_answers,
     a_subscription_does_not_use_up_a_budget,
+    tokens_naming_impossible_tenants_are_refused,
+    entity_fan_out_is_priced_per_representation,
+    sequence_arguments_and_websocket_edges,
 );
 
 /// Every error has a code, none is `INTERNAL`; returns the codes.
@@ -625,5 +630,166 @@ async fn a_subscription_does_not_use_up_a_budget(backend: Backend) {
             Some(i)
         );
     }
+    app.cleanup().await;
+}
+
+async fn tokens_naming_impossible_tenants_are_refused(backend: Backend) {
+    let Some(app) = jwt_app(backend).await else {
+        return;
+    };
+    let long = "t".repeat(10_000);
+    for tenant in ["ta\u{0}", "ta\ntb", "", "  ", long.as_str()] {
+        let token = hs256(&claims(tenant, "audit:read audit:write"));
+        let response = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .bearer_auth(token)
+            .json(&json!({ "query": "mutation { logAuditEvent(input: {actor: {type: USER, id: \"u\"}, action: \"a.b\"}) { id } }" }))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 401, "{tenant:.20}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(codes(&body), ["UNAUTHENTICATED"]);
+    }
+    let mut sub = claims("acme", "audit:read");
+    sub["sub"] = json!("u\u{0}");
+    let body = crate::helpers::post_json(
+        &app.client,
+        &format!("{}/graphql", app.address),
+        Some(&hs256(&sub)),
+        json!({ "query": "{ auditLogs { totalCount } }" }),
+    )
+    .await;
+    assert_eq!(codes(&body), ["UNAUTHENTICATED"]);
+    // Only the refusals were recorded (in tenant `system`).
+    let logged = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            app.db.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM audit_logs WHERE action <> 'audit.access.denied'",
+        ))
+        .await
+        .expect("count")
+        .expect("a row");
+    assert_eq!(logged.try_get::<i64>("", "n").expect("n"), 0);
+    app.cleanup().await;
+}
+
+/// `_entities` resolves its selection once per representation: complexity counts it so,
+/// and a request takes at most 1,000 of them.
+async fn entity_fan_out_is_priced_per_representation(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let query = "query($r: [_Any!]!) { _entities(representations: $r) { ... on AuditTarget { a0: auditLogs(first: 0) { totalCount } a1: auditLogs(first: 0) { totalCount } a2: auditLogs(first: 0) { totalCount } } } }";
+    let representations = |n: usize| -> Value {
+        (0..n)
+            .map(|i| json!({ "__typename": "AuditTarget", "type": "p", "id": format!("{i:x}") }))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    let body = app
+        .graphql(query, json!({ "r": representations(18_000) }))
+        .await;
+    assert_eq!(first_error(&body).0, "BAD_USER_INPUT");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 1000 representations"),
+        "{body}"
+    );
+    // Each representation costs its selection: a thousand pages of 50 are too many.
+    let pages = "query($r: [_Any!]!) { _entities(representations: $r) { ... on AuditTarget { auditLogs { nodes { id action } } } } }";
+    let body = app
+        .graphql(pages, json!({ "r": representations(1000) }))
+        .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too complex"),
+        "{:.300}",
+        body.to_string()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The largest allowed fetch answers, its counts batched.
+    let body = app
+        .graphql(query, json!({ "r": representations(1000) }))
+        .await;
+    assert_eq!(body["errors"], Value::Null, "{:.300}", body.to_string());
+    assert_eq!(body["data"]["_entities"][999]["a2"]["totalCount"], 0);
+    app.cleanup().await;
+}
+
+async fn sequence_arguments_and_websocket_edges(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    for _ in 0..3 {
+        app.log(event("u-1", "project.created")).await;
+    }
+    for (from, field) in [
+        ("100", "fromSequence"),
+        ("9223372036854775807", "fromSequence"),
+        ("+1", "fromSequence"),
+        ("01", "fromSequence"),
+    ] {
+        let body = app
+            .graphql(
+                "query($f: String) { verifyAuditChain(fromSequence: $f) { valid } }",
+                json!({ "f": from }),
+            )
+            .await;
+        assert_eq!(
+            first_error(&body),
+            ("BAD_USER_INPUT".to_owned(), field.to_owned()),
+            "{from}"
+        );
+    }
+    let body = app
+        .graphql(
+            "{ verifyAuditChain(fromSequence: \"4\") { valid checkedCount } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["verifyAuditChain"],
+        json!({ "valid": true, "checkedCount": 0 })
+    );
+
+    // A subscription selects exactly one root field.
+    let mut client = Client::init(&app.address, "graphql-transport-ws").await;
+    client
+        .subscribe(
+            "two",
+            "subscription { a: auditLogCreated { id } b: auditLogCreated { id } }",
+            json!({}),
+        )
+        .await;
+    let answer = client.receive().await;
+    assert_eq!(Client::error_code(&answer), "BAD_USER_INPUT", "{answer}");
+    if answer["type"] == "next" {
+        assert_eq!(client.receive().await["type"], "complete");
+    }
+    // An id in use closes the connection with 4409, as graphql-transport-ws says.
+    client
+        .subscribe("same", "subscription { auditLogCreated { id } }", json!({}))
+        .await;
+    client
+        .subscribe("same", "subscription { auditLogCreated { id } }", json!({}))
+        .await;
+    assert_eq!(
+        client.receive().await,
+        json!({ "type": "close", "code": 4409 })
+    );
+    // A close reason that repeats a long client string still fits a control frame.
+    let mut client = Client::init(&app.address, "graphql-transport-ws").await;
+    client
+        .send(json!({ "id": "1", "type": format!("bogus{}", "x".repeat(300)) }))
+        .await;
+    let closed = client.receive().await;
+    assert_eq!(closed["type"], "close", "{closed}");
     app.cleanup().await;
 }
