@@ -6,6 +6,7 @@
 //! refused, and POST bodies must be JSON.
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::FutureExt;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 use serde_json::json;
@@ -380,7 +382,18 @@ async fn respond_to(
         }
         None => {
             let request = request.data(principal).data(origin);
-            state.schema.execute(request).await
+            // A panic in the GraphQL engine answers this request with INTERNAL instead of
+            // dropping its connection; the fuzz targets look for such inputs.
+            let executed = AssertUnwindSafe(state.schema.execute(request)).catch_unwind();
+            executed.await.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                let error = Error::internal(format!("the GraphQL engine panicked: {message}"));
+                async_graphql::Response::from_errors(vec![server_error(error)])
+            })
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{
-    ExecutableDocument, Field, OperationType, Selection, SelectionSet,
+    BaseType, ExecutableDocument, Field, OperationType, Selection, SelectionSet,
 };
 use async_graphql::{ServerError, ServerResult, Variables};
 
@@ -115,6 +115,24 @@ impl Extension for DocumentLimits {
         }
         let document = next.run(ctx, query, variables).await?;
         for (_, operation) in document.operations.iter() {
+            // async-graphql's validation panics on a default value of an unknown type.
+            for definition in &operation.node.variable_definitions {
+                let mut ty = &definition.node.var_type.node.base;
+                while let BaseType::List(inner) = ty {
+                    ty = &inner.base;
+                }
+                if let BaseType::Named(name) = ty
+                    && !ctx.schema_env.registry.types.contains_key(name.as_str())
+                {
+                    return Err(ServerError::new(
+                        format!(
+                            "variable ${} has an unknown type, {name}",
+                            definition.node.name.node
+                        ),
+                        None,
+                    ));
+                }
+            }
             let root = &operation.node.selection_set.node;
             if !self.introspection && introspects(root) {
                 return Err(ServerError::new(
