@@ -17,10 +17,9 @@ use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Context, Response, ServerError, ServerResult, ValidationResult, Variables};
 use entity::audit_log;
 use futures_util::stream::BoxStream;
+use sea_orm::DatabaseConnection;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use sea_orm::DatabaseConnection;
 
 use super::limits;
 use super::loaders::{AuditLoader, MAX_BATCH};
