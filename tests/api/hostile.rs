@@ -794,3 +794,48 @@ async fn sequence_arguments_and_websocket_edges(backend: Backend) {
     assert_eq!(closed["type"], "close", "{closed}");
     app.cleanup().await;
 }
+
+/// When expensive work fills the server's capacity, further requests wait at most 2 s and
+/// are then shed with 503 and `UNAVAILABLE`; the work in flight still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_is_shed_with_503_when_capacity_is_full() {
+    // Capacity for 4 requests of complexity 2: four event mutations fill it.
+    let app = spawn_app_with(Backend::Sqlite, |config| config.max_complexity = 2)
+        .await
+        .expect("SQLite always runs");
+    // Hold SQLite's write lock, so that the mutations wait in the middle of their work.
+    let txn = sea_orm::TransactionTrait::begin(&app.db)
+        .await
+        .expect("begin");
+    txn.execute_unprepared("CREATE TABLE lock_probe (x INTEGER)")
+        .await
+        .expect("write lock");
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), format!("{}/graphql", app.address));
+            tokio::spawn(async move {
+                let body = json!({
+                    "query": "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
+                    "variables": { "input": event(&format!("u-{i}"), "project.created") },
+                });
+                crate::helpers::post_json(&client, &url, None, body).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let shed = app.post(json!({ "query": "{ __typename }" })).await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: Value = shed.json().await.expect("JSON");
+    assert_eq!(codes(&body), ["UNAVAILABLE"]);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    txn.rollback().await.expect("rollback");
+    for writer in writers {
+        let body = writer.await.expect("writer");
+        assert_eq!(body["errors"], Value::Null, "{body}");
+    }
+    let body = app.graphql("{ __typename }", json!({})).await;
+    assert_eq!(body["data"]["__typename"], "Query");
+    app.cleanup().await;
+}
