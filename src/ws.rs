@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_graphql::Data;
 use async_graphql::http::{WebSocket as Protocol, WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -26,6 +27,8 @@ use crate::graphql::AppSchema;
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the server sends a keep-alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long a client may take to accept a message before it is disconnected.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most subscriptions one connection may have running.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// Client messages waiting for async-graphql; a client that outruns it is disconnected.
@@ -103,7 +106,7 @@ impl Connection {
                             Err(mpsc::error::TrySendError::Closed(_)) => break None,
                         },
                         Inbound::Reply(text) => {
-                            if sink.send(Message::Text(text.into())).await.is_err() {
+                            if !send_within(&mut sink, Message::Text(text.into())).await {
                                 break None;
                             }
                         }
@@ -113,7 +116,7 @@ impl Connection {
                 message = graphql.next() => match message {
                     Some(WsMessage::Text(text)) => {
                         finished(&text, &mut active);
-                        if sink.send(Message::Text(text.into())).await.is_err() {
+                        if !send_within(&mut sink, Message::Text(text.into())).await {
                             break None;
                         }
                     }
@@ -124,7 +127,7 @@ impl Connection {
                     break Some((4408, "Connection initialisation timeout".to_owned()));
                 }
                 _ = keepalive.tick(), if initialized => {
-                    if sink.send(Message::Text(ping.into())).await.is_err() {
+                    if !send_within(&mut sink, Message::Text(ping.into())).await {
                         break None;
                     }
                 }
@@ -134,8 +137,8 @@ impl Connection {
             code,
             reason: close_reason(reason).into(),
         });
-        // The peer may already be gone.
-        let _ = sink.send(Message::Close(frame)).await;
+        // The peer may already be gone, or not reading.
+        send_within(&mut sink, Message::Close(frame)).await;
     }
 
     /// Authenticates `connection_init` and keeps count of subscriptions; everything else
@@ -202,6 +205,19 @@ impl Connection {
                 Inbound::Forward(text)
             }
             _ => Inbound::Forward(text),
+        }
+    }
+}
+
+/// Sends a message to a client that reads it within `SEND_TIMEOUT`; `false` when the
+/// client is gone or is not reading. A client that stops reading would otherwise stall its
+/// subscriptions mid-way, holding what they hold, for as long as it likes.
+async fn send_within(sink: &mut SplitSink<WebSocket, Message>, message: Message) -> bool {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::info!("closing a WebSocket whose client stopped reading");
+            false
         }
     }
 }

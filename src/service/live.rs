@@ -13,8 +13,8 @@ use super::cursor::Cursor;
 use super::query::{self, Filter};
 use crate::error::{Error, Result};
 
-/// Events replayed per query.
-const REPLAY_BATCH: u64 = 500;
+/// Events replayed per query (up to 6.4 MiB of metadata, held while the client reads them).
+const REPLAY_BATCH: u64 = 100;
 
 /// Matching events committed after `after` (replayed from the database), then matching
 /// events as they are committed, until `deadline` (when the credential expires).
@@ -41,10 +41,22 @@ pub fn tail(
         if let Some(cursor) = after {
             let mut position = cursor.seq;
             loop {
-                let rows = match query::replay(&db, &filter, &cursor.tenant_id, position, REPLAY_BATCH).await {
-                    Ok(rows) => rows,
-                    Err(err) => {
+                // On a task of its own: a client that stops reading stops this stream from
+                // being polled, and a query suspended mid-way would keep its connection.
+                let batch = {
+                    let (db, filter, tenant_id) = (db.clone(), filter.clone(), cursor.tenant_id.clone());
+                    tokio::spawn(async move {
+                        query::replay(&db, &filter, &tenant_id, position, REPLAY_BATCH).await
+                    })
+                };
+                let rows = match batch.await {
+                    Ok(Ok(rows)) => rows,
+                    Ok(Err(err)) => {
                         yield Err(err);
+                        return;
+                    }
+                    Err(failed) => {
+                        yield Err(Error::internal(failed));
                         return;
                     }
                 };

@@ -839,3 +839,62 @@ async fn load_is_shed_with_503_when_capacity_is_full() {
     assert_eq!(body["data"]["__typename"], "Query");
     app.cleanup().await;
 }
+
+/// A client that subscribes with `after` many times and then stops reading once held a
+/// database connection per stalled replay, locking every tenant out (found by an attack
+/// probe). Replays now query on tasks of their own, and a client that does not read for
+/// 10 s is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_nothing() {
+    let app = spawn_app(Backend::Sqlite)
+        .await
+        .expect("SQLite always runs");
+    let filler = "x".repeat(60_000);
+    for _ in 0..20 {
+        let inputs: Vec<Value> = (0..15)
+            .map(|_| {
+                let mut input = event("big", "project.created");
+                input["metadata"] = json!({ "filler": filler });
+                input
+            })
+            .collect();
+        app.log_batch(json!(inputs)).await;
+    }
+    let first = app
+        .graphql(
+            "{ auditLogs(orderBy: OCCURRED_AT_ASC, first: 1) { nodes { cursor } } }",
+            json!({}),
+        )
+        .await;
+    let after = first["data"]["auditLogs"]["nodes"][0]["cursor"].clone();
+    let mut stalled = Client::init(&app.address, "graphql-transport-ws").await;
+    for id in 0..12 {
+        stalled
+            .subscribe(
+                &id.to_string(),
+                "subscription($a: String) { auditLogCreated(after: $a) { sequence metadata } }",
+                json!({ "a": after }),
+            )
+            .await;
+    }
+    // `stalled` is never read from again.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let body = app
+            .graphql("{ auditLogs(first: 5) { nodes { sequence } } }", json!({}))
+            .await;
+        assert_eq!(body["errors"], Value::Null, "{body}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        app.log(event("u-1", "project.updated")).await;
+    }
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(ready.status(), 200);
+    drop(stalled);
+    app.cleanup().await;
+}
