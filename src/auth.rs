@@ -300,8 +300,8 @@ impl Authenticator {
             if let Some(mode) = known {
                 return Ok(mode.open);
             }
-            // Only at start, before anything is known: wait for the one who asks.
-            let _wait = self.refreshing.lock().await;
+            // Only at start, before anything is known: wait for the one who asks, then look.
+            drop(self.refreshing.lock().await);
             return Box::pin(self.is_open()).await;
         };
         let open = match keys::any_created(&self.db).await {
