@@ -29,6 +29,9 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// How often opening a pool is tried before giving up.
+const CONNECT_ATTEMPTS: u32 = 5;
+
 /// Opens a connection pool on `url` (`postgres://...` or `sqlite://...`).
 ///
 /// PostgreSQL connections use `search_path = control_plane`, and the schema is created when
@@ -55,7 +58,18 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                 .pragma("temp_store", "memory")
                 .pragma("wal_autocheckpoint", "16384")
         });
-    let db = Database::connect(options).await?;
+    // Requests wait at most a second for a connection; opening the pool may take longer on
+    // a busy machine, so it is tried a few times.
+    let mut attempts = 1;
+    let db = loop {
+        match Database::connect(options.clone()).await {
+            Err(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) if attempts < CONNECT_ATTEMPTS => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            connected => break connected?,
+        }
+    };
     if db.get_database_backend() == DbBackend::Postgres {
         ensure_pg_schema(&db).await?;
     }
