@@ -771,10 +771,9 @@ async fn sequence_arguments_and_websocket_edges(backend: Backend) {
         .await;
     let answer = client.receive().await;
     assert_eq!(Client::error_code(&answer), "BAD_USER_INPUT", "{answer}");
-    if answer["type"] == "next" {
-        assert_eq!(client.receive().await["type"], "complete");
-    }
-    // An id in use closes the connection with 4409, as graphql-transport-ws says.
+    // An id in use closes the connection with 4409, as graphql-transport-ws says (on a
+    // connection of its own: the refused subscription above may still send `complete`).
+    let mut client = Client::init(&app.address, "graphql-transport-ws").await;
     client
         .subscribe("same", "subscription { auditLogCreated { id } }", json!({}))
         .await;
