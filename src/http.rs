@@ -374,11 +374,9 @@ async fn respond_to(
 ) -> async_graphql::Response {
     match missing_variable(&mut request) {
         Some(name) => {
-            let mut error = ServerError::new(format!("variable ${name} is required"), None);
-            let extensions = error.extensions.get_or_insert_with(Default::default);
-            extensions.set("code", "BAD_USER_INPUT");
-            extensions.set("field", format!("${name}"));
-            async_graphql::Response::from_errors(vec![error])
+            let error =
+                Error::bad_input(format!("${name}"), format!("variable ${name} is required"));
+            async_graphql::Response::from_errors(vec![server_error(error)])
         }
         None => {
             let request = request.data(principal).data(origin);

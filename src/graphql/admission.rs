@@ -28,6 +28,8 @@ use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
 
 /// Most events one response may hold, over all its pages and trails.
 pub const MAX_EVENTS_PER_RESPONSE: usize = 10_000;
+/// Most entity representations in one request.
+pub const MAX_REPRESENTATIONS: usize = 1000;
 /// Largest response body over HTTP.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Memory for the events of all requests in flight, in bytes. A response holds its events
@@ -81,7 +83,7 @@ impl ExtensionFactory for Admission {
         Arc::new(Admitted {
             admission: self.clone(),
             representations: AtomicUsize::new(0),
-            complexity: Mutex::new(0),
+            complexity: AtomicUsize::new(0),
             streaming: AtomicBool::new(false),
         })
     }
@@ -92,7 +94,7 @@ struct Admitted {
     admission: Admission,
     /// Entity representations the document asks for (see `limits::representations`).
     representations: AtomicUsize,
-    complexity: Mutex<usize>,
+    complexity: AtomicUsize,
     /// Set when the request is a subscription (before it is prepared).
     streaming: AtomicBool,
 }
@@ -143,6 +145,14 @@ impl Extension for Admitted {
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
         let entities = limits::representations(&document, variables);
+        if entities > MAX_REPRESENTATIONS {
+            return Err(ServerError::new(
+                format!(
+                    "_entities takes at most {MAX_REPRESENTATIONS} representations per request; this one has {entities}"
+                ),
+                None,
+            ));
+        }
         self.representations.store(entities, Ordering::Relaxed);
         Ok(document)
     }
@@ -161,7 +171,7 @@ impl Extension for Admitted {
             // async-graphql's own words for the same refusal.
             return Err(vec![ServerError::new("Query is too complex.", None)]);
         }
-        *self.complexity.lock().unwrap_or_else(|e| e.into_inner()) = result.complexity;
+        self.complexity.store(result.complexity, Ordering::Relaxed);
         Ok(result)
     }
 
@@ -171,7 +181,7 @@ impl Extension for Admitted {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        let complexity = *self.complexity.lock().unwrap_or_else(|e| e.into_inner());
+        let complexity = self.complexity.load(Ordering::Relaxed);
         let weight = u32::try_from(complexity)
             .unwrap_or(u32::MAX)
             .clamp(1, self.admission.total);

@@ -1,6 +1,7 @@
 //! Limits on a document's shape that async-graphql's depth and complexity limits do not
 //! cover: how deeply its text nests (checked before parsing, which recurses), how many
-//! root fields (aliases included) one operation selects, and how many entities it asks for.
+//! root fields (aliases included) one operation selects, and how many entities it asks for
+//! (which `admission` prices).
 
 use std::sync::Arc;
 
@@ -14,8 +15,6 @@ use async_graphql::{ServerError, ServerResult, Variables};
 pub const MAX_NESTING: usize = 64;
 /// Most root fields (aliases included) in one operation.
 pub const MAX_ROOT_FIELDS: usize = 100;
-/// Most entity representations in one request.
-pub const MAX_REPRESENTATIONS: usize = 1000;
 
 /// How deeply `{`, `[` and `(` nest in GraphQL text, read as async-graphql's grammar reads
 /// it: brackets inside strings, block strings and comments do not count.
@@ -156,15 +155,6 @@ impl Extension for DocumentLimits {
                     None,
                 ));
             }
-        }
-        let entities = representations(&document, variables);
-        if entities > MAX_REPRESENTATIONS {
-            return Err(ServerError::new(
-                format!(
-                    "_entities takes at most {MAX_REPRESENTATIONS} representations per request; this one has {entities}"
-                ),
-                None,
-            ));
         }
         Ok(document)
     }

@@ -146,10 +146,8 @@ impl Loader<TrailKey> for AuditLoader {
                     args.limit,
                 )
                 .await?;
-                for rows in pages.values() {
-                    self.budget.hold(rows).await?;
-                }
                 for (subject, rows) in pages {
+                    self.budget.hold(&rows).await?;
                     found.insert(
                         TrailKey {
                             subject,

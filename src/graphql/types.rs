@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::admission::{self, page_cost};
 use super::scalars::DateTime;
 use crate::auth::Principal;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::service::cursor::Cursor;
 use crate::service::event::{NewEvent, Target, host_only};
 use crate::service::query::{self, Filter, Page, PageOrder};
@@ -431,12 +431,9 @@ impl AuditLogFilter {
             request_id: self.request_id,
             metadata: self.metadata.map(|m| m.0),
         };
-        filter.validate().map_err(|e| match e {
-            Error::BadInput { field, message } => {
-                Error::bad_input(format!("filter.{field}"), message)
-            }
-            other => other,
-        })?;
+        filter
+            .validate()
+            .map_err(|e| e.rooted_at("filter.", true))?;
         Ok(filter)
     }
 }

@@ -86,20 +86,8 @@ impl Filter {
             ("outcomes", self.outcomes.as_ref().map(Vec::len)),
         ];
         for (field, len) in lists {
-            match len {
-                Some(0) => {
-                    return Err(Error::bad_input(
-                        field,
-                        format!("{field} must not be empty; leave it out to not filter on it"),
-                    ));
-                }
-                Some(n) if n > MAX_FILTER_VALUES => {
-                    return Err(Error::bad_input(
-                        field,
-                        format!("{field} holds at most {MAX_FILTER_VALUES} values"),
-                    ));
-                }
-                _ => {}
+            if let Some(len) = len {
+                check_list(field, len)?;
             }
         }
         for (i, action) in self.actions.iter().flatten().enumerate() {
@@ -144,18 +132,7 @@ impl Filter {
 
     /// Checks the tenants a filter asks for (`tenantIds`), before access decides on them.
     pub fn validate_tenants(tenant_ids: &[String]) -> Result<()> {
-        if tenant_ids.is_empty() {
-            return Err(Error::bad_input(
-                "tenantIds",
-                "tenantIds must not be empty; leave it out to read your own tenant",
-            ));
-        }
-        if tenant_ids.len() > MAX_FILTER_VALUES {
-            return Err(Error::bad_input(
-                "tenantIds",
-                format!("tenantIds holds at most {MAX_FILTER_VALUES} values"),
-            ));
-        }
+        check_list("tenantIds", tenant_ids.len())?;
         for (i, tenant_id) in tenant_ids.iter().enumerate() {
             check_id(&format!("tenantIds[{i}]"), tenant_id, MAX_ID_LEN)?;
         }
@@ -214,6 +191,23 @@ impl Filter {
         }
         Ok(all)
     }
+}
+
+/// A list filter holds 1 to `MAX_FILTER_VALUES` values.
+fn check_list(field: &str, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(Error::bad_input(
+            field,
+            format!("{field} must not be empty; leave it out to not filter on it"),
+        ));
+    }
+    if len > MAX_FILTER_VALUES {
+        return Err(Error::bad_input(
+            field,
+            format!("{field} holds at most {MAX_FILTER_VALUES} values"),
+        ));
+    }
+    Ok(())
 }
 
 /// JSON containment for SQLite, which has no `@>`: objects recurse by key, scalars compare
