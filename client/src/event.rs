@@ -1,0 +1,363 @@
+//! An audit event as a service records it, in the server's input shape, checked here
+//! before anything is sent.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::graphql::schema;
+
+/// The kind of principal that performed an operation.
+#[derive(cynic::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[cynic(graphql_type = "ActorType")]
+pub enum ActorType {
+    User,
+    Service,
+    System,
+}
+
+/// How an operation ended.
+#[derive(cynic::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[cynic(graphql_type = "AuditOutcome")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+/// Who performed an operation. Services put one in their requests' extensions (for
+/// [`AuditLayer`](crate::AuditLayer)) or context data (for the GraphQL extension).
+#[derive(cynic::InputObject, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cynic(graphql_type = "ActorInput")]
+pub struct Actor {
+    #[cynic(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: ActorType,
+    pub id: String,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Actor {
+    /// A person signed in to the platform.
+    pub fn user(id: impl Into<String>) -> Self {
+        Self::new(ActorType::User, id)
+    }
+
+    /// A platform service acting on its own behalf.
+    pub fn service(id: impl Into<String>) -> Self {
+        Self::new(ActorType::Service, id)
+    }
+
+    /// The platform itself (schedulers, retention, migrations).
+    pub fn system(id: impl Into<String>) -> Self {
+        Self::new(ActorType::System, id)
+    }
+
+    fn new(kind: ActorType, id: impl Into<String>) -> Self {
+        Actor {
+            kind,
+            id: id.into(),
+            name: None,
+        }
+    }
+
+    /// With a display name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// The resource an operation acted on.
+#[derive(cynic::InputObject, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cynic(graphql_type = "TargetInput")]
+pub struct Target {
+    #[cynic(rename = "type")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Target {
+    pub fn new(kind: impl Into<String>, id: impl Into<String>) -> Self {
+        Target {
+            kind: kind.into(),
+            id: id.into(),
+            name: None,
+        }
+    }
+
+    /// With a display name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// Where the request came from.
+#[derive(cynic::InputObject, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cynic(graphql_type = "RequestContextInput")]
+#[serde(rename_all = "camelCase")]
+pub struct Context {
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// One event to record: `AuditEventInput`, checked against `schema.graphql` at compile
+/// time. Serialized in the server's wire form (also the spool's and dead-letter file's).
+#[derive(cynic::InputObject, Deserialize, Clone, Debug, PartialEq)]
+#[cynic(graphql_type = "AuditEventInput")]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub actor: Actor,
+    pub action: String,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub target: Option<Target>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub occurred_at: Option<DateTime<Utc>>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub context: Option<Context>,
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Limits the server enforces, checked here too so that a bad event fails at the call
+/// site instead of in the background.
+const MAX_ACTION_LEN: usize = 128;
+const MAX_ID_LEN: usize = 256;
+const MAX_TYPE_LEN: usize = 64;
+const MAX_NAME_LEN: usize = 256;
+const MAX_REASON_LEN: usize = 4096;
+const MAX_USER_AGENT_LEN: usize = 1024;
+const MAX_KEY_LEN: usize = 256;
+const MAX_METADATA_BYTES: usize = 64 * 1024;
+const MAX_METADATA_DEPTH: usize = 32;
+
+impl Event {
+    /// An event with only its required fields.
+    pub fn new(actor: Actor, action: impl Into<String>) -> Self {
+        Event {
+            actor,
+            action: action.into(),
+            target: None,
+            outcome: None,
+            reason: None,
+            occurred_at: None,
+            metadata: None,
+            context: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// Checks what the server would refuse; the error's path is relative to the event.
+    pub fn validate(&self) -> Result<()> {
+        check_action(&self.action)?;
+        check_id("actor.id", &self.actor.id, MAX_ID_LEN)?;
+        check_text("actor.name", self.actor.name.as_deref(), MAX_NAME_LEN)?;
+        if let Some(target) = &self.target {
+            check_id("target.type", &target.kind, MAX_TYPE_LEN)?;
+            check_id("target.id", &target.id, MAX_ID_LEN)?;
+            check_text("target.name", target.name.as_deref(), MAX_NAME_LEN)?;
+        }
+        check_text("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
+        if let Some(metadata) = &self.metadata {
+            check_metadata(metadata)?;
+        }
+        if let Some(context) = &self.context {
+            if let Some(ip) = &context.ip_address
+                && ip.parse::<IpAddr>().is_err()
+            {
+                return Err(Error::invalid(
+                    "context.ipAddress",
+                    "context.ipAddress is not an IPv4 or IPv6 address",
+                ));
+            }
+            check_text(
+                "context.userAgent",
+                context.user_agent.as_deref(),
+                MAX_USER_AGENT_LEN,
+            )?;
+            if let Some(id) = &context.request_id {
+                check_id("context.requestId", id, MAX_KEY_LEN)?;
+            }
+        }
+        if let Some(key) = &self.idempotency_key {
+            check_id("idempotencyKey", key, MAX_KEY_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+/// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
+pub fn is_valid_action(action: &str) -> bool {
+    let segments = action.split('.');
+    let count = segments.clone().count();
+    action.len() <= MAX_ACTION_LEN
+        && (2..=4).contains(&count)
+        && segments.into_iter().all(is_segment)
+}
+
+fn is_segment(segment: &str) -> bool {
+    let mut chars = segment.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_action(action: &str) -> Result<()> {
+    if is_valid_action(action) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "action",
+        format!(
+            "action {action:?} is not 2 to 4 dot-separated lower-case segments matching \
+             [a-z][a-z0-9_]* (at most {MAX_ACTION_LEN} characters), like `project.created`"
+        ),
+    ))
+}
+
+fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, format!("{field} must not be empty")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must not contain control characters"),
+        ));
+    }
+    check_len(field, value, max)
+}
+
+fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
+    let Some(value) = value else { return Ok(()) };
+    if value.contains('\0') {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
+    check_len(field, value, max)
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.chars().count() > max {
+        return Err(Error::invalid(
+            field,
+            format!("{field} is longer than {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_metadata(metadata: &Value) -> Result<()> {
+    if !metadata.is_object() {
+        return Err(Error::invalid("metadata", "metadata must be a JSON object"));
+    }
+    if depth(metadata) > MAX_METADATA_DEPTH {
+        return Err(Error::invalid(
+            "metadata",
+            format!("metadata nests deeper than {MAX_METADATA_DEPTH} levels"),
+        ));
+    }
+    let size = serde_json::to_vec(metadata).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_METADATA_BYTES {
+        return Err(Error::invalid(
+            "metadata",
+            format!("metadata is {size} bytes, more than the limit of {MAX_METADATA_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_follow_the_servers_rule() {
+        for good in ["project.created", "a.b.c.d", "api_key.rotated", "x1.y_2"] {
+            assert!(is_valid_action(good), "{good}");
+        }
+        for bad in [
+            "project",
+            "Project.created",
+            "a.b.c.d.e",
+            "project..x",
+            "1a.b",
+            "a.b-c",
+            "",
+        ] {
+            assert!(!is_valid_action(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wire_form_reads_back() {
+        let mut event = Event::new(Actor::user("u-1").named("Ann"), "project.created");
+        event.target = Some(Target::new("project", "p-1"));
+        event.outcome = Some(Outcome::Denied);
+        event.metadata = Some(serde_json::json!({"a": [1, {"b": null}]}));
+        event.context = Some(Context {
+            ip_address: Some("::1".into()),
+            ..Context::default()
+        });
+        event.idempotency_key = Some("k-1".into());
+        let wire = serde_json::to_value(&event).expect("serializes");
+        assert_eq!(wire["actor"]["type"], "USER");
+        assert_eq!(wire["outcome"], "DENIED");
+        assert_eq!(wire["context"]["ipAddress"], "::1");
+        assert_eq!(wire["idempotencyKey"], "k-1");
+        assert!(wire.get("reason").is_none());
+        let back: Event = serde_json::from_value(wire).expect("reads back");
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn invalid_events_name_their_field() {
+        let mut event = Event::new(Actor::user(" "), "project.created");
+        assert_eq!(event.validate().unwrap_err().field(), Some("actor.id"));
+        event.actor.id = "u".into();
+        event.metadata = Some(serde_json::json!([1]));
+        assert_eq!(event.validate().unwrap_err().field(), Some("metadata"));
+        event.metadata = None;
+        event.action = "Project.Created".into();
+        assert_eq!(event.validate().unwrap_err().field(), Some("action"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The durable spool: an append-only file of accepted events, written before `enqueue()`
+//! returns and read back by the delivery task, so a crash of the calling process or a long
+//! outage loses nothing.
+//!
+//! `spool.jsonl` holds one record per line; `spool.ack` holds the byte offset up to which
+//! every record is settled (delivered, rejected or dead-lettered). A record past that offset
+//! is sent again on start with its original idempotency key, so the server stores it once.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// Compact the file once this much of it is settled.
+const COMPACT_AT: u64 = 16 << 20;
+
+/// One line of the spool.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    at: DateTime<Utc>,
+    event: &'a Event,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    at: DateTime<Utc>,
+    event: Event,
+}
+
+/// A record read back: the event, when it was accepted, and where its line ends.
+pub(crate) struct Spooled {
+    pub event: Event,
+    pub accepted_at: DateTime<Utc>,
+    pub end: u64,
+}
+
+struct Files {
+    log: File,
+    ack: File,
+    /// Bytes written to `log`.
+    written: u64,
+    /// Offset up to which every record is settled.
+    acked: u64,
+}
+
+/// The spool directory, shared by the callers' tasks (appending) and the delivery task
+/// (reading, acknowledging, compacting).
+pub(crate) struct Spool {
+    dir: PathBuf,
+    files: Mutex<Files>,
+    sync: bool,
+    max_bytes: u64,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`.
+    pub fn open(dir: &Path, sync: bool, max_bytes: u64) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(spool_error)?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(dir.join("spool.jsonl"))
+            .map_err(spool_error)?;
+        let ack = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join("spool.ack"))
+            .map_err(spool_error)?;
+        let written = log.metadata().map_err(spool_error)?.len();
+        let text = fs::read_to_string(dir.join("spool.ack")).unwrap_or_default();
+        // A missing, torn or stale offset (past the end, left by a crash mid-compaction)
+        // means "replay everything": the server drops what it already has.
+        let acked = text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&a| a <= written)
+            .unwrap_or(0);
+        Ok(Spool {
+            dir: dir.to_owned(),
+            files: Mutex::new(Files {
+                log,
+                ack,
+                written,
+                acked,
+            }),
+            sync,
+            max_bytes,
+        })
+    }
+
+    /// Where replay starts: the first record not known to be settled.
+    pub fn acked(&self) -> u64 {
+        self.lock().acked
+    }
+
+    /// Appends one record, under the lock that also orders the in-memory queue.
+    pub fn append(&self, event: &Event, at: DateTime<Utc>, line: &mut Vec<u8>) -> Result<u64> {
+        line.clear();
+        serde_json::to_writer(&mut *line, &RecordOut { at, event })
+            .map_err(|e| Error::Spool(e.to_string()))?;
+        line.push(b'\n');
+        let mut files = self.lock();
+        if files.written - files.acked + line.len() as u64 > self.max_bytes {
+            return Err(Error::BufferFull);
+        }
+        files.log.write_all(line).map_err(spool_error)?;
+        if self.sync {
+            files.log.sync_data().map_err(spool_error)?;
+        }
+        files.written += line.len() as u64;
+        Ok(files.written)
+    }
+
+    /// Reads the records between `from` and what is written now, at most `max` of them.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<Spooled>> {
+        let (file, end) = {
+            let files = self.lock();
+            (files.log.try_clone().map_err(spool_error)?, files.written)
+        };
+        let mut reader = BufReader::new(file);
+        reader.seek(SeekFrom::Start(from)).map_err(spool_error)?;
+        let mut records = Vec::new();
+        let mut offset = from;
+        let mut line = String::new();
+        while offset < end && records.len() < max {
+            line.clear();
+            let n = reader.read_line(&mut line).map_err(spool_error)?;
+            if n == 0 || !line.ends_with('\n') {
+                break; // a line torn by a crash: its enqueue() never returned
+            }
+            offset += n as u64;
+            match serde_json::from_str::<RecordIn>(&line) {
+                Ok(record) => records.push(Spooled {
+                    event: record.event,
+                    accepted_at: record.at,
+                    end: offset,
+                }),
+                Err(e) => tracing::error!(offset, "skipping an unreadable spool record: {e}"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// Marks every record before `offset` settled. Returns how much the reader's offsets
+    /// moved back, when the file was compacted.
+    pub fn ack(&self, offset: u64) -> Result<u64> {
+        let mut files = self.lock();
+        files.acked = offset;
+        if files.acked == files.written {
+            // Drained: start over. The offset is cleared first, so a crash in between
+            // replays (harmlessly) instead of skipping.
+            write_ack(&files.ack, 0, self.sync)?;
+            files.log.set_len(0).map_err(spool_error)?;
+            let moved = files.written;
+            files.written = 0;
+            files.acked = 0;
+            return Ok(moved);
+        }
+        if files.acked >= COMPACT_AT {
+            return self.compact(&mut files);
+        }
+        write_ack(&files.ack, offset, self.sync)?;
+        Ok(0)
+    }
+
+    /// Keeps only the unsettled tail of a long file.
+    fn compact(&self, files: &mut Files) -> Result<u64> {
+        let mut tail = vec![0; (files.written - files.acked) as usize];
+        files
+            .log
+            .read_exact_at(&mut tail, files.acked)
+            .map_err(spool_error)?;
+        let fresh = self.dir.join("spool.jsonl.new");
+        fs::write(&fresh, &tail).map_err(spool_error)?;
+        write_ack(&files.ack, 0, self.sync)?;
+        fs::rename(&fresh, self.dir.join("spool.jsonl")).map_err(spool_error)?;
+        files.log = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(self.dir.join("spool.jsonl"))
+            .map_err(spool_error)?;
+        let moved = files.acked;
+        files.written -= moved;
+        files.acked = 0;
+        Ok(moved)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Files> {
+        self.files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn write_ack(file: &File, offset: u64, sync: bool) -> Result<()> {
+    // Fixed width, so a shorter number never leaves digits of a longer one behind.
+    file.write_all_at(format!("{offset:020}\n").as_bytes(), 0)
+        .map_err(spool_error)?;
+    if sync {
+        file.sync_data().map_err(spool_error)?;
+    }
+    Ok(())
+}
+
+fn spool_error(e: std::io::Error) -> Error {
+    Error::Spool(e.to_string())
+}

@@ -1,0 +1,181 @@
+//! One GraphQL request over HTTP to audit-service, its credential, and what its answer
+//! means: the committed events, a rejection, or "not now".
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cynic::{GraphQlResponse, MutationBuilder, Operation};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result, is_rejection};
+use crate::event::Event;
+use crate::graphql::{LogMany, LogManyVariables, LogOne, LogOneVariables, Recorded};
+
+type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// How the client proves who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// Open mode (a server on loopback without credentials configured).
+    None,
+    /// An API key issued by audit-service.
+    ApiKey(String),
+    /// A callback returning a current bearer token (a short-lived JWT), called before every
+    /// request: it should cache the token until shortly before it expires.
+    Token(Arc<dyn Fn() -> TokenFuture + Send + Sync>),
+}
+
+impl Credential {
+    /// A callback returning a fresh bearer token.
+    pub fn token<F, Fut>(callback: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        Credential::Token(Arc::new(move || Box::pin(callback())))
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Credential::None => "None",
+            Credential::ApiKey(_) => "ApiKey([redacted])",
+            Credential::Token(_) => "Token(..)",
+        })
+    }
+}
+
+/// The server's error extensions the client acts on.
+#[derive(Deserialize, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+struct Extensions {
+    code: Option<String>,
+    field: Option<String>,
+    retry_after: Option<u64>,
+}
+
+/// An HTTP connection pool to one audit-service.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    url: String,
+    credential: Credential,
+}
+
+impl Transport {
+    pub fn new(
+        url: String,
+        credential: Credential,
+        timeout: Duration,
+        user_agent: &str,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(user_agent)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::invalid("url", format!("cannot build the HTTP client: {e}")))?;
+        Ok(Transport {
+            http,
+            url,
+            credential,
+        })
+    }
+
+    /// Records one event.
+    pub async fn log_one(&self, event: Event) -> Result<Recorded> {
+        let operation = LogOne::build(LogOneVariables { input: event });
+        let body = serde_json::to_vec(&operation).map_err(|e| Error::invalid("", e.to_string()))?;
+        let data: LogOne = self.post(body).await?;
+        Ok(data.log_audit_event)
+    }
+
+    /// The request body recording `events`, all or nothing: built once per batch and sent
+    /// again as it is on every retry.
+    pub fn batch_body(events: Vec<Event>) -> Result<Vec<u8>> {
+        let operation: Operation<LogMany, LogManyVariables> =
+            LogMany::build(LogManyVariables { inputs: events });
+        serde_json::to_vec(&operation).map_err(|e| Error::invalid("", e.to_string()))
+    }
+
+    /// Records a batch built by [`Transport::batch_body`].
+    pub async fn log_many(&self, body: Vec<u8>) -> Result<Vec<Recorded>> {
+        let data: LogMany = self.post(body).await?;
+        Ok(data.log_audit_events)
+    }
+
+    async fn post<T: DeserializeOwned>(&self, body: Vec<u8>) -> Result<T> {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(body);
+        match &self.credential {
+            Credential::None => {}
+            Credential::ApiKey(key) => request = request.bearer_auth(key),
+            Credential::Token(callback) => {
+                let token = callback()
+                    .await
+                    .map_err(|e| Error::unavailable("UNAUTHENTICATED", format!("no token: {e}")))?;
+                request = request.bearer_auth(token);
+            }
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::unavailable("NETWORK", e.to_string()))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::unavailable("NETWORK", e.to_string()))?;
+        let parsed: Option<GraphQlResponse<T, Extensions>> = serde_json::from_slice(&bytes).ok();
+        let Some(parsed) = parsed else {
+            let code = if status.is_success() {
+                "PROTOCOL"
+            } else {
+                "HTTP"
+            };
+            return Err(Error::Unavailable {
+                code: code.to_owned(),
+                message: format!("HTTP {status} without a GraphQL answer"),
+                retry_after,
+            });
+        };
+        if let Some(error) = parsed.errors.into_iter().flatten().next() {
+            let extensions = error.extensions.unwrap_or_default();
+            let code = extensions.code.unwrap_or_else(|| "INTERNAL".to_owned());
+            if is_rejection(&code) {
+                return Err(Error::Rejected {
+                    code,
+                    field: extensions.field,
+                    message: error.message,
+                });
+            }
+            return Err(Error::Unavailable {
+                code,
+                message: error.message,
+                retry_after: extensions
+                    .retry_after
+                    .map(Duration::from_secs)
+                    .or(retry_after),
+            });
+        }
+        parsed.data.ok_or_else(|| Error::Unavailable {
+            code: "PROTOCOL".to_owned(),
+            message: format!("HTTP {status}: an answer with neither data nor errors"),
+            retry_after,
+        })
+    }
+}
