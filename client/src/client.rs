@@ -112,7 +112,7 @@ impl AuditClient {
 
     /// Checks an event and fixes what retries must repeat exactly: when it happened, and
     /// its idempotency key.
-    fn prepare(&self, mut event: Event) -> Result<Event> {
+    pub(crate) fn prepare(&self, mut event: Event) -> Result<Event> {
         event.validate()?;
         let now = Utc::now();
         event.occurred_at.get_or_insert(now);
@@ -124,7 +124,7 @@ impl AuditClient {
 }
 
 /// A UUID v7 from the clock and a thread-local generator (no system call per key).
-fn new_key(now: chrono::DateTime<Utc>) -> String {
+pub(crate) fn new_key(now: chrono::DateTime<Utc>) -> String {
     let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
     let random: [u8; 10] = std::array::from_fn(|_| fastrand::u8(..));
     uuid::Builder::from_unix_timestamp_millis(millis, &random)

@@ -7,7 +7,10 @@ mod client;
 mod delivery;
 mod error;
 mod event;
+#[cfg(feature = "async-graphql")]
+pub mod extension;
 mod graphql;
+pub mod layer;
 mod spool;
 mod transport;
 
@@ -17,5 +20,8 @@ pub use client::{AuditClient, AuditClientBuilder};
 pub use delivery::{Metrics, OnFull, ShutdownReport};
 pub use error::{Error, Result};
 pub use event::{Actor, ActorType, Context, Event, Outcome, Target, is_valid_action};
+#[cfg(feature = "async-graphql")]
+pub use extension::{AuditExtension, Audited};
 pub use graphql::Recorded;
+pub use layer::{AuditDetails, AuditLayer, IpNet};
 pub use transport::Credential;
