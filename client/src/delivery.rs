@@ -82,7 +82,7 @@ impl Default for DeliveryConfig {
 /// Counters of background delivery, since the client was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Metrics {
-    /// Events `enqueue()` accepted.
+    /// Events `enqueue()` accepted (and, with a spool, those an earlier run left there).
     pub enqueued: u64,
     /// Events stored by audit-service.
     pub delivered: u64,
@@ -152,13 +152,12 @@ pub struct ShutdownReport {
 impl Queue {
     /// Starts the delivery task (on the current Tokio runtime).
     pub fn start(transport: Arc<Transport>, config: DeliveryConfig) -> Result<Self> {
-        let spool = match &config.spool {
-            Some(dir) => Some(Arc::new(Spool::open(
-                dir,
-                config.spool_sync,
-                config.spool_max_bytes,
-            )?)),
-            None => None,
+        let (spool, backlog) = match &config.spool {
+            Some(dir) => {
+                let (spool, backlog) = Spool::open(dir, config.spool_sync, config.spool_max_bytes)?;
+                (Some(Arc::new(spool)), backlog)
+            }
+            None => (None, 0),
         };
         let shared = Arc::new(Shared {
             counters: Counters::default(),
@@ -190,7 +189,9 @@ impl Queue {
         Ok(Queue {
             sender: RwLock::new(sender),
             spool,
-            order: Mutex::new(0),
+            // What an earlier run left in the spool counts as accepted, so `flush()`
+            // waits for it too.
+            order: Mutex::new(backlog),
             shared,
             on_full: config.on_full,
             task: Mutex::new(Some(task)),

@@ -19,8 +19,12 @@ pub enum Error {
         field: Option<String>,
         message: String,
     },
+    /// The credential was refused (`UNAUTHENTICATED`, `FORBIDDEN`). `send()` returns it at
+    /// once; background delivery keeps retrying, since a fixed credential delivers.
+    #[error("audit-service refused the credential ({code}): {message}")]
+    Denied { code: String, message: String },
     /// audit-service could not record the event now (network, 5xx, `UNAVAILABLE`,
-    /// `RATE_LIMITED`, credentials); a retry may succeed, after `retry_after` when given.
+    /// `RATE_LIMITED`); a retry may succeed, after `retry_after` when given.
     #[error("audit-service is unavailable ({code}): {message}")]
     Unavailable {
         code: String,
@@ -59,7 +63,9 @@ impl Error {
     pub fn code(&self) -> &str {
         match self {
             Error::Invalid { .. } => "INVALID",
-            Error::Rejected { code, .. } | Error::Unavailable { code, .. } => code,
+            Error::Rejected { code, .. }
+            | Error::Denied { code, .. }
+            | Error::Unavailable { code, .. } => code,
             Error::BufferFull => "BUFFER_FULL",
             Error::Closed => "CLOSED",
             Error::Spool(_) => "SPOOL",
@@ -83,8 +89,11 @@ impl Error {
 
 /// Whether a server error code means "this event is wrong" (never retried) rather than
 /// "not now" (retried with the same idempotency key until the event's maximum age).
-/// Credential errors are retried: a rotated key or a refreshed token fixes them, and
-/// dropping events for a configuration slip would lose the record.
 pub(crate) fn is_rejection(code: &str) -> bool {
     matches!(code, "BAD_USER_INPUT" | "IDEMPOTENCY_CONFLICT")
+}
+
+/// Whether a server error code refuses the credential.
+pub(crate) fn is_denial(code: &str) -> bool {
+    matches!(code, "UNAUTHENTICATED" | "FORBIDDEN")
 }

@@ -398,7 +398,8 @@ where
     match config.client.send(prepared.clone()).await {
         Ok(_) => response,
         Err(error) => {
-            if error.is_retryable() {
+            // Stored late rather than never, under the same idempotency key.
+            if !matches!(error, Error::Rejected { .. }) {
                 let _ = config.client.enqueue(prepared).await;
             }
             not_audited(status, &error)

@@ -60,8 +60,9 @@ pub(crate) struct Spool {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`.
-    pub fn open(dir: &Path, sync: bool, max_bytes: u64) -> Result<Self> {
+    /// Opens (or creates) the spool in `dir`; also says how many records it holds that
+    /// are not settled (left by an earlier run).
+    pub fn open(dir: &Path, sync: bool, max_bytes: u64) -> Result<(Self, u64)> {
         fs::create_dir_all(dir).map_err(spool_error)?;
         let log = OpenOptions::new()
             .create(true)
@@ -86,7 +87,8 @@ impl Spool {
             .ok()
             .filter(|&a| a <= written)
             .unwrap_or(0);
-        Ok(Spool {
+        let backlog = count_lines(&log, acked, written)?;
+        let spool = Spool {
             dir: dir.to_owned(),
             files: Mutex::new(Files {
                 log,
@@ -96,7 +98,8 @@ impl Spool {
             }),
             sync,
             max_bytes,
-        })
+        };
+        Ok((spool, backlog))
     }
 
     /// Where replay starts: the first record not known to be settled.
@@ -201,6 +204,20 @@ impl Spool {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// Records between two offsets, read a chunk at a time.
+fn count_lines(file: &File, mut from: u64, to: u64) -> Result<u64> {
+    let mut chunk = vec![0; 1 << 20];
+    let mut lines = 0;
+    while from < to {
+        let len = chunk.len().min((to - from) as usize);
+        file.read_exact_at(&mut chunk[..len], from)
+            .map_err(spool_error)?;
+        lines += chunk[..len].iter().filter(|&&b| b == b'\n').count() as u64;
+        from += len as u64;
+    }
+    Ok(lines)
 }
 
 fn write_ack(file: &File, offset: u64, sync: bool) -> Result<()> {

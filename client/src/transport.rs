@@ -10,7 +10,7 @@ use cynic::{GraphQlResponse, MutationBuilder, Operation};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result, is_rejection};
+use crate::error::{Error, Result, is_denial, is_rejection};
 use crate::event::Event;
 use crate::graphql::{LogMany, LogManyVariables, LogOne, LogOneVariables, Recorded};
 
@@ -119,9 +119,10 @@ impl Transport {
             Credential::None => {}
             Credential::ApiKey(key) => request = request.bearer_auth(key),
             Credential::Token(callback) => {
-                let token = callback()
-                    .await
-                    .map_err(|e| Error::unavailable("UNAUTHENTICATED", format!("no token: {e}")))?;
+                let token = callback().await.map_err(|e| Error::Denied {
+                    code: "UNAUTHENTICATED".to_owned(),
+                    message: format!("the token callback failed: {e}"),
+                })?;
                 request = request.bearer_auth(token);
             }
         }
@@ -160,6 +161,12 @@ impl Transport {
                 return Err(Error::Rejected {
                     code,
                     field: extensions.field,
+                    message: error.message,
+                });
+            }
+            if is_denial(&code) {
+                return Err(Error::Denied {
+                    code,
                     message: error.message,
                 });
             }
