@@ -8,6 +8,7 @@
 
 mod auth;
 mod chain;
+mod client;
 mod events;
 mod explain;
 mod federation;
