@@ -3,6 +3,7 @@
 //! ratios. `bench/run.sh` builds everything and runs it all.
 
 mod events;
+mod kit;
 mod load;
 mod pgbench;
 mod scenarios;
@@ -57,6 +58,9 @@ enum What {
     Subscribers,
     /// 100 federation entities with their trails in one request.
     Federation,
+    /// The client kit: one client's batched delivery beside the batch load, enqueue()
+    /// latency with and without the spool, AuditLayer overhead.
+    Client,
 }
 
 #[tokio::main]
@@ -74,12 +78,14 @@ async fn main() -> anyhow::Result<()> {
             let seeded = bench.query(events, &mut report).await?;
             bench.federation(Some(&seeded), &mut report).await?;
             bench.subscribers(&mut report).await?;
+            bench.client(&mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
         What::Ingest { sqlite: false } => bench.ingest(&mut report).await?,
         What::Query { events } => drop(bench.query(events, &mut report).await?),
         What::Subscribers => bench.subscribers(&mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,
+        What::Client => bench.client(&mut report).await?,
     }
     let table = report.markdown();
     println!("{table}");

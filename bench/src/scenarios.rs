@@ -16,7 +16,7 @@ use crate::load::{self, Graphql, new_histogram, token};
 use crate::pgbench;
 use crate::server::{Server, counter, fresh_database, migrate, psql, rss_mib};
 
-const BATCH: &str =
+pub const BATCH: &str =
     "mutation($inputs: [AuditEventInput!]!) { logAuditEvents(inputs: $inputs) { id } }";
 const SINGLE: &str = "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }";
 const PAGE: &str = "query($actors: [String!], $since: DateTime) { auditLogs(first: 50, filter: { actorIds: $actors, occurredAfter: $since }) { edges { cursor node { id action occurredAt actor { type id } target { type id } outcome metadata } } pageInfo { hasNextPage endCursor } } }";
@@ -51,7 +51,7 @@ impl Report {
         }
     }
 
-    fn add(
+    pub fn add(
         &mut self,
         what: &str,
         ours: String,
@@ -82,7 +82,7 @@ impl Report {
     }
 }
 
-fn rate(stats: &load::Stats, unit: &str) -> String {
+pub fn rate(stats: &load::Stats, unit: &str) -> String {
     format!(
         "{:.0} {unit}/s (p50 {:.1} / p95 {:.1} / p99 {:.1} ms{})",
         stats.per_second(),
@@ -108,7 +108,7 @@ fn pg_rate(r: &pgbench::Result, per_tx: f64, unit: &str) -> String {
 }
 
 /// Request bodies made once, so the load generator spends its CPU on sending.
-fn bodies(
+pub fn bodies(
     count: usize,
     query: &str,
     make: impl Fn(&mut SmallRng) -> Value,
