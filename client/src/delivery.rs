@@ -137,6 +137,8 @@ struct Shared {
     wake: Notify,
     /// Set by `shutdown`: no more events; stop retrying at this instant.
     stop: watch::Sender<Option<Instant>>,
+    /// Set when the delivery task has ended.
+    finished: watch::Sender<bool>,
 }
 
 /// What `shutdown` leaves behind.
@@ -164,6 +166,7 @@ impl Queue {
             settled: watch::channel(0).0,
             wake: Notify::new(),
             stop: watch::channel(None).0,
+            finished: watch::channel(false).0,
         });
         let (sender, source) = match &spool {
             Some(spool) => (
@@ -260,11 +263,16 @@ impl Queue {
         Error::BufferFull
     }
 
-    /// Waits until every event accepted before the call is settled.
+    /// Waits until every event accepted before the call is settled, or delivery has ended
+    /// (after `shutdown`).
     pub async fn flush(&self) {
         let target = *self.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut settled = self.shared.settled.subscribe();
-        let _ = settled.wait_for(|&n| n >= target).await;
+        let mut finished = self.shared.finished.subscribe();
+        tokio::select! {
+            _ = settled.wait_for(|&n| n >= target) => {}
+            _ = finished.wait_for(|&done| done) => {}
+        }
     }
 
     /// Stops accepting events and delivers what is left until `deadline`.
@@ -420,6 +428,11 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut source: Source) {
+        self.deliver_all(&mut source).await;
+        self.shared.finished.send_replace(true);
+    }
+
+    async fn deliver_all(&mut self, source: &mut Source) {
         while let Some(batch) = source
             .next(&self.shared, self.config.max_batch, self.config.linger)
             .await
@@ -429,10 +442,10 @@ impl Worker {
             let left = self.deliver(batch).await;
             if !left.is_empty() {
                 // Stopped at the shutdown deadline.
-                self.leave(left, &mut source).await;
+                self.leave(left, source).await;
                 return;
             }
-            if let Source::Spool { spool, .. } = &source {
+            if let Source::Spool { spool, .. } = source {
                 match spool.ack(end) {
                     Ok(moved) => source.rebase(moved),
                     Err(e) => tracing::error!("acknowledging the audit spool: {e}"),
@@ -517,7 +530,7 @@ impl Worker {
     }
 
     /// One request, cut short at the shutdown deadline (`Error::Closed`).
-    async fn send(&self, body: Vec<u8>) -> Result<Vec<crate::Recorded>> {
+    async fn send(&self, body: Vec<u8>) -> Result<Vec<crate::graphql::Stored>> {
         let stop = *self.shared.stop.borrow();
         match stop {
             Some(deadline) => tokio::time::timeout_at(deadline, self.transport.log_many(body))
@@ -570,7 +583,11 @@ impl Worker {
 
     fn give_up(&self, pending: &Pending, error: &Error) {
         if let Some(callback) = &self.config.on_error {
-            callback(&pending.event, error);
+            // A panicking callback must not end delivery for everyone else.
+            let call = std::panic::AssertUnwindSafe(|| callback(&pending.event, error));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!("the audit client's on_error callback panicked");
+            }
         }
         self.shared
             .counters

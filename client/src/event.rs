@@ -288,7 +288,11 @@ fn check_metadata(metadata: &Value) -> Result<()> {
             format!("metadata nests deeper than {MAX_METADATA_DEPTH} levels"),
         ));
     }
-    let size = serde_json::to_vec(metadata).map_or(usize::MAX, |bytes| bytes.len());
+    let mut size = ByteCount(0);
+    let size = match serde_json::to_writer(&mut size, metadata) {
+        Ok(()) => size.0,
+        Err(_) => usize::MAX,
+    };
     if size > MAX_METADATA_BYTES {
         return Err(Error::invalid(
             "metadata",
@@ -296,6 +300,20 @@ fn check_metadata(metadata: &Value) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Counts what is written to it: the size of compact JSON without building it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn depth(value: &Value) -> usize {

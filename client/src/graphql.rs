@@ -46,9 +46,17 @@ pub(crate) struct LogManyVariables {
     pub inputs: Vec<Event>,
 }
 
+/// What background delivery needs back from a batch: only that each event is stored.
+#[derive(cynic::QueryFragment, Debug)]
+#[cynic(graphql_type = "AuditLog")]
+pub(crate) struct Stored {
+    #[expect(dead_code, reason = "selected so the answer names each stored event")]
+    pub id: cynic::Id,
+}
+
 #[derive(cynic::QueryFragment, Debug)]
 #[cynic(graphql_type = "Mutation", variables = "LogManyVariables")]
 pub(crate) struct LogMany {
     #[arguments(inputs: $inputs)]
-    pub log_audit_events: Vec<Recorded>,
+    pub log_audit_events: Vec<Stored>,
 }

@@ -57,6 +57,7 @@ pub(crate) struct Spool {
     files: Mutex<Files>,
     sync: bool,
     max_bytes: u64,
+    compact_at: u64,
 }
 
 impl Spool {
@@ -77,7 +78,10 @@ impl Spool {
             .write(true)
             .open(dir.join("spool.ack"))
             .map_err(spool_error)?;
-        let written = log.metadata().map_err(spool_error)?.len();
+        // A record torn by a crash mid-write (its enqueue() never returned) is cut off, so
+        // the next record starts on a line of its own.
+        let written = whole_lines(&log, log.metadata().map_err(spool_error)?.len())?;
+        log.set_len(written).map_err(spool_error)?;
         let text = fs::read_to_string(dir.join("spool.ack")).unwrap_or_default();
         // A missing, torn or stale offset (past the end, left by a crash mid-compaction)
         // means "replay everything": the server drops what it already has.
@@ -98,6 +102,7 @@ impl Spool {
             }),
             sync,
             max_bytes,
+            compact_at: COMPACT_AT,
         };
         Ok((spool, backlog))
     }
@@ -140,7 +145,7 @@ impl Spool {
             line.clear();
             let n = reader.read_line(&mut line).map_err(spool_error)?;
             if n == 0 || !line.ends_with('\n') {
-                break; // a line torn by a crash: its enqueue() never returned
+                break; // the file was cut short under us: nothing more to read
             }
             offset += n as u64;
             match serde_json::from_str::<RecordIn>(&line) {
@@ -170,7 +175,7 @@ impl Spool {
             files.acked = 0;
             return Ok(moved);
         }
-        if files.acked >= COMPACT_AT {
+        if files.acked >= self.compact_at {
             return self.compact(&mut files);
         }
         write_ack(&files.ack, offset, self.sync)?;
@@ -206,6 +211,22 @@ impl Spool {
     }
 }
 
+/// Where the last complete line of the first `len` bytes ends.
+fn whole_lines(file: &File, len: u64) -> Result<u64> {
+    let mut chunk = vec![0; 1 << 16];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start).map_err(spool_error)?;
+        if let Some(i) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// Records between two offsets, read a chunk at a time.
 fn count_lines(file: &File, mut from: u64, to: u64) -> Result<u64> {
     let mut chunk = vec![0; 1 << 20];
@@ -232,4 +253,85 @@ fn write_ack(file: &File, offset: u64, sync: bool) -> Result<()> {
 
 fn spool_error(e: std::io::Error) -> Error {
     Error::Spool(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Actor;
+
+    fn event(i: usize) -> Event {
+        Event::new(Actor::user(format!("u-{i}")), "project.created")
+    }
+
+    fn ids(records: &[Spooled]) -> Vec<String> {
+        records.iter().map(|r| r.event.actor.id.clone()).collect()
+    }
+
+    #[test]
+    fn settled_records_are_compacted_away_and_the_rest_replays() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut spool, backlog) = Spool::open(dir.path(), false, 1 << 20).expect("opens");
+        assert_eq!(backlog, 0);
+        spool.compact_at = 1;
+        let mut line = Vec::new();
+        for i in 0..10 {
+            spool
+                .append(&event(i), Utc::now(), &mut line)
+                .expect("appends");
+        }
+        let records = spool.read(0, 100).expect("reads");
+        assert_eq!(
+            ids(&records),
+            (0..10).map(|i| format!("u-{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(ids(&spool.read(0, 3).expect("reads")).len(), 3);
+
+        // Four settled: the file keeps the other six, and offsets move back.
+        let moved = spool.ack(records[3].end).expect("acks");
+        assert_eq!(moved, records[3].end);
+        let rest = spool.read(records[3].end - moved, 100).expect("reads");
+        assert_eq!(
+            ids(&rest),
+            (4..10).map(|i| format!("u-{i}")).collect::<Vec<_>>()
+        );
+
+        // A restart replays the six; a torn last line (a crash mid-write) is cut off, and
+        // the next record is whole.
+        drop(spool);
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("spool.jsonl"))
+            .expect("opens");
+        log.write_all(b"{\"at\":").expect("writes");
+        let (spool, backlog) = Spool::open(dir.path(), false, 1 << 20).expect("reopens");
+        assert_eq!(backlog, 6);
+        spool
+            .append(&event(10), Utc::now(), &mut line)
+            .expect("appends");
+        let replay = spool.read(spool.acked(), 100).expect("reads");
+        assert_eq!(
+            ids(&replay),
+            (4..11).map(|i| format!("u-{i}")).collect::<Vec<_>>()
+        );
+
+        // All settled: the file starts over.
+        let end = replay.last().expect("records").end;
+        assert_eq!(spool.ack(end).expect("acks"), end);
+        assert_eq!(spool.read(0, 100).expect("reads").len(), 0);
+    }
+
+    #[test]
+    fn a_full_spool_refuses_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (spool, _) = Spool::open(dir.path(), true, 300).expect("opens");
+        let mut line = Vec::new();
+        spool
+            .append(&event(1), Utc::now(), &mut line)
+            .expect("fits");
+        let full = spool
+            .append(&event(2), Utc::now(), &mut line)
+            .and(spool.append(&event(3), Utc::now(), &mut line));
+        assert!(matches!(full, Err(Error::BufferFull)), "{full:?}");
+    }
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result, is_denial, is_rejection};
 use crate::event::Event;
-use crate::graphql::{LogMany, LogManyVariables, LogOne, LogOneVariables, Recorded};
+use crate::graphql::{LogMany, LogManyVariables, LogOne, LogOneVariables, Recorded, Stored};
 
 type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 
@@ -103,7 +103,7 @@ impl Transport {
     }
 
     /// Records a batch built by [`Transport::batch_body`].
-    pub async fn log_many(&self, body: Vec<u8>) -> Result<Vec<Recorded>> {
+    pub async fn log_many(&self, body: Vec<u8>) -> Result<Vec<Stored>> {
         let data: LogMany = self.post(body).await?;
         Ok(data.log_audit_events)
     }
