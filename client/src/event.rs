@@ -216,6 +216,70 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The event with every value the server would refuse made acceptable: what the Layer
+    /// and the Extension record comes from requests, and a hostile request must not be
+    /// able to keep its own event out of the log. Control characters become U+FFFD, long
+    /// text is cut, a blank id becomes `-`, a bad IP address is dropped, and metadata over
+    /// the limits is replaced by a note saying so. Only the action is left as it is.
+    pub(crate) fn sanitized(mut self) -> Event {
+        self.actor.id = clean_id(&self.actor.id, MAX_ID_LEN);
+        self.actor.name = self.actor.name.map(|n| clean_text(&n, MAX_NAME_LEN));
+        if let Some(target) = &mut self.target {
+            target.kind = clean_id(&target.kind, MAX_TYPE_LEN);
+            target.id = clean_id(&target.id, MAX_ID_LEN);
+            target.name = target.name.take().map(|n| clean_text(&n, MAX_NAME_LEN));
+        }
+        self.reason = self.reason.map(|r| clean_text(&r, MAX_REASON_LEN));
+        if let Some(metadata) = &self.metadata
+            && check_metadata(metadata).is_err()
+        {
+            self.metadata = Some(serde_json::json!({
+                "$omitted": "the details were larger or deeper than metadata may be"
+            }));
+        }
+        if let Some(context) = &mut self.context {
+            if context
+                .ip_address
+                .as_deref()
+                .is_some_and(|ip| ip.parse::<IpAddr>().is_err())
+            {
+                context.ip_address = None;
+            }
+            context.user_agent = context
+                .user_agent
+                .take()
+                .map(|ua| clean_text(&ua, MAX_USER_AGENT_LEN));
+            context.request_id = context
+                .request_id
+                .take()
+                .map(|id| clean_id(&id, MAX_KEY_LEN));
+        }
+        self
+    }
+}
+
+/// An identifier the server accepts: no control characters, not blank, bounded.
+pub(crate) fn clean_id(id: &str, max: usize) -> String {
+    let cleaned: String = id
+        .chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .take(max)
+        .collect();
+    if cleaned.trim().is_empty() {
+        "-".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+fn clean_text(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+        .take(max)
+        .collect()
+}
+
 /// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
 pub fn is_valid_action(action: &str) -> bool {
     let segments = action.split('.');
@@ -365,6 +429,30 @@ mod tests {
         assert!(wire.get("reason").is_none());
         let back: Event = serde_json::from_value(wire).expect("reads back");
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn sanitized_events_pass() {
+        let mut event = Event::new(Actor::user("\t"), "project.deleted");
+        event.target = Some(Target::new("project", format!("a\0b{}", "x".repeat(300))));
+        event.reason = Some("r\0".into());
+        event.metadata = Some(serde_json::json!({ "big": "y".repeat(70_000) }));
+        event.context = Some(Context {
+            ip_address: Some("not-an-ip".into()),
+            user_agent: Some("ua\0".into()),
+            request_id: Some(" ".into()),
+        });
+        assert!(event.validate().is_err());
+        let event = event.sanitized();
+        event.validate().expect("valid once sanitized");
+        assert_eq!(event.actor.id, "\u{FFFD}");
+        let target = event.target.as_ref().expect("target");
+        assert!(target.id.starts_with("a\u{FFFD}b") && target.id.chars().count() == 256);
+        let context = event.context.expect("context");
+        assert_eq!(
+            (context.ip_address, context.request_id.as_deref()),
+            (None, Some("-"))
+        );
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl Extension for PerRequest {
         });
         (event.outcome, event.reason) = outcome(&result);
         event.metadata = Some(redacted(arguments, &audited.secrets));
-        if let Err(error) = self.shared.client.enqueue(event).await {
+        if let Err(error) = self.shared.client.enqueue(event.sanitized()).await {
             tracing::error!(action = %audited.action, "audit event not enqueued: {error}");
         }
         result

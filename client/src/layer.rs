@@ -265,11 +265,8 @@ impl Seen {
             user_agent: headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
-                .map(|ua| ua.chars().take(1024).collect()),
-            request_id: request_id
-                .to_str()
-                .ok()
-                .map(|id| id.chars().take(256).collect()),
+                .map(str::to_owned),
+            request_id: request_id.to_str().ok().map(str::to_owned),
         };
         let target_id = match &config.target {
             Some((_, IdFrom::Header(name))) => headers
@@ -385,6 +382,7 @@ where
     event.reason = reason;
     event.metadata = details.metadata;
     event.context = Some(seen.context);
+    let event = event.sanitized();
     if !config.fail_closed {
         if let Err(error) = config.client.enqueue(event).await {
             tracing::error!(action = %config.action, "audit event not enqueued: {error}");

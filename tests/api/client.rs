@@ -66,6 +66,7 @@ crate::on_both_backends!(
     helpers_store_what_they_say,
     examples_record_exact_events,
     fail_closed_answers_503,
+    hostile_requests_are_still_audited,
     rejected_events_reach_the_callback,
     spool_survives_kill_9,
 );
@@ -388,6 +389,32 @@ async fn examples_record_exact_events(app: &TestApp) {
     );
     let everything = app.graphql(STORED, json!({})).await.to_string();
     assert!(!everything.contains("hunter2"), "the secret was stored");
+}
+
+/// A request cannot keep its own event out of the log with values the server refuses:
+/// they are recorded, made acceptable.
+async fn hostile_requests_are_still_audited(app: &TestApp) {
+    let axum = Example::start("axum_service", &url(app), &[]).await;
+    let response = reqwest::Client::new()
+        .delete(format!("{}/projects/%01%0A", axum.address))
+        .header("x-user-id", "u\t1")
+        .header("x-request-id", "a\tb")
+        .header("user-agent", "u".repeat(5000))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(response.status(), 404);
+    let events = stored_eventually(app, 1).await;
+    let event = &events[0];
+    assert_eq!(event["actor"]["id"], "u\u{FFFD}1");
+    assert_eq!(
+        event["target"],
+        json!({ "type": "project", "id": "\u{FFFD}\u{FFFD}" })
+    );
+    assert_eq!(event["outcome"], "FAILURE");
+    assert_eq!(event["context"]["requestId"], "a\u{FFFD}b");
+    let agent = event["context"]["userAgent"].as_str().expect("user agent");
+    assert_eq!(agent.len(), 1024);
 }
 
 async fn fail_closed_answers_503(app: &TestApp) {
