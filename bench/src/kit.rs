@@ -119,7 +119,7 @@ impl Bench {
             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
         let requests = 200_000;
-        let without = call_many(bare.clone(), requests).await?;
+        let without = call_many(bare, requests).await?;
         let with = call_many(
             audit
                 .layer("project.updated")
