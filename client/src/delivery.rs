@@ -231,26 +231,29 @@ impl Queue {
 
     async fn push_spooled(&self, spool: &Spool, event: Event, at: DateTime<Utc>) -> Result<()> {
         let mut line = Vec::with_capacity(512);
+        Spool::encode(&event, at, &mut line)?;
         loop {
             if self.shared.stop.borrow().is_some() {
                 return Err(Error::Closed);
             }
             let appended = {
                 let mut accepted = self.order.lock().unwrap_or_else(|p| p.into_inner());
-                let appended = spool.append(&event, at, &mut line);
+                let appended = spool.append(&line);
                 if appended.is_ok() {
                     *accepted += 1;
                 }
                 appended
             };
             match appended {
-                Ok(_) => {
+                Ok(()) => {
                     self.shared.wake.notify_one();
                     return Ok(());
                 }
                 Err(Error::BufferFull) if self.on_full == OnFull::Wait => {
+                    // Room comes as events settle; look again now and then regardless.
                     let mut settled = self.shared.settled.subscribe();
-                    let _ = settled.changed().await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(100), settled.changed()).await;
                 }
                 Err(Error::BufferFull) => return Err(self.dropped()),
                 Err(e) => return Err(e),

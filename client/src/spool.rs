@@ -112,12 +112,18 @@ impl Spool {
         self.lock().acked
     }
 
-    /// Appends one record, under the lock that also orders the in-memory queue.
-    pub fn append(&self, event: &Event, at: DateTime<Utc>, line: &mut Vec<u8>) -> Result<u64> {
+    /// One record as a line, made before taking the lock.
+    pub fn encode(event: &Event, at: DateTime<Utc>, line: &mut Vec<u8>) -> Result<()> {
         line.clear();
         serde_json::to_writer(&mut *line, &RecordOut { at, event })
             .map_err(|e| Error::Spool(e.to_string()))?;
         line.push(b'\n');
+        Ok(())
+    }
+
+    /// Appends one encoded record; `BufferFull` when the unsettled spool would outgrow its
+    /// bound.
+    pub fn append(&self, line: &[u8]) -> Result<()> {
         let mut files = self.lock();
         if files.written - files.acked + line.len() as u64 > self.max_bytes {
             return Err(Error::BufferFull);
@@ -127,7 +133,7 @@ impl Spool {
             files.log.sync_data().map_err(spool_error)?;
         }
         files.written += line.len() as u64;
-        Ok(files.written)
+        Ok(())
     }
 
     /// Reads the records between `from` and what is written now, at most `max` of them.
@@ -264,6 +270,12 @@ mod tests {
         Event::new(Actor::user(format!("u-{i}")), "project.created")
     }
 
+    fn add(spool: &Spool, i: usize) -> Result<()> {
+        let mut line = Vec::new();
+        Spool::encode(&event(i), Utc::now(), &mut line)?;
+        spool.append(&line)
+    }
+
     fn ids(records: &[Spooled]) -> Vec<String> {
         records.iter().map(|r| r.event.actor.id.clone()).collect()
     }
@@ -274,11 +286,8 @@ mod tests {
         let (mut spool, backlog) = Spool::open(dir.path(), false, 1 << 20).expect("opens");
         assert_eq!(backlog, 0);
         spool.compact_at = 1;
-        let mut line = Vec::new();
         for i in 0..10 {
-            spool
-                .append(&event(i), Utc::now(), &mut line)
-                .expect("appends");
+            add(&spool, i).expect("appends");
         }
         let records = spool.read(0, 100).expect("reads");
         assert_eq!(
@@ -306,9 +315,7 @@ mod tests {
         log.write_all(b"{\"at\":").expect("writes");
         let (spool, backlog) = Spool::open(dir.path(), false, 1 << 20).expect("reopens");
         assert_eq!(backlog, 6);
-        spool
-            .append(&event(10), Utc::now(), &mut line)
-            .expect("appends");
+        add(&spool, 10).expect("appends");
         let replay = spool.read(spool.acked(), 100).expect("reads");
         assert_eq!(
             ids(&replay),
@@ -325,13 +332,8 @@ mod tests {
     fn a_full_spool_refuses_records() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (spool, _) = Spool::open(dir.path(), true, 300).expect("opens");
-        let mut line = Vec::new();
-        spool
-            .append(&event(1), Utc::now(), &mut line)
-            .expect("fits");
-        let full = spool
-            .append(&event(2), Utc::now(), &mut line)
-            .and(spool.append(&event(3), Utc::now(), &mut line));
+        add(&spool, 1).expect("fits");
+        let full = add(&spool, 2).and(add(&spool, 3));
         assert!(matches!(full, Err(Error::BufferFull)), "{full:?}");
     }
 }
