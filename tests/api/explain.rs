@@ -165,3 +165,59 @@ async fn explain(db: &sea_orm::DatabaseConnection, statement: Statement) -> Stri
         .collect();
     lines.join("\n")
 }
+
+/// The idempotency lookup stays an index lookup per key in the generic plan PostgreSQL
+/// caches for a prepared statement (a list of parameters once made it a filter over all of a
+/// tenant's keys).
+#[tokio::test]
+async fn idempotency_lookup_uses_the_key_index() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    for batch in 0..5 {
+        let inputs: Vec<Value> = (0..1000)
+            .map(|i| {
+                let mut event = crate::helpers::event("u-1", "project.created");
+                event["idempotencyKey"] = json!(format!("key-{batch}-{i}"));
+                event
+            })
+            .collect();
+        app.log_batch(json!(inputs)).await;
+    }
+    app.db
+        .execute_unprepared("ANALYZE idempotency_keys")
+        .await
+        .expect("analyze");
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-2-{i}")).collect();
+    let prepare = format!(
+        "PREPARE used_keys(text, text) AS {}",
+        audit_service::service::ingest::USED_KEYS_POSTGRES
+    );
+    let explain = format!(
+        "EXPLAIN EXECUTE used_keys('default', '{}')",
+        serde_json::to_string(&keys).expect("json")
+    );
+    // One connection for all three statements.
+    let txn = sea_orm::TransactionTrait::begin(&app.db)
+        .await
+        .expect("begin");
+    let mut plan = String::new();
+    for sql in [
+        prepare.as_str(),
+        "SET LOCAL plan_cache_mode = force_generic_plan",
+        &explain,
+    ] {
+        for row in txn
+            .query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .expect(sql)
+        {
+            plan.push_str(&row.try_get::<String>("", "QUERY PLAN").unwrap_or_default());
+            plan.push('\n');
+        }
+    }
+    assert!(
+        plan.contains("Index Cond: ((tenant_id = $1) AND (key = ANY"),
+        "the lookup is not by key:\n{plan}"
+    );
+}
