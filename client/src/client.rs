@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::time::Instant;
 
-use crate::delivery::{DeliveryConfig, Metrics, OnFull, Queue, ShutdownReport};
+use crate::delivery::{DeliveryConfig, MAX_RETRY_AFTER, Metrics, OnFull, Queue, ShutdownReport};
 use crate::error::{Error, Result};
 use crate::event::{Actor, Event};
 use crate::graphql::Recorded;
@@ -58,7 +57,7 @@ impl AuditClient {
     /// for up to the send timeout; a refused event is returned as [`Error::Rejected`].
     pub async fn send(&self, event: Event) -> Result<Recorded> {
         let event = self.prepare(event)?;
-        let deadline = Instant::now() + self.inner.send_timeout;
+        let deadline = crate::delivery::later(self.inner.send_timeout);
         let mut attempt = 0u32;
         loop {
             let result =
@@ -70,10 +69,16 @@ impl AuditClient {
                 Err(error) if !error.is_retryable() => return Err(error),
                 Err(error) => error,
             };
-            let wait = Duration::from_millis(50)
-                .saturating_mul(1 << attempt.min(6))
-                .mul_f64(0.5 + fastrand::f64() / 2.0);
-            if Instant::now() + wait >= deadline {
+            let wait = match &error {
+                Error::Unavailable {
+                    retry_after: Some(after),
+                    ..
+                } => (*after).min(MAX_RETRY_AFTER),
+                _ => Duration::from_millis(50)
+                    .saturating_mul(1 << attempt.min(6))
+                    .mul_f64(0.5 + fastrand::f64() / 2.0),
+            };
+            if crate::delivery::later(wait) >= deadline {
                 return Err(error);
             }
             tokio::time::sleep(wait).await;
@@ -87,6 +92,14 @@ impl AuditClient {
     pub async fn enqueue(&self, event: Event) -> Result<()> {
         let event = self.prepare(event)?;
         self.inner.queue.push(event).await
+    }
+
+    /// Like [`enqueue`](Self::enqueue), but never waits: when the buffer is full the event
+    /// is dropped, counted, and `Error::BufferFull` returned, whatever the policy. What the
+    /// Layer and the Extension use, so a full buffer never holds up a response.
+    pub fn try_enqueue(&self, event: Event) -> Result<()> {
+        let event = self.prepare(event)?;
+        self.inner.queue.try_push(event)
     }
 
     /// Waits until every event enqueued before this call is stored (or given up on).
@@ -180,6 +193,12 @@ impl AuditClientBuilder {
     pub fn buffer(mut self, events: usize, on_full: OnFull) -> Self {
         self.delivery.buffer = events.max(1);
         self.delivery.on_full = on_full;
+        self
+    }
+
+    /// Bytes held in memory, roughly (64 MiB); past it the buffer counts as full.
+    pub fn buffer_bytes(mut self, bytes: usize) -> Self {
+        self.delivery.buffer_bytes = bytes;
         self
     }
 

@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub(crate) struct DeliveryConfig {
     pub linger: Duration,
     /// Events held in memory (without a spool).
     pub buffer: usize,
+    /// Bytes held in memory, roughly (without a spool).
+    pub buffer_bytes: usize,
     /// What `enqueue()` does when the buffer (or the spool) is full.
     pub on_full: OnFull,
     /// An event not stored this long after `enqueue()` goes to the dead-letter file.
@@ -66,6 +68,7 @@ impl Default for DeliveryConfig {
             max_batch: 500,
             linger: Duration::from_millis(20),
             buffer: 50_000,
+            buffer_bytes: 64 << 20,
             on_full: OnFull::Wait,
             max_age: Duration::from_secs(24 * 3600),
             min_backoff: Duration::from_millis(100),
@@ -113,6 +116,20 @@ pub(crate) struct Pending {
     accepted_at: DateTime<Utc>,
     /// Where its spool record ends (0 without a spool).
     end: u64,
+    /// What it holds of the memory buffer's byte bound (0 from a spool).
+    size: usize,
+}
+
+/// An event on its way in: in memory, or encoded for the spool.
+enum Item {
+    Memory(Pending),
+    Spooled(Vec<u8>),
+}
+
+/// Why an event was not accepted; a full buffer hands it back for another try.
+enum Refused {
+    Full(Item),
+    Error(Error),
 }
 
 /// The caller's side: accepts events in order, hands them to the delivery task.
@@ -125,6 +142,7 @@ pub(crate) struct Queue {
     order: Mutex<u64>,
     shared: Arc<Shared>,
     on_full: OnFull,
+    max_bytes: usize,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -139,6 +157,8 @@ struct Shared {
     stop: watch::Sender<Option<Instant>>,
     /// Set when the delivery task has ended.
     finished: watch::Sender<bool>,
+    /// Bytes of the events in the memory buffer.
+    buffered: AtomicUsize,
 }
 
 /// What `shutdown` leaves behind.
@@ -167,6 +187,7 @@ impl Queue {
             wake: Notify::new(),
             stop: watch::channel(None).0,
             finished: watch::channel(false).0,
+            buffered: AtomicUsize::new(0),
         });
         let (sender, source) = match &spool {
             Some(spool) => (
@@ -174,6 +195,7 @@ impl Queue {
                 Source::Spool {
                     spool: spool.clone(),
                     offset: spool.acked(),
+                    skipped: 0,
                 },
             ),
             None => {
@@ -197,66 +219,103 @@ impl Queue {
             order: Mutex::new(backlog),
             shared,
             on_full: config.on_full,
+            max_bytes: config.buffer_bytes,
             task: Mutex::new(Some(task)),
         })
     }
 
-    /// Accepts an event for delivery; see [`AuditClient::enqueue`](crate::AuditClient::enqueue).
+    /// Accepts an event for delivery, waiting for room when the buffer is full and the
+    /// policy says so; see [`AuditClient::enqueue`](crate::AuditClient::enqueue).
     pub async fn push(&self, event: Event) -> Result<()> {
-        let accepted_at = Utc::now();
-        if let Some(spool) = &self.spool {
-            return self.push_spooled(spool, event, accepted_at).await;
-        }
-        let sender = {
-            let guard = self.sender.read().unwrap_or_else(|p| p.into_inner());
-            guard.clone().ok_or(Error::Closed)?
-        };
-        let permit = match self.on_full {
-            OnFull::Wait => sender.reserve().await.map_err(|_| Error::Closed)?,
-            OnFull::Drop => match sender.try_reserve() {
-                Ok(permit) => permit,
-                Err(mpsc::error::TrySendError::Full(())) => return Err(self.dropped()),
-                Err(mpsc::error::TrySendError::Closed(())) => return Err(Error::Closed),
-            },
-        };
-        let mut accepted = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        permit.send(Pending {
-            event,
-            accepted_at,
-            end: 0,
-        });
-        *accepted += 1;
-        Ok(())
-    }
-
-    async fn push_spooled(&self, spool: &Spool, event: Event, at: DateTime<Utc>) -> Result<()> {
-        let mut line = Vec::with_capacity(512);
-        Spool::encode(&event, at, &mut line)?;
+        let mut item = self.item(event)?;
         loop {
-            if self.shared.stop.borrow().is_some() {
-                return Err(Error::Closed);
-            }
-            let appended = {
-                let mut accepted = self.order.lock().unwrap_or_else(|p| p.into_inner());
-                let appended = spool.append(&line);
-                if appended.is_ok() {
-                    *accepted += 1;
-                }
-                appended
-            };
-            match appended {
-                Ok(()) => {
-                    self.shared.wake.notify_one();
-                    return Ok(());
-                }
-                Err(Error::BufferFull) if self.on_full == OnFull::Wait => {
+            match self.accept(item) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Full(back)) if self.on_full == OnFull::Wait => {
+                    item = back;
+                    if self.shared.stop.borrow().is_some() {
+                        return Err(Error::Closed);
+                    }
                     // Room comes as events settle; look again now and then regardless.
                     let mut settled = self.shared.settled.subscribe();
                     let _ =
                         tokio::time::timeout(Duration::from_millis(100), settled.changed()).await;
                 }
-                Err(Error::BufferFull) => return Err(self.dropped()),
-                Err(e) => return Err(e),
+                Err(Refused::Full(_)) => return Err(self.dropped()),
+                Err(Refused::Error(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Accepts an event now or never: never waits, whatever the policy.
+    pub fn try_push(&self, event: Event) -> Result<()> {
+        match self.accept(self.item(event)?) {
+            Ok(()) => Ok(()),
+            Err(Refused::Full(_)) => Err(self.dropped()),
+            Err(Refused::Error(error)) => Err(error),
+        }
+    }
+
+    /// The event as it is queued: in memory, or as a spool record.
+    fn item(&self, event: Event) -> Result<Item> {
+        let accepted_at = Utc::now();
+        if self.spool.is_some() {
+            let mut line = Vec::with_capacity(512);
+            Spool::encode(&event, accepted_at, &mut line)?;
+            return Ok(Item::Spooled(line));
+        }
+        Ok(Item::Memory(Pending {
+            size: event.approx_size(),
+            event,
+            accepted_at,
+            end: 0,
+        }))
+    }
+
+    fn accept(&self, item: Item) -> Result<(), Refused> {
+        match item {
+            Item::Spooled(line) => {
+                let Some(spool) = &self.spool else {
+                    return Err(Refused::Error(Error::Closed));
+                };
+                if self.shared.stop.borrow().is_some() {
+                    return Err(Refused::Error(Error::Closed));
+                }
+                let mut accepted = self.order.lock().unwrap_or_else(|p| p.into_inner());
+                match spool.append(&line) {
+                    Ok(()) => *accepted += 1,
+                    Err(Error::BufferFull) => return Err(Refused::Full(Item::Spooled(line))),
+                    Err(error) => return Err(Refused::Error(error)),
+                }
+                drop(accepted);
+                self.shared.wake.notify_one();
+                Ok(())
+            }
+            Item::Memory(pending) => {
+                let sender = {
+                    let guard = self.sender.read().unwrap_or_else(|p| p.into_inner());
+                    guard.clone().ok_or(Refused::Error(Error::Closed))?
+                };
+                let buffered = self.shared.buffered.load(Ordering::Relaxed);
+                if buffered > 0 && buffered + pending.size > self.max_bytes {
+                    return Err(Refused::Full(Item::Memory(pending)));
+                }
+                let permit = match sender.try_reserve() {
+                    Ok(permit) => permit,
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        return Err(Refused::Full(Item::Memory(pending)));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        return Err(Refused::Error(Error::Closed));
+                    }
+                };
+                let mut accepted = self.order.lock().unwrap_or_else(|p| p.into_inner());
+                self.shared
+                    .buffered
+                    .fetch_add(pending.size, Ordering::Relaxed);
+                permit.send(pending);
+                *accepted += 1;
+                Ok(())
             }
         }
     }
@@ -280,7 +339,7 @@ impl Queue {
 
     /// Stops accepting events and delivers what is left until `deadline`.
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let deadline = Instant::now() + deadline;
+        let deadline = later(deadline);
         self.shared.stop.send_replace(Some(deadline));
         self.sender
             .write()
@@ -290,7 +349,10 @@ impl Queue {
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
             // The task stops itself at the deadline; the grace covers a request in flight.
-            let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), task).await;
+            let grace = deadline
+                .checked_add(Duration::from_secs(1))
+                .unwrap_or(deadline);
+            let _ = tokio::time::timeout_at(grace, task).await;
         }
         let metrics = self.metrics();
         ShutdownReport {
@@ -321,7 +383,7 @@ impl Drop for Queue {
         self.shared.stop.send_if_modified(|stop| {
             let first = stop.is_none();
             if first {
-                *stop = Some(Instant::now() + Duration::from_secs(24 * 3600));
+                *stop = Some(later(Duration::from_secs(24 * 3600)));
             }
             first
         });
@@ -332,7 +394,12 @@ impl Drop for Queue {
 /// Where the delivery task takes events from.
 enum Source {
     Memory(mpsc::Receiver<Pending>),
-    Spool { spool: Arc<Spool>, offset: u64 },
+    Spool {
+        spool: Arc<Spool>,
+        offset: u64,
+        /// Unreadable records passed over since the last batch.
+        skipped: u64,
+    },
 }
 
 impl Source {
@@ -391,23 +458,37 @@ impl Source {
                     }
                 }
             }
-            Source::Spool { spool, offset } => {
-                let records = match spool.read(*offset, max - batch.len()) {
-                    Ok(records) => records,
+            Source::Spool {
+                spool,
+                offset,
+                skipped,
+            } => {
+                let (records, unreadable) = match spool.read(*offset, max - batch.len()) {
+                    Ok(read) => read,
                     Err(e) => {
                         tracing::error!("reading the audit spool: {e}");
                         return;
                     }
                 };
-                if let Some(last) = records.last() {
-                    *offset = last.end;
-                }
+                *skipped += unreadable.count;
+                *offset = unreadable
+                    .end
+                    .max(records.last().map_or(*offset, |r| r.end));
                 batch.extend(records.into_iter().map(|r| Pending {
                     event: r.event,
                     accepted_at: r.accepted_at,
                     end: r.end,
+                    size: 0,
                 }));
             }
+        }
+    }
+
+    /// Unreadable spool records passed over since the last call: settled, as lost.
+    fn take_skipped(&mut self) -> u64 {
+        match self {
+            Source::Spool { skipped, .. } => std::mem::take(skipped),
+            Source::Memory(_) => 0,
         }
     }
 
@@ -431,8 +512,15 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut source: Source) {
+        // Set however the task ends (a panic too), so `flush()` never waits for a dead task.
+        struct Finished(Arc<Shared>);
+        impl Drop for Finished {
+            fn drop(&mut self) {
+                self.0.finished.send_replace(true);
+            }
+        }
+        let _finished = Finished(self.shared.clone());
         self.deliver_all(&mut source).await;
-        self.shared.finished.send_replace(true);
     }
 
     async fn deliver_all(&mut self, source: &mut Source) {
@@ -441,8 +529,10 @@ impl Worker {
             .await
         {
             let end = batch.last().map_or(0, |p| p.end);
-            let count = batch.len() as u64;
+            let count = batch.len() as u64 + source.take_skipped();
+            let bytes: usize = batch.iter().map(|p| p.size).sum();
             let left = self.deliver(batch).await;
+            self.shared.buffered.fetch_sub(bytes, Ordering::Relaxed);
             if !left.is_empty() {
                 // Stopped at the shutdown deadline.
                 self.leave(left, source).await;
@@ -482,24 +572,28 @@ impl Worker {
     /// Sends a batch until it is settled; returns what is left at the shutdown deadline.
     async fn deliver(&mut self, mut batch: Vec<Pending>) -> Vec<Pending> {
         let mut attempt = 0u32;
-        let mut one_by_one = false;
+        // Events per request: halved to find an event the server refuses without saying
+        // which.
+        let mut limit = batch.len();
         while !batch.is_empty() {
             self.expire(&mut batch);
             if batch.is_empty() {
                 break;
             }
-            let size = if one_by_one { 1 } else { batch.len() };
-            let events = batch[..size].iter().map(|p| p.event.clone()).collect();
-            let result = match Transport::batch_body(events) {
-                Ok(body) => self.send(body).await,
-                Err(e) => Err(e),
+            let (size, body) = match request_body(&batch, limit) {
+                Ok(request) => request,
+                Err(error) => {
+                    let pending = batch.remove(0);
+                    self.reject(&pending, &error);
+                    continue;
+                }
             };
-            match result {
-                Ok(recorded) => {
+            match self.send(body).await {
+                Ok(stored) => {
                     self.shared
                         .counters
                         .delivered
-                        .fetch_add(recorded.len() as u64, Ordering::Relaxed);
+                        .fetch_add(stored.len() as u64, Ordering::Relaxed);
                     batch.drain(..size);
                     attempt = 0;
                 }
@@ -513,8 +607,7 @@ impl Worker {
                             let pending = batch.remove(0);
                             self.reject(&pending, &error);
                         }
-                        // Which event is at fault is unknown: find out one by one.
-                        None => one_by_one = true,
+                        None => limit = size / 2,
                     }
                 }
                 Err(Error::Closed) => return batch,
@@ -546,7 +639,7 @@ impl Worker {
     /// Waits before a retry; false when the shutdown deadline comes first.
     async fn sleep(&self, wait: Duration) -> bool {
         let mut stop = self.shared.stop.subscribe();
-        let until = Instant::now() + wait;
+        let until = later(wait);
         loop {
             let deadline = *stop.borrow_and_update();
             if deadline.is_some_and(|d| d <= until) {
@@ -562,9 +655,13 @@ impl Worker {
 
     /// Dead-letters the events older than the maximum age.
     fn expire(&mut self, batch: &mut Vec<Pending>) {
-        let max_age =
-            chrono::Duration::from_std(self.config.max_age).unwrap_or(chrono::Duration::MAX);
-        let oldest_allowed = Utc::now() - max_age;
+        let oldest_allowed = chrono::Duration::from_std(self.config.max_age)
+            .ok()
+            .and_then(|max_age| Utc::now().checked_sub_signed(max_age));
+        let Some(oldest_allowed) = oldest_allowed else {
+            return; // a maximum age beyond the calendar: nothing expires
+        };
+
         let error = Error::unavailable("EXPIRED", "not delivered within the maximum age");
         batch.retain(|pending| {
             let keep = pending.accepted_at >= oldest_allowed;
@@ -602,12 +699,40 @@ impl Worker {
     }
 }
 
+/// Largest request body: the server refuses more than 1 MiB.
+const MAX_BODY: usize = 768 * 1024;
+
+/// The request recording the first events of `batch`, at most `limit` of them and fewer
+/// when their body would outgrow `MAX_BODY`; with how many it holds.
+fn request_body(batch: &[Pending], limit: usize) -> Result<(usize, Vec<u8>)> {
+    let mut size = limit.clamp(1, batch.len());
+    loop {
+        let events = batch[..size].iter().map(|p| p.event.clone()).collect();
+        let body = Transport::batch_body(events)?;
+        if body.len() <= MAX_BODY || size == 1 {
+            return Ok((size, body));
+        }
+        size = (size * MAX_BODY / body.len()).clamp(1, size - 1);
+    }
+}
+
 /// The event a batch error points at: `inputs[3].action` is the fourth.
 fn rejected_index(error: &Error) -> Option<usize> {
     let field = error.field()?;
     let rest = field.strip_prefix("inputs[")?;
     rest[..rest.find(']')?].parse().ok()
 }
+
+/// `now + wait`, or as late as can be said when that overflows.
+pub(crate) fn later(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
+/// The longest `Retry-After` honoured.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Exponential backoff with jitter, or the server's `Retry-After`.
 fn backoff(config: &DeliveryConfig, attempt: u32, error: &Error) -> Duration {
@@ -616,7 +741,8 @@ fn backoff(config: &DeliveryConfig, attempt: u32, error: &Error) -> Duration {
         ..
     } = error
     {
-        return *after + config.min_backoff.mul_f64(fastrand::f64());
+        // A proxy's or a misconfigured server's Retry-After is not trusted past a minute.
+        return (*after).min(MAX_RETRY_AFTER) + config.min_backoff.mul_f64(fastrand::f64());
     }
     let ceiling = config
         .min_backoff
@@ -673,5 +799,46 @@ impl DeadLetter {
             Some(file) => file.write_all(&line),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Actor;
+
+    #[test]
+    fn a_huge_retry_after_is_capped_and_times_never_overflow() {
+        let error = Error::Unavailable {
+            code: "RATE_LIMITED".into(),
+            message: String::new(),
+            retry_after: Some(Duration::MAX),
+        };
+        let config = DeliveryConfig::default();
+        assert!(backoff(&config, 0, &error) <= MAX_RETRY_AFTER + config.min_backoff);
+        assert!(later(Duration::MAX) > Instant::now());
+        let plain = Error::unavailable("NETWORK", "");
+        assert!(backoff(&config, 60, &plain) <= config.max_backoff);
+    }
+
+    #[test]
+    fn batches_stay_under_the_servers_body_limit() {
+        let batch: Vec<Pending> = (0..100)
+            .map(|i| {
+                let mut event = Event::new(Actor::user(format!("u-{i}")), "project.created");
+                event.metadata = Some(serde_json::json!({ "pad": "x".repeat(60_000) }));
+                Pending {
+                    event,
+                    accepted_at: Utc::now(),
+                    end: 0,
+                    size: 0,
+                }
+            })
+            .collect();
+        let (size, body) = request_body(&batch, 100).expect("body");
+        assert!(size > 1 && size < 100, "{size}");
+        assert!(body.len() <= MAX_BODY);
+        let (size, _) = request_body(&batch[..3], 100).expect("body");
+        assert_eq!(size, 3);
     }
 }

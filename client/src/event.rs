@@ -217,6 +217,21 @@ impl Event {
 }
 
 impl Event {
+    /// Roughly what the event takes in memory and on the wire, for the buffer's byte bound.
+    pub(crate) fn approx_size(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let mut size = 256 + self.actor.id.len() + text(&self.actor.name) + self.action.len();
+        size += text(&self.reason) + text(&self.idempotency_key);
+        if let Some(target) = &self.target {
+            size += target.kind.len() + target.id.len() + text(&target.name);
+        }
+        if let Some(context) = &self.context {
+            size +=
+                text(&context.ip_address) + text(&context.user_agent) + text(&context.request_id);
+        }
+        size + self.metadata.as_ref().map_or(0, json_size)
+    }
+
     /// The event with every value the server would refuse made acceptable: what the Layer
     /// and the Extension record comes from requests, and a hostile request must not be
     /// able to keep its own event out of the log. Control characters become U+FFFD, long
@@ -231,12 +246,15 @@ impl Event {
             target.name = target.name.take().map(|n| clean_text(&n, MAX_NAME_LEN));
         }
         self.reason = self.reason.map(|r| clean_text(&r, MAX_REASON_LEN));
-        if let Some(metadata) = &self.metadata
-            && check_metadata(metadata).is_err()
-        {
-            self.metadata = Some(serde_json::json!({
-                "$omitted": "the details were larger or deeper than metadata may be"
-            }));
+        if let Some(metadata) = &mut self.metadata {
+            if depth(metadata) <= MAX_METADATA_DEPTH {
+                clean_json(metadata);
+            }
+            if check_metadata(metadata).is_err() {
+                *metadata = serde_json::json!({
+                    "$omitted": "the details were larger or deeper than metadata may be"
+                });
+            }
         }
         if let Some(context) = &mut self.context {
             if context
@@ -352,11 +370,19 @@ fn check_metadata(metadata: &Value) -> Result<()> {
             format!("metadata nests deeper than {MAX_METADATA_DEPTH} levels"),
         ));
     }
-    let mut size = ByteCount(0);
-    let size = match serde_json::to_writer(&mut size, metadata) {
-        Ok(()) => size.0,
-        Err(_) => usize::MAX,
-    };
+    if has_nul(metadata) {
+        return Err(Error::invalid(
+            "metadata",
+            "metadata must not contain NUL characters",
+        ));
+    }
+    if has_unsafe_integer(metadata) {
+        return Err(Error::invalid(
+            "metadata",
+            "metadata integers must be between -(2^53 - 1) and 2^53 - 1",
+        ));
+    }
+    let size = json_size(metadata);
     if size > MAX_METADATA_BYTES {
         return Err(Error::invalid(
             "metadata",
@@ -366,7 +392,64 @@ fn check_metadata(metadata: &Value) -> Result<()> {
     Ok(())
 }
 
-/// Counts what is written to it: the size of compact JSON without building it.
+/// Largest integer metadata may hold: the hash chain encodes numbers as IEEE doubles.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+fn is_unsafe_integer(number: &serde_json::Number) -> bool {
+    number.as_u64().is_some_and(|n| n > MAX_SAFE_INTEGER)
+        || number
+            .as_i64()
+            .is_some_and(|n| n.unsigned_abs() > MAX_SAFE_INTEGER)
+}
+
+fn has_unsafe_integer(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => is_unsafe_integer(n),
+        Value::Array(items) => items.iter().any(has_unsafe_integer),
+        Value::Object(map) => map.values().any(has_unsafe_integer),
+        _ => false,
+    }
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Makes JSON acceptable as metadata: NUL becomes U+FFFD (in keys too), and integers the
+/// chain cannot hold exactly become strings. Recursion is bounded by the caller's depth check.
+fn clean_json(value: &mut Value) {
+    match value {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+        Value::Number(n) if is_unsafe_integer(n) => *value = Value::String(n.to_string()),
+        Value::Array(items) => items.iter_mut().for_each(clean_json),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), v))
+                    .collect();
+            }
+            map.values_mut().for_each(clean_json);
+        }
+        _ => {}
+    }
+}
+
+/// The size of compact JSON, without building it.
+fn json_size(value: &Value) -> usize {
+    let mut size = ByteCount(0);
+    match serde_json::to_writer(&mut size, value) {
+        Ok(()) => size.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Counts what is written to it.
 struct ByteCount(usize);
 
 impl std::io::Write for ByteCount {
@@ -437,6 +520,13 @@ mod tests {
         event.target = Some(Target::new("project", format!("a\0b{}", "x".repeat(300))));
         event.reason = Some("r\0".into());
         event.metadata = Some(serde_json::json!({ "big": "y".repeat(70_000) }));
+        let mut small = event.clone();
+        small.metadata = Some(serde_json::json!({ "a\0": ["b\0", 9_007_199_254_740_993u64, -1] }));
+        assert!(small.validate().is_err());
+        assert_eq!(
+            small.sanitized().metadata,
+            Some(serde_json::json!({ "a\u{FFFD}": ["b\u{FFFD}", "9007199254740993", -1] }))
+        );
         event.context = Some(Context {
             ip_address: Some("not-an-ip".into()),
             user_agent: Some("ua\0".into()),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextResolve, ResolveInfo,
 };
-use async_graphql::parser::types::Field;
+use async_graphql::parser::types::{Field, Selection, SelectionSet};
 use async_graphql::{Name, Request, ServerError, ServerResult, Value, Variables};
 
 use crate::client::AuditClient;
@@ -67,8 +67,8 @@ impl Audited {
         self
     }
 
-    /// The target is `kind` with the id in field `field` of the result (the client must
-    /// select it; an alias is not followed).
+    /// The target is `kind` with the id in field `field` of the result, when the caller
+    /// selected that field (under any alias).
     pub fn target_from_result(mut self, kind: impl Into<String>, field: &str) -> Self {
         self.target = Some((kind.into(), TargetFrom::Result(field.to_owned())));
         self
@@ -159,6 +159,7 @@ impl Extension for PerRequest {
             _ => return next.run(ctx, info).await,
         };
         let arguments = self.arguments(info.field);
+        let info_field = info.field;
         let result = next.run(ctx, info).await;
         let actor = ctx
             .data_opt::<Actor>()
@@ -169,8 +170,8 @@ impl Extension for PerRequest {
         event.target = audited.target.as_ref().and_then(|(kind, from)| {
             let id = match from {
                 TargetFrom::Argument(name) => arguments.get(name.as_str()).and_then(id_of),
-                TargetFrom::Result(name) => match &result {
-                    Ok(Some(Value::Object(object))) => object.get(name.as_str()).and_then(id_of),
+                TargetFrom::Result(name) => match (&result, response_key(info_field, name)) {
+                    (Ok(Some(Value::Object(object))), Some(key)) => object.get(key).and_then(id_of),
                     _ => None,
                 },
             }?;
@@ -178,7 +179,7 @@ impl Extension for PerRequest {
         });
         (event.outcome, event.reason) = outcome(&result);
         event.metadata = Some(redacted(arguments, &audited.secrets));
-        if let Err(error) = self.shared.client.enqueue(event.sanitized()).await {
+        if let Err(error) = self.shared.client.try_enqueue(event.sanitized()) {
             tracing::error!(action = %audited.action, "audit event not enqueued: {error}");
         }
         result
@@ -202,6 +203,27 @@ impl PerRequest {
             })
             .collect()
     }
+}
+
+/// Where the result holds field `name`: its alias, or its name. The caller shapes the
+/// result (`{ id: name }` puts a name under `id`), so only a selection of that very field
+/// counts, directly or in an inline fragment; when there is none the event has no target.
+fn response_key<'a>(field: &'a Field, name: &str) -> Option<&'a str> {
+    fn find<'a>(selections: &'a SelectionSet, name: &str) -> Option<&'a str> {
+        selections
+            .items
+            .iter()
+            .find_map(|selection| match &selection.node {
+                Selection::Field(field) if field.node.name.node == name => {
+                    Some(field.node.response_key().node.as_str())
+                }
+                Selection::InlineFragment(fragment) => {
+                    find(&fragment.node.selection_set.node, name)
+                }
+                _ => None,
+            })
+    }
+    find(&field.selection_set.node, name)
 }
 
 /// An id given as a string or a number.

@@ -309,19 +309,23 @@ fn client_ip(config: &LayerConfig, request: &Parts) -> Option<IpAddr> {
     if !trusted(peer) {
         return Some(peer);
     }
-    let mut client = peer;
+    // Every X-Forwarded-For line in order (a proxy may add a line of its own rather than
+    // extend the last), read from the nearest hop back.
+    let mut hops = Vec::new();
     for value in request.headers.get_all("x-forwarded-for") {
         let Ok(value) = value.to_str() else {
             return Some(peer);
         };
-        for hop in value.split(',').rev() {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-                return Some(client);
-            };
-            client = ip;
-            if !trusted(ip) {
-                return Some(ip);
-            }
+        hops.extend(value.split(','));
+    }
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            return Some(client);
+        };
+        client = ip;
+        if !trusted(ip) {
+            return Some(ip);
         }
     }
     Some(client)
@@ -356,7 +360,7 @@ where
         .cloned()
         .unwrap_or_default();
     let (response, response_id) = match &config.target {
-        Some((_, IdFrom::Response(pointer))) if status.is_success() => {
+        Some((_, IdFrom::Response(pointer))) if status.is_success() && readable(&response) => {
             read_id(response, pointer).await
         }
         _ => (response.map(Either::Left), None),
@@ -384,29 +388,42 @@ where
     event.context = Some(seen.context);
     let event = event.sanitized();
     if !config.fail_closed {
-        if let Err(error) = config.client.enqueue(event).await {
+        if let Err(error) = config.client.try_enqueue(event) {
             tracing::error!(action = %config.action, "audit event not enqueued: {error}");
         }
         return response;
     }
-    let prepared = match config.client.prepare(event) {
-        Ok(event) => event,
-        Err(error) => return not_audited(status, &error),
-    };
-    match config.client.send(prepared.clone()).await {
-        Ok(_) => response,
-        Err(error) => {
-            // Stored late rather than never, under the same idempotency key.
-            if !matches!(error, Error::Rejected { .. }) {
-                let _ = config.client.enqueue(prepared).await;
+    // On a task of its own: a caller hanging up cancels this future, not the record.
+    let client = config.client.clone();
+    let recorded = tokio::spawn(async move {
+        let event = client.prepare(event)?;
+        match client.send(event.clone()).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Stored late rather than never, under the same idempotency key.
+                if !matches!(error, Error::Rejected { .. }) {
+                    let _ = client.try_enqueue(event);
+                }
+                Err(error)
             }
-            not_audited(status, &error)
         }
+    });
+    match recorded.await {
+        Ok(Ok(())) => response,
+        Ok(Err(error)) => not_audited(status, &error),
+        Err(_) => not_audited(status, &Error::Closed),
     }
 }
 
 fn status_reason(status: StatusCode) -> String {
     format!("HTTP {}", status.as_u16())
+}
+
+/// Whether a response is small enough, and said to be, to be read for its target id;
+/// anything else passes through untouched (and its event has no target).
+fn readable<B: http_body::Body>(response: &Response<B>) -> bool {
+    let upper = response.body().size_hint().upper();
+    upper.is_some_and(|len| len <= MAX_RESPONSE_READ as u64)
 }
 
 /// Reads a JSON response to take the target id from it, and puts the body back.
@@ -461,4 +478,65 @@ fn not_audited<B>(status: StatusCode, error: &Error) -> Response<Either<B, Full<
     headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     headers.insert("x-audit-status", HeaderValue::from_static("not-audited"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_ip_of(trusted: &[&str], peer: &str, lines: &[&str]) -> Option<IpAddr> {
+        let client = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async { AuditClient::builder("http://127.0.0.1:9/graphql").build() })
+            .expect("client");
+        let layer = client
+            .layer("project.created")
+            .trusted_proxies(trusted.iter().map(|t| t.parse().expect("network")));
+        let mut request = Request::builder().uri("/");
+        for line in lines {
+            request = request.header("x-forwarded-for", *line);
+        }
+        let (mut parts, ()) = request.body(()).expect("request").into_parts();
+        parts
+            .extensions
+            .insert(SocketAddr::new(peer.parse().expect("ip"), 443));
+        client_ip(&layer.config, &parts)
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            client_ip_of(&[], "198.51.100.1", &["6.6.6.6"]),
+            ip("198.51.100.1")
+        );
+        // A trusted proxy: the nearest untrusted hop, across every header line.
+        let proxies = ["10.0.0.0/8", "127.0.0.1"];
+        assert_eq!(
+            client_ip_of(&proxies, "127.0.0.1", &["6.6.6.6, 203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip_of(&proxies, "127.0.0.1", &["6.6.6.6", "203.0.113.9"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip_of(&proxies, "127.0.0.1", &["203.0.113.9, 10.1.2.3"]),
+            ip("203.0.113.9")
+        );
+        // Garbage stops the walk at the last address believed.
+        assert_eq!(
+            client_ip_of(&proxies, "127.0.0.1", &["203.0.113.9, junk"]),
+            ip("127.0.0.1")
+        );
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!(
+            "::ffff:10.1.1.1"
+                .parse::<IpAddr>()
+                .is_ok_and(|a| "10.0.0.0/8".parse::<IpNet>().expect("net").contains(a))
+        );
+    }
 }

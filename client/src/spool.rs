@@ -41,6 +41,14 @@ pub(crate) struct Spooled {
     pub end: u64,
 }
 
+/// Records `read` could not parse.
+#[derive(Default)]
+pub(crate) struct Unreadable {
+    pub count: u64,
+    /// Where the last of them ends.
+    pub end: u64,
+}
+
 struct Files {
     log: File,
     ack: File,
@@ -125,19 +133,26 @@ impl Spool {
     /// bound.
     pub fn append(&self, line: &[u8]) -> Result<()> {
         let mut files = self.lock();
-        if files.written - files.acked + line.len() as u64 > self.max_bytes {
+        if files.written.saturating_sub(files.acked) + line.len() as u64 > self.max_bytes {
             return Err(Error::BufferFull);
         }
-        files.log.write_all(line).map_err(spool_error)?;
-        if self.sync {
-            files.log.sync_data().map_err(spool_error)?;
+        let written = files.written;
+        let result = files.log.write_all(line).and_then(|()| match self.sync {
+            true => files.log.sync_data(),
+            false => Ok(()),
+        });
+        if let Err(e) = result {
+            // A record half written (a full disk) is cut off, so the next one starts whole.
+            let _ = files.log.set_len(written);
+            return Err(spool_error(e));
         }
         files.written += line.len() as u64;
         Ok(())
     }
 
-    /// Reads the records between `from` and what is written now, at most `max` of them.
-    pub fn read(&self, from: u64, max: usize) -> Result<Vec<Spooled>> {
+    /// Reads the records between `from` and what is written now, at most `max` of them,
+    /// and says how many unreadable ones it passed over (and where the last ended).
+    pub fn read(&self, from: u64, max: usize) -> Result<(Vec<Spooled>, Unreadable)> {
         let (file, end) = {
             let files = self.lock();
             (files.log.try_clone().map_err(spool_error)?, files.written)
@@ -145,6 +160,7 @@ impl Spool {
         let mut reader = BufReader::new(file);
         reader.seek(SeekFrom::Start(from)).map_err(spool_error)?;
         let mut records = Vec::new();
+        let mut unreadable = Unreadable::default();
         let mut offset = from;
         let mut line = String::new();
         while offset < end && records.len() < max {
@@ -160,10 +176,14 @@ impl Spool {
                     accepted_at: record.at,
                     end: offset,
                 }),
-                Err(e) => tracing::error!(offset, "skipping an unreadable spool record: {e}"),
+                Err(e) => {
+                    tracing::error!(offset, record = %line.trim_end(), "an unreadable spool record is lost: {e}");
+                    unreadable.count += 1;
+                    unreadable.end = offset;
+                }
             }
         }
-        Ok(records)
+        Ok((records, unreadable))
     }
 
     /// Marks every record before `offset` settled. Returns how much the reader's offsets
@@ -188,7 +208,9 @@ impl Spool {
         Ok(0)
     }
 
-    /// Keeps only the unsettled tail of a long file.
+    /// Keeps only the unsettled tail of a long file: written to a new file (synced, with
+    /// `sync`), the offset cleared, then renamed over the old one. The handle appends go to is
+    /// the new file's own, so it stays right after the rename.
     fn compact(&self, files: &mut Files) -> Result<u64> {
         let mut tail = vec![0; (files.written - files.acked) as usize];
         files
@@ -196,14 +218,25 @@ impl Spool {
             .read_exact_at(&mut tail, files.acked)
             .map_err(spool_error)?;
         let fresh = self.dir.join("spool.jsonl.new");
-        fs::write(&fresh, &tail).map_err(spool_error)?;
-        write_ack(&files.ack, 0, self.sync)?;
-        fs::rename(&fresh, self.dir.join("spool.jsonl")).map_err(spool_error)?;
-        files.log = OpenOptions::new()
+        let mut log = OpenOptions::new()
+            .create(true)
             .append(true)
             .read(true)
-            .open(self.dir.join("spool.jsonl"))
+            .open(&fresh)
             .map_err(spool_error)?;
+        log.set_len(0).map_err(spool_error)?; // left by a compaction that failed
+        log.write_all(&tail).map_err(spool_error)?;
+        if self.sync {
+            log.sync_all().map_err(spool_error)?;
+        }
+        write_ack(&files.ack, 0, self.sync)?;
+        fs::rename(&fresh, self.dir.join("spool.jsonl")).map_err(spool_error)?;
+        if self.sync {
+            File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(spool_error)?;
+        }
+        files.log = log;
         let moved = files.acked;
         files.written -= moved;
         files.acked = 0;
@@ -289,17 +322,17 @@ mod tests {
         for i in 0..10 {
             add(&spool, i).expect("appends");
         }
-        let records = spool.read(0, 100).expect("reads");
+        let records = spool.read(0, 100).expect("reads").0;
         assert_eq!(
             ids(&records),
             (0..10).map(|i| format!("u-{i}")).collect::<Vec<_>>()
         );
-        assert_eq!(ids(&spool.read(0, 3).expect("reads")).len(), 3);
+        assert_eq!(ids(&spool.read(0, 3).expect("reads").0).len(), 3);
 
         // Four settled: the file keeps the other six, and offsets move back.
         let moved = spool.ack(records[3].end).expect("acks");
         assert_eq!(moved, records[3].end);
-        let rest = spool.read(records[3].end - moved, 100).expect("reads");
+        let rest = spool.read(records[3].end - moved, 100).expect("reads").0;
         assert_eq!(
             ids(&rest),
             (4..10).map(|i| format!("u-{i}")).collect::<Vec<_>>()
@@ -316,7 +349,7 @@ mod tests {
         let (spool, backlog) = Spool::open(dir.path(), false, 1 << 20).expect("reopens");
         assert_eq!(backlog, 6);
         add(&spool, 10).expect("appends");
-        let replay = spool.read(spool.acked(), 100).expect("reads");
+        let replay = spool.read(spool.acked(), 100).expect("reads").0;
         assert_eq!(
             ids(&replay),
             (4..11).map(|i| format!("u-{i}")).collect::<Vec<_>>()
@@ -325,7 +358,7 @@ mod tests {
         // All settled: the file starts over.
         let end = replay.last().expect("records").end;
         assert_eq!(spool.ack(end).expect("acks"), end);
-        assert_eq!(spool.read(0, 100).expect("reads").len(), 0);
+        assert_eq!(spool.read(0, 100).expect("reads").0.len(), 0);
     }
 
     #[test]

@@ -415,6 +415,47 @@ async fn hostile_requests_are_still_audited(app: &TestApp) {
     assert_eq!(event["context"]["requestId"], "a\u{FFFD}b");
     let agent = event["context"]["userAgent"].as_str().expect("user agent");
     assert_eq!(agent.len(), 1024);
+
+    // Details the server refuses (NUL, integers past 2^53) are recorded, made acceptable.
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{}/projects", axum.address))
+        .header("x-user-id", "u-2")
+        .json(&json!({ "name": "a\u{0}b" }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(created.status(), 201);
+    let events = stored_eventually(app, 2).await;
+    assert_eq!(events[1]["metadata"], json!({ "name": "a\u{FFFD}b" }));
+
+    let graphql = Example::start("graphql_service", &url(app), &[]).await;
+    let answer: Value = http
+        .post(format!("{}/graphql", graphql.address))
+        .header("x-user-id", "u-3")
+        .json(&json!({ "query": r#"mutation {
+            createProject(name: "p-VICTIM") { id: name realId: id }
+            rotateApiKey(id: 9007199254740993, secret: "s") }"# }))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("json");
+    let real = answer["data"]["createProject"]["realId"]
+        .as_str()
+        .expect("id");
+    let events = stored_eventually(app, 4).await;
+    // An alias cannot name the target: it is the project's real id.
+    assert_eq!(
+        events[2]["target"],
+        json!({ "type": "project", "id": real })
+    );
+    assert_eq!(
+        events[3]["target"],
+        json!({ "type": "api_key", "id": "9007199254740993" })
+    );
+    assert_eq!(events[3]["metadata"]["id"], "9007199254740993");
 }
 
 async fn fail_closed_answers_503(app: &TestApp) {
@@ -433,8 +474,21 @@ async fn fail_closed_answers_503(app: &TestApp) {
     drop(guarded);
 
     // Down: the response says the operation is not audited.
-    let down = format!("http://127.0.0.1:{}/graphql", dead_port());
+    let port = dead_port();
+    let down = format!("http://127.0.0.1:{port}/graphql");
     let guarded = Example::start("axum_service", &down, &[("AUDIT_FAIL_CLOSED", "1")]).await;
+    // A caller that hangs up first: its event must not go with its response.
+    let hasty = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let gone = hasty
+        .post(format!("{}/projects", guarded.address))
+        .header("x-user-id", "u-hasty")
+        .json(&json!({ "name": "Hasty" }))
+        .send()
+        .await;
+    assert!(gone.is_err(), "{gone:?}");
     let response = post(&guarded.address).await.expect("POST");
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["x-audit-status"], "not-audited");
@@ -446,6 +500,17 @@ async fn fail_closed_answers_503(app: &TestApp) {
     // The same route without fail-closed lets the response out.
     let open = Example::start("axum_service", &down, &[]).await;
     assert_eq!(post(&open.address).await.expect("POST").status(), 201);
+
+    // Once audit-service is back, the unaudited operations are recorded after all.
+    let server = Server::start(&app.database_url, port).await;
+    let events = stored_eventually(app, 4).await;
+    let mut actors: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["actor"]["id"].as_str())
+        .collect();
+    actors.sort_unstable();
+    assert_eq!(actors, ["u-1", "u-1", "u-1", "u-hasty"]);
+    server.kill().await;
 }
 
 async fn rejected_events_reach_the_callback(app: &TestApp) {
