@@ -121,12 +121,20 @@ pub(crate) struct Pending {
 }
 
 /// An event on its way in: in memory, or encoded for the spool.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per event; a box would cost an allocation per event"
+)]
 enum Item {
     Memory(Pending),
     Spooled(Vec<u8>),
 }
 
 /// Why an event was not accepted; a full buffer hands it back for another try.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per event; a box would cost an allocation per event"
+)]
 enum Refused {
     Full(Item),
     Error(Error),
@@ -272,6 +280,10 @@ impl Queue {
         }))
     }
 
+    #[expect(
+        clippy::result_large_err,
+        reason = "the refused event comes back by value, without an allocation"
+    )]
     fn accept(&self, item: Item) -> Result<(), Refused> {
         match item {
             Item::Spooled(line) => {
