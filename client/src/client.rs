@@ -189,6 +189,13 @@ impl AuditClientBuilder {
         self
     }
 
+    /// Batches in flight at once (4). Their events may commit, and so be numbered, in
+    /// another order than they were enqueued; `concurrency(1)` keeps that order.
+    pub fn concurrency(mut self, batches: usize) -> Self {
+        self.delivery.concurrency = batches.max(1);
+        self
+    }
+
     /// Events held in memory (50,000), and what `enqueue()` does when they are that many.
     pub fn buffer(mut self, events: usize, on_full: OnFull) -> Self {
         self.delivery.buffer = events.max(1);

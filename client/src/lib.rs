@@ -13,6 +13,7 @@ mod graphql;
 pub mod layer;
 mod spool;
 mod transport;
+mod worker;
 
 pub use builder::EventBuilder;
 pub use catalog::{CATALOG, actions};

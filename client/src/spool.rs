@@ -54,6 +54,9 @@ struct Files {
     ack: File,
     /// Bytes written to `log`.
     written: u64,
+    /// What compactions took off the front: offsets outside this module are counted from
+    /// the spool's start, so they never move; the file's own start from here.
+    base: u64,
     /// Offset up to which every record is settled.
     acked: u64,
 }
@@ -107,6 +110,7 @@ impl Spool {
                 ack,
                 written,
                 acked,
+                base: 0,
             }),
             sync,
             max_bytes,
@@ -117,7 +121,8 @@ impl Spool {
 
     /// Where replay starts: the first record not known to be settled.
     pub fn acked(&self) -> u64 {
-        self.lock().acked
+        let files = self.lock();
+        files.base + files.acked
     }
 
     /// One record as a line, made before taking the lock.
@@ -153,15 +158,18 @@ impl Spool {
     /// Reads the records between `from` and what is written now, at most `max` of them,
     /// and says how many unreadable ones it passed over (and where the last ended).
     pub fn read(&self, from: u64, max: usize) -> Result<(Vec<Spooled>, Unreadable)> {
-        let (file, end) = {
+        // The handle is the file as it is now: a compaction meanwhile renames a new file in
+        // its place and leaves this one, and its offsets, as they were.
+        let (file, end, base) = {
             let files = self.lock();
-            (files.log.try_clone().map_err(spool_error)?, files.written)
+            let file = files.log.try_clone().map_err(spool_error)?;
+            (file, files.written, files.base)
         };
+        let mut offset = from.saturating_sub(base);
         let mut reader = BufReader::new(file);
-        reader.seek(SeekFrom::Start(from)).map_err(spool_error)?;
+        reader.seek(SeekFrom::Start(offset)).map_err(spool_error)?;
         let mut records = Vec::new();
         let mut unreadable = Unreadable::default();
-        let mut offset = from;
         let mut line = String::new();
         while offset < end && records.len() < max {
             line.clear();
@@ -174,44 +182,42 @@ impl Spool {
                 Ok(record) => records.push(Spooled {
                     event: record.event,
                     accepted_at: record.at,
-                    end: offset,
+                    end: base + offset,
                 }),
                 Err(e) => {
                     tracing::error!(offset, record = %line.trim_end(), "an unreadable spool record is lost: {e}");
                     unreadable.count += 1;
-                    unreadable.end = offset;
+                    unreadable.end = base + offset;
                 }
             }
         }
         Ok((records, unreadable))
     }
 
-    /// Marks every record before `offset` settled. Returns how much the reader's offsets
-    /// moved back, when the file was compacted.
-    pub fn ack(&self, offset: u64) -> Result<u64> {
+    /// Marks every record before `offset` settled.
+    pub fn ack(&self, offset: u64) -> Result<()> {
         let mut files = self.lock();
-        files.acked = offset;
+        files.acked = offset.saturating_sub(files.base).min(files.written);
         if files.acked == files.written {
             // Drained: start over. The offset is cleared first, so a crash in between
             // replays (harmlessly) instead of skipping.
             write_ack(&files.ack, 0, self.sync)?;
             files.log.set_len(0).map_err(spool_error)?;
-            let moved = files.written;
+            files.base += files.written;
             files.written = 0;
             files.acked = 0;
-            return Ok(moved);
+            return Ok(());
         }
         if files.acked >= self.compact_at {
             return self.compact(&mut files);
         }
-        write_ack(&files.ack, offset, self.sync)?;
-        Ok(0)
+        write_ack(&files.ack, files.acked, self.sync)
     }
 
     /// Keeps only the unsettled tail of a long file: written to a new file (synced, with
     /// `sync`), the offset cleared, then renamed over the old one. The handle appends go to is
     /// the new file's own, so it stays right after the rename.
-    fn compact(&self, files: &mut Files) -> Result<u64> {
+    fn compact(&self, files: &mut Files) -> Result<()> {
         let mut tail = vec![0; (files.written - files.acked) as usize];
         files
             .log
@@ -237,10 +243,10 @@ impl Spool {
                 .map_err(spool_error)?;
         }
         files.log = log;
-        let moved = files.acked;
-        files.written -= moved;
+        files.base += files.acked;
+        files.written -= files.acked;
         files.acked = 0;
-        Ok(moved)
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Files> {
@@ -329,10 +335,11 @@ mod tests {
         );
         assert_eq!(ids(&spool.read(0, 3).expect("reads").0).len(), 3);
 
-        // Four settled: the file keeps the other six, and offsets move back.
-        let moved = spool.ack(records[3].end).expect("acks");
-        assert_eq!(moved, records[3].end);
-        let rest = spool.read(records[3].end - moved, 100).expect("reads").0;
+        // Four settled: the file keeps the other six, and offsets stay what they were.
+        spool.ack(records[3].end).expect("acks");
+        assert_eq!(spool.acked(), records[3].end);
+        let rest = spool.read(records[3].end, 100).expect("reads").0;
+        assert_eq!(rest[0].end, records[4].end);
         assert_eq!(
             ids(&rest),
             (4..10).map(|i| format!("u-{i}")).collect::<Vec<_>>()
@@ -357,8 +364,11 @@ mod tests {
 
         // All settled: the file starts over.
         let end = replay.last().expect("records").end;
-        assert_eq!(spool.ack(end).expect("acks"), end);
-        assert_eq!(spool.read(0, 100).expect("reads").0.len(), 0);
+        spool.ack(end).expect("acks");
+        assert_eq!(spool.read(end, 100).expect("reads").0.len(), 0);
+        add(&spool, 11).expect("appends");
+        let after = spool.read(end, 100).expect("reads").0;
+        assert_eq!(ids(&after), ["u-11"]);
     }
 
     #[test]
