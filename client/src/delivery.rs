@@ -152,6 +152,7 @@ pub(crate) struct Queue {
     shared: Arc<Shared>,
     on_full: OnFull,
     max_bytes: usize,
+    max_batch: usize,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -168,6 +169,10 @@ pub(crate) struct Shared {
     pub finished: watch::Sender<bool>,
     /// Bytes of the events in the memory buffer.
     pub buffered: AtomicUsize,
+    /// Events the delivery task has taken, of those accepted.
+    pub taken: AtomicU64,
+    /// A whole batch is waiting (or shutdown began): the linger may end.
+    pub full: Notify,
 }
 
 /// What `shutdown` leaves behind.
@@ -197,6 +202,8 @@ impl Queue {
             stop: watch::channel(None).0,
             finished: watch::channel(false).0,
             buffered: AtomicUsize::new(0),
+            taken: AtomicU64::new(0),
+            full: Notify::new(),
         });
         let (sender, source) = match &spool {
             Some(spool) => (
@@ -230,6 +237,7 @@ impl Queue {
             shared,
             on_full: config.on_full,
             max_bytes: config.buffer_bytes,
+            max_batch: config.max_batch,
             task: Mutex::new(Some(task)),
         })
     }
@@ -301,8 +309,9 @@ impl Queue {
                     Err(Error::BufferFull) => return Err(Refused::Full(Item::Spooled(line))),
                     Err(error) => return Err(Refused::Error(error)),
                 }
-                drop(accepted);
+                let accepted = *accepted;
                 self.shared.wake.notify_one();
+                self.signal_full(accepted);
                 Ok(())
             }
             Item::Memory(pending) => {
@@ -329,8 +338,18 @@ impl Queue {
                     .fetch_add(pending.size, Ordering::Relaxed);
                 permit.send(pending);
                 *accepted += 1;
+                let accepted = *accepted;
+                self.signal_full(accepted);
                 Ok(())
             }
+        }
+    }
+
+    /// Ends the delivery task's linger once a whole batch is waiting.
+    fn signal_full(&self, accepted: u64) {
+        let waiting = accepted.saturating_sub(self.shared.taken.load(Ordering::Relaxed));
+        if waiting >= self.max_batch as u64 {
+            self.shared.full.notify_one();
         }
     }
 
@@ -360,6 +379,7 @@ impl Queue {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         self.shared.wake.notify_one();
+        self.shared.full.notify_one();
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(task) = task {
             // The task stops itself at the deadline; the grace covers a request in flight.
@@ -402,6 +422,7 @@ impl Drop for Queue {
             first
         });
         self.shared.wake.notify_one();
+        self.shared.full.notify_one();
     }
 }
 

@@ -49,41 +49,37 @@ impl Source {
             if matches!(self, Source::Spool { .. }) && stop.is_some_and(|d| d <= Instant::now()) {
                 return None; // past the deadline the rest stays in the spool
             }
-            self.take(&mut batch, max);
+            self.take(shared, &mut batch, max);
             let stopping = stop.is_some();
             if batch.len() >= max || (!batch.is_empty() && (stopping || linger.is_zero())) {
                 return Some(batch);
             }
             if batch.is_empty() {
                 match self {
-                    Source::Memory(rx) => batch.push(rx.recv().await?),
+                    Source::Memory(rx) => {
+                        batch.push(rx.recv().await?);
+                        shared.taken.fetch_add(1, Ordering::Relaxed);
+                    }
                     Source::Spool { .. } if stopping => return None,
                     Source::Spool { .. } => shared.wake.notified().await,
                 }
                 continue;
             }
-            let until = *linger_until.get_or_insert_with(|| Instant::now() + linger);
-            let more = match self {
-                Source::Memory(rx) => match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(pending)) => {
-                        batch.push(pending);
-                        true
-                    }
-                    Ok(None) | Err(_) => false,
-                },
-                Source::Spool { .. } => tokio::time::timeout_at(until, shared.wake.notified())
-                    .await
-                    .is_ok(),
-            };
-            if !more {
-                self.take(&mut batch, max);
+            // The linger is waited out without a wake-up per event (a wake-up costs the
+            // caller a system call): callers signal only when a whole batch is waiting, and
+            // `shutdown` when it begins.
+            let until = *linger_until.get_or_insert_with(|| later(linger));
+            let full = tokio::time::timeout_at(until, shared.full.notified()).await;
+            if full.is_err() {
+                self.take(shared, &mut batch, max);
                 return Some(batch);
             }
         }
     }
 
     /// Adds what is ready now, without waiting.
-    fn take(&mut self, batch: &mut Vec<Pending>, max: usize) {
+    fn take(&mut self, shared: &Shared, batch: &mut Vec<Pending>, max: usize) {
+        let before = batch.len();
         match self {
             Source::Memory(rx) => {
                 while batch.len() < max {
@@ -106,6 +102,7 @@ impl Source {
                     }
                 };
                 *skipped += unreadable.count;
+                shared.taken.fetch_add(unreadable.count, Ordering::Relaxed);
                 *offset = unreadable
                     .end
                     .max(records.last().map_or(*offset, |r| r.end));
@@ -117,6 +114,8 @@ impl Source {
                 }));
             }
         }
+        let taken = (batch.len() - before) as u64;
+        shared.taken.fetch_add(taken, Ordering::Relaxed);
     }
 
     /// Unreadable spool records passed over since the last call: settled, as lost.
