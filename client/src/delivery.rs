@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::spool::Spool;
 use crate::transport::Transport;
-use crate::worker::{DeadLetter, Source, Tracker, Worker};
+use crate::worker::{Activity, DeadLetter, Source, Tracker, Worker};
 
 /// What `enqueue()` does when the buffer is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,11 +212,12 @@ impl Queue {
                     spool: spool.clone(),
                     offset: spool.acked(),
                     skipped: 0,
+                    activity: Activity::default(),
                 },
             ),
             None => {
                 let (tx, rx) = mpsc::channel(config.buffer.max(1));
-                (Some(tx), Source::Memory(rx))
+                (Some(tx), Source::Memory(rx, Activity::default()))
             }
         };
         let worker = Arc::new(Worker {

@@ -24,14 +24,21 @@ use crate::transport::Transport;
 
 /// Where the delivery task takes events from.
 pub(crate) enum Source {
-    Memory(mpsc::Receiver<Pending>),
+    Memory(mpsc::Receiver<Pending>, Activity),
     Spool {
         spool: Arc<Spool>,
         offset: u64,
         /// Unreadable records passed over since the last batch.
         skipped: u64,
+        activity: Activity,
     },
 }
+
+/// When the source last gave a batch: within a second counts as steady traffic.
+#[derive(Default)]
+pub(crate) struct Activity(Option<Instant>);
+
+const BUSY_FOR: Duration = Duration::from_secs(1);
 
 impl Source {
     /// The next batch: waits for a first event, then up to `linger` for more. `None` once
@@ -52,11 +59,19 @@ impl Source {
             self.take(shared, &mut batch, max);
             let stopping = stop.is_some();
             if batch.len() >= max || (!batch.is_empty() && (stopping || linger.is_zero())) {
+                self.active();
                 return Some(batch);
+            }
+            if batch.is_empty() && !stopping && !linger.is_zero() && self.busy() {
+                // Under steady traffic the task looks again after a linger rather than be
+                // woken by the next event: that wake-up is a system call on the caller's
+                // task, paid by one `enqueue()` in every batch.
+                let _ = tokio::time::timeout(linger, shared.full.notified()).await;
+                continue;
             }
             if batch.is_empty() {
                 match self {
-                    Source::Memory(rx) => {
+                    Source::Memory(rx, _) => {
                         batch.push(rx.recv().await?);
                         shared.taken.fetch_add(1, Ordering::Relaxed);
                     }
@@ -72,6 +87,7 @@ impl Source {
             let full = tokio::time::timeout_at(until, shared.full.notified()).await;
             if full.is_err() {
                 self.take(shared, &mut batch, max);
+                self.active();
                 return Some(batch);
             }
         }
@@ -81,7 +97,7 @@ impl Source {
     fn take(&mut self, shared: &Shared, batch: &mut Vec<Pending>, max: usize) {
         let before = batch.len();
         match self {
-            Source::Memory(rx) => {
+            Source::Memory(rx, _) => {
                 while batch.len() < max {
                     match rx.try_recv() {
                         Ok(pending) => batch.push(pending),
@@ -93,6 +109,7 @@ impl Source {
                 spool,
                 offset,
                 skipped,
+                ..
             } => {
                 let (records, unreadable) = match spool.read(*offset, max - batch.len()) {
                     Ok(read) => read,
@@ -118,11 +135,25 @@ impl Source {
         shared.taken.fetch_add(taken, Ordering::Relaxed);
     }
 
+    fn activity(&mut self) -> &mut Activity {
+        match self {
+            Source::Memory(_, activity) | Source::Spool { activity, .. } => activity,
+        }
+    }
+
+    fn busy(&mut self) -> bool {
+        self.activity().0.is_some_and(|at| at.elapsed() < BUSY_FOR)
+    }
+
+    fn active(&mut self) {
+        self.activity().0 = Some(Instant::now());
+    }
+
     /// Unreadable spool records passed over since the last call: settled, as lost.
     fn take_skipped(&mut self) -> u64 {
         match self {
             Source::Spool { skipped, .. } => std::mem::take(skipped),
-            Source::Memory(_) => 0,
+            Source::Memory(..) => 0,
         }
     }
 }
