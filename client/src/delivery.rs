@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::spool::Spool;
 use crate::transport::Transport;
-use crate::worker::{Activity, DeadLetter, Source, Tracker, Worker};
+use crate::worker::{Activity, Source, Tracker, Worker};
 
 /// What `enqueue()` does when the buffer is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,12 +3,15 @@
 
 mod builder;
 pub mod catalog;
+mod check;
 mod client;
+mod dead_letter;
 mod delivery;
 mod error;
 mod event;
 #[cfg(feature = "async-graphql")]
 pub mod extension;
+mod forwarded;
 mod graphql;
 pub mod layer;
 mod spool;
@@ -17,10 +20,11 @@ mod worker;
 
 pub use builder::EventBuilder;
 pub use catalog::{CATALOG, actions};
+pub use check::is_valid_action;
 pub use client::{AuditClient, AuditClientBuilder};
 pub use delivery::{Metrics, OnFull, ShutdownReport};
 pub use error::{Error, Result};
-pub use event::{Actor, ActorType, Context, Event, Outcome, Target, is_valid_action};
+pub use event::{Actor, ActorType, Context, Event, Outcome, Target};
 #[cfg(feature = "async-graphql")]
 pub use extension::{AuditExtension, Audited};
 pub use graphql::Recorded;

@@ -4,21 +4,17 @@
 //! settled, in acceptance order, for `flush()` and the spool.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::dead_letter::DeadLetter;
 use crate::delivery::{DeliveryConfig, MAX_RETRY_AFTER, Pending, Shared, later};
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::spool::Spool;
 use crate::transport::Transport;
 
@@ -449,61 +445,10 @@ pub(crate) fn backoff(config: &DeliveryConfig, attempt: u32, error: &Error) -> D
     ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// The dead-letter file: one JSON line per event given up on, opened on first use.
-pub(crate) struct DeadLetter {
-    path: PathBuf,
-    file: Mutex<Option<File>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DeadLine<'a> {
-    dead_at: DateTime<Utc>,
-    accepted_at: DateTime<Utc>,
-    code: &'a str,
-    field: Option<&'a str>,
-    reason: String,
-    event: &'a Event,
-}
-
-impl DeadLetter {
-    pub fn new(path: PathBuf) -> Self {
-        DeadLetter {
-            path,
-            file: Mutex::new(None),
-        }
-    }
-
-    fn write(&self, pending: &Pending, error: &Error) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&DeadLine {
-            dead_at: Utc::now(),
-            accepted_at: pending.accepted_at,
-            code: error.code(),
-            field: error.field(),
-            reason: error.to_string(),
-            event: &pending.event,
-        })?;
-        line.push(b'\n');
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if file.is_none() {
-            *file = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
-        }
-        match file.as_mut() {
-            Some(file) => file.write_all(&line),
-            None => Ok(()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Actor;
+    use crate::event::{Actor, Event};
 
     #[test]
     fn a_huge_retry_after_is_capped_and_times_never_overflow() {
