@@ -11,12 +11,11 @@ use hdrhistogram::Histogram;
 use http_body_util::Full;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use serde_json::json;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::events::Generator;
-use crate::load::{self, Graphql, token};
-use crate::scenarios::{BATCH, Bench, Report, bodies, rate};
+use crate::load::token;
+use crate::scenarios::{Bench, Report, rate};
 use crate::server::{Server, fresh_database};
 
 /// The rate `enqueue()` latency is measured at: half the throughput target.
@@ -33,21 +32,7 @@ impl Bench {
             .collect::<Result<_, _>>()?;
 
         // audit-bench's own batch load, the baseline, in the same run.
-        let gql = Graphql::new(&server.url, token("tenant-0"));
-        let batches = bodies(
-            8,
-            BATCH,
-            |rng| json!({ "inputs": (0..1000).map(|_| generator.event(rng, 1.0)).collect::<Vec<_>>() }),
-        );
-        let baseline = load::run(4, self.duration, move |w, n| {
-            let (gql, batches) = (gql.clone(), batches.clone());
-            async move {
-                gql.send(batches[(w + n as usize) % batches.len()].clone())
-                    .await?;
-                Ok(1000)
-            }
-        })
-        .await;
+        let baseline = self.batch_load(&server, 4).await;
 
         // One client, one producer enqueueing as fast as the buffer lets it.
         let audit = client(&server, "tenant-1", None)?;
@@ -79,14 +64,12 @@ impl Bench {
         // What one enqueue() costs the calling task, at a rate the client sustains, beside
         // the same paced loop timing only a copy of the event: the floor this machine puts
         // under any microsecond-sized step after a sleep.
-        let floor = paced_clone(&events, self.duration).await?;
-        let floor_us = |p: f64| floor.value_at_percentile(p) as f64 / 1000.0;
-        let floor_text = format!(
-            "copying the event instead: p50 {:.2} / p99 {:.2} / p99.9 {:.2} µs",
-            floor_us(50.0),
-            floor_us(99.0),
-            floor_us(99.9)
-        );
+        let floor = paced(&events, self.duration, |event| async move {
+            std::hint::black_box(event.clone());
+            Ok(())
+        })
+        .await?;
+        let floor_text = format!("copying the event instead: {}", percentiles(&floor));
         let spool = tempdir()?;
         let fsync_spool = tempdir()?;
         for (what, spool) in [
@@ -100,7 +83,7 @@ impl Bench {
             let audit = client(&server, "tenant-2", spool)?;
             let latency = paced_enqueue(&audit, &events, self.duration).await?;
             audit.flush().await;
-            let us = |p: f64| latency.value_at_percentile(p) as f64 / 1000.0;
+            let p99 = latency.value_at_percentile(99.0) as f64 / 1000.0;
             let target = if spool.is_none() {
                 "p99 < 5 µs"
             } else {
@@ -108,16 +91,11 @@ impl Bench {
             };
             report.add(
                 &format!("enqueue() on the caller's task, {what}, {PACED_RATE} events/s"),
-                format!(
-                    "p50 {:.2} / p99 {:.2} / p99.9 {:.2} µs",
-                    us(50.0),
-                    us(99.0),
-                    us(99.9)
-                ),
+                percentiles(&latency),
                 floor_text.clone(),
                 None,
                 target,
-                spool.is_none().then(|| us(99.0) < 5.0),
+                spool.is_none().then_some(p99 < 5.0),
             );
         }
         std::fs::remove_dir_all(spool).ok();
@@ -129,19 +107,14 @@ impl Bench {
             .backoff(Duration::from_secs(5), Duration::from_secs(5))
             .build()?;
         let latency = paced_enqueue(&idle, &events, self.duration).await?;
-        let us = |p: f64| latency.value_at_percentile(p) as f64 / 1000.0;
+        let p99 = latency.value_at_percentile(99.0) as f64 / 1000.0;
         report.add(
             &format!("enqueue() on the caller's task, in memory, {PACED_RATE} events/s, machine otherwise idle"),
-            format!(
-                "p50 {:.2} / p99 {:.2} / p99.9 {:.2} µs",
-                us(50.0),
-                us(99.0),
-                us(99.9)
-            ),
+            percentiles(&latency),
             floor_text,
             None,
             "p99 < 5 µs",
-            Some(us(99.0) < 5.0),
+            Some(p99 < 5.0),
         );
         drop(idle);
 
@@ -200,12 +173,17 @@ fn client(
     Ok(builder.build()?)
 }
 
-/// Enqueues at `PACED_RATE` for `duration`, timing each call, in nanoseconds.
-async fn paced_enqueue(
-    audit: &AuditClient,
+/// Calls `step` at `PACED_RATE` for `duration` with a copy of the next event, made before
+/// the clock starts, timing each call in nanoseconds.
+async fn paced<F, Fut>(
     events: &[Event],
     duration: Duration,
-) -> anyhow::Result<Histogram<u64>> {
+    mut step: F,
+) -> anyhow::Result<Histogram<u64>>
+where
+    F: FnMut(Event) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let mut latency = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)?;
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / PACED_RATE));
     let started = Instant::now();
@@ -214,27 +192,23 @@ async fn paced_enqueue(
         tick.tick().await;
         let event = events[n % events.len()].clone();
         let t0 = Instant::now();
-        audit.enqueue(event).await?;
+        step(event).await?;
         latency.record(t0.elapsed().as_nanos() as u64)?;
         n += 1;
     }
     Ok(latency)
 }
 
-/// The paced loop of `paced_enqueue`, timing a copy of the event instead.
-async fn paced_clone(events: &[Event], duration: Duration) -> anyhow::Result<Histogram<u64>> {
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3)?;
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / PACED_RATE));
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < duration {
-        tick.tick().await;
-        let t0 = Instant::now();
-        std::hint::black_box(events[n % events.len()].clone());
-        latency.record(t0.elapsed().as_nanos() as u64)?;
-        n += 1;
-    }
-    Ok(latency)
+/// `enqueue()` paced.
+async fn paced_enqueue(
+    audit: &AuditClient,
+    events: &[Event],
+    duration: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    paced(events, duration, |event| async move {
+        Ok(audit.enqueue(event).await?)
+    })
+    .await
 }
 
 /// Calls a service `count` times in a row, timing each call, in nanoseconds.
@@ -256,6 +230,17 @@ where
         drop(response);
     }
     Ok(latency)
+}
+
+/// `p50 / p99 / p99.9` of a histogram in nanoseconds, in microseconds.
+fn percentiles(latency: &Histogram<u64>) -> String {
+    let us = |p: f64| latency.value_at_percentile(p) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} / p99 {:.2} / p99.9 {:.2} µs",
+        us(50.0),
+        us(99.0),
+        us(99.9)
+    )
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {

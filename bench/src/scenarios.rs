@@ -16,7 +16,7 @@ use crate::load::{self, Graphql, new_histogram, token};
 use crate::pgbench;
 use crate::server::{Server, counter, fresh_database, migrate, psql, rss_mib};
 
-pub const BATCH: &str =
+const BATCH: &str =
     "mutation($inputs: [AuditEventInput!]!) { logAuditEvents(inputs: $inputs) { id } }";
 const SINGLE: &str = "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }";
 const PAGE: &str = "query($actors: [String!], $since: DateTime) { auditLogs(first: 50, filter: { actorIds: $actors, occurredAfter: $since }) { edges { cursor node { id action occurredAt actor { type id } target { type id } outcome metadata } } pageInfo { hasNextPage endCursor } } }";
@@ -108,7 +108,7 @@ fn pg_rate(r: &pgbench::Result, per_tx: f64, unit: &str) -> String {
 }
 
 /// Request bodies made once, so the load generator spends its CPU on sending.
-pub fn bodies(
+fn bodies(
     count: usize,
     query: &str,
     make: impl Fn(&mut SmallRng) -> Value,
@@ -122,6 +122,27 @@ pub fn bodies(
 }
 
 impl Bench {
+    /// audit-bench's batch load: `clients` workers sending 1,000-event batches to tenant
+    /// `tenant-0` for the run's duration.
+    pub async fn batch_load(&self, server: &Server, clients: usize) -> load::Stats {
+        let generator = Generator::new();
+        let gql = Graphql::new(&server.url, token("tenant-0"));
+        let batches = bodies(
+            8,
+            BATCH,
+            |rng| json!({ "inputs": (0..1000).map(|_| generator.event(rng, 1.0)).collect::<Vec<_>>() }),
+        );
+        load::run(clients, self.duration, move |w, n| {
+            let (gql, batches) = (gql.clone(), batches.clone());
+            async move {
+                gql.send(batches[(w + n as usize) % batches.len()].clone())
+                    .await?;
+                Ok(1000)
+            }
+        })
+        .await
+    }
+
     /// Batch and single-event ingest on PostgreSQL against pgbench's INSERTs; batch ingest
     /// on SQLite.
     pub async fn ingest(&self, report: &mut Report) -> anyhow::Result<()> {
@@ -131,24 +152,7 @@ impl Bench {
         let server = Server::start(&self.bin, &db, 18181).await?;
         let generator = Generator::new();
         let gql = Graphql::new(&server.url, token("tenant-0"));
-
-        let batches = bodies(
-            8,
-            BATCH,
-            |rng| json!({ "inputs": (0..1000).map(|_| generator.event(rng, 1.0)).collect::<Vec<_>>() }),
-        );
-        let stats = {
-            let (gql, batches) = (gql.clone(), batches.clone());
-            load::run(4, self.duration, move |w, n| {
-                let (gql, batches) = (gql.clone(), batches.clone());
-                async move {
-                    gql.send(batches[(w + n as usize) % batches.len()].clone())
-                        .await?;
-                    Ok(1000)
-                }
-            })
-            .await
-        };
+        let stats = self.batch_load(&server, 4).await;
         let raw_batch = pgbench::run(
             &raw,
             "insert_batch",
@@ -224,27 +228,12 @@ impl Bench {
 
     /// Batch ingest on the embedded SQLite database.
     pub async fn ingest_sqlite(&self, report: &mut Report) -> anyhow::Result<()> {
-        let generator = Generator::new();
-        let batches = bodies(
-            8,
-            BATCH,
-            |rng| json!({ "inputs": (0..1000).map(|_| generator.event(rng, 1.0)).collect::<Vec<_>>() }),
-        );
         let dir = std::env::temp_dir().join("audit-bench-sqlite");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let sqlite = format!("sqlite://{}?mode=rwc", dir.join("audit.db").display());
         let server = Server::start(&self.bin, &sqlite, 18182).await?;
-        let gql = Graphql::new(&server.url, token("tenant-0"));
-        let stats = load::run(2, self.duration, move |w, n| {
-            let (gql, batches) = (gql.clone(), batches.clone());
-            async move {
-                gql.send(batches[(w + n as usize) % batches.len()].clone())
-                    .await?;
-                Ok(1000)
-            }
-        })
-        .await;
+        let stats = self.batch_load(&server, 2).await;
         let ok = stats.per_second() >= 30_000.0;
         let metrics = server.metrics().await?;
         let counter = |name: &str| counter(&metrics, name);
