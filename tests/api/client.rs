@@ -802,3 +802,92 @@ async fn thirty_second_outage(backend: Backend) {
     db.close().await.ok();
     cleanup.run().await;
 }
+
+/// The client refuses what the server's rules refuse, at every limit: the rules are written
+/// on both sides (the client depends on no server crate), and this keeps them equal.
+mod rules {
+    use audit_client::{Context, Event, Target};
+    use audit_service::service::event as server;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn actions_agree(action in "[a-z0-9_.A-]{0,12}|[a-z.]{120,140}") {
+            prop_assert_eq!(
+                audit_client::is_valid_action(&action),
+                server::is_valid_action(&action),
+                "{:?}", action
+            );
+        }
+    }
+
+    type Set = fn(&mut Event, String);
+
+    #[test]
+    fn limits_agree() {
+        let base = || Event::new(Actor::user("u"), "project.created");
+        let cases: [(&str, usize, Set); 8] = [
+            ("actor.id", server::MAX_ID_LEN, |e, v| e.actor.id = v),
+            ("actor.name", server::MAX_NAME_LEN, |e, v| {
+                e.actor.name = Some(v)
+            }),
+            ("target.type", server::MAX_TYPE_LEN, |e, v| {
+                e.target = Some(Target::new(v, "t"))
+            }),
+            ("target.id", server::MAX_ID_LEN, |e, v| {
+                e.target = Some(Target::new("t", v))
+            }),
+            ("reason", server::MAX_REASON_LEN, |e, v| e.reason = Some(v)),
+            ("context.userAgent", server::MAX_USER_AGENT_LEN, |e, v| {
+                e.context = Some(Context {
+                    user_agent: Some(v),
+                    ..Context::default()
+                })
+            }),
+            ("context.requestId", server::MAX_KEY_LEN, |e, v| {
+                e.context = Some(Context {
+                    request_id: Some(v),
+                    ..Context::default()
+                })
+            }),
+            ("idempotencyKey", server::MAX_KEY_LEN, |e, v| {
+                e.idempotency_key = Some(v)
+            }),
+        ];
+        for (field, max, set) in cases {
+            // Two-byte characters: both sides count characters, not bytes.
+            let mut at = base();
+            set(&mut at, "é".repeat(max));
+            assert!(at.validate().is_ok(), "{field} at {max}");
+            let mut over = base();
+            set(&mut over, "é".repeat(max + 1));
+            let error = over.validate().expect_err(field);
+            assert_eq!(error.field(), Some(field));
+        }
+
+        let metadata = |value: Value| {
+            let mut event = base();
+            event.metadata = Some(value);
+            event.validate()
+        };
+        let filler = server::MAX_METADATA_BYTES - r#"{"k":""}"#.len();
+        assert!(metadata(json!({ "k": "x".repeat(filler) })).is_ok());
+        assert!(metadata(json!({ "k": "x".repeat(filler + 1) })).is_err());
+        let nested = |depth: usize| {
+            let mut value = json!(1);
+            for _ in 1..depth {
+                value = json!([value]);
+            }
+            json!({ "k": value })
+        };
+        assert!(metadata(nested(server::MAX_METADATA_DEPTH)).is_ok());
+        assert!(metadata(nested(server::MAX_METADATA_DEPTH + 1)).is_err());
+        let safe = server::MAX_SAFE_INTEGER;
+        assert!(metadata(json!({ "n": safe, "m": -(safe as i64) })).is_ok());
+        assert!(metadata(json!({ "n": safe + 1 })).is_err());
+        assert!(metadata(json!({ "n": "\u{0}" })).is_err());
+    }
+}
