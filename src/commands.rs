@@ -9,7 +9,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{Cli, Command, DatabaseConfig, KeysCommand};
 use crate::pubsub::Feed;
-use crate::service::{self, chain, ingest::Ingestor, retention};
+use crate::service::{self, chain, ingest::Ingestor, maintenance};
 use crate::startup::Application;
 use crate::{graphql, telemetry};
 
@@ -58,7 +58,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some((tenant, before)) => {
                     ingestor.purge(&tenant, before).await?.into_iter().collect()
                 }
-                None => retention::apply(&db, &ingestor, &retention, chrono::Utc::now()).await?,
+                None => {
+                    maintenance::apply_retention(&db, &ingestor, &retention, chrono::Utc::now())
+                        .await?
+                }
             };
             for event in &events {
                 println!("{}: {}", event.tenant_id, *event.metadata);

@@ -209,18 +209,6 @@ fn secret(value: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(value))
 }
 
-impl ServeConfig {
-    /// The schema's limits and tunables.
-    pub fn schema(&self) -> crate::graphql::SchemaConfig {
-        crate::graphql::SchemaConfig {
-            max_depth: self.max_depth,
-            max_complexity: self.max_complexity,
-            introspection: self.introspection,
-            batch_window: std::time::Duration::from_millis(self.batch_window_ms),
-        }
-    }
-}
-
 /// Where credentials come from, and how much each may do.
 #[derive(Args, Debug, Clone, Default)]
 pub struct AuthConfig {

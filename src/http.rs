@@ -34,7 +34,7 @@ use tower_http::trace::TraceLayer;
 use crate::access::{Access, Origin};
 use crate::auth::{Authenticator, Principal, Refusal};
 use crate::error::Error;
-use crate::graphql::{AppSchema, admission, limits};
+use crate::graphql::{AppSchema, budget, limits};
 use crate::metrics::Metrics;
 use crate::ws;
 
@@ -419,13 +419,13 @@ fn encode(mut response: async_graphql::Response, media: Media) -> Response {
         serde_json::to_vec(&response)
     };
     let body = match body {
-        Ok(body) if body.len() > admission::MAX_RESPONSE_BYTES => {
+        Ok(body) if body.len() > budget::MAX_RESPONSE_BYTES => {
             drop(body);
             let error = Error::bad_input(
                 "",
                 format!(
                     "the response would be larger than {} MiB; ask for fewer events or fields",
-                    admission::MAX_RESPONSE_BYTES >> 20
+                    budget::MAX_RESPONSE_BYTES >> 20
                 ),
             );
             return encode(

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::access::Access;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
-use crate::graphql::build_schema;
+use crate::graphql::{SchemaConfig, build_schema};
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
 use crate::pubsub::{self, Feed};
@@ -68,7 +68,13 @@ impl Application {
             );
         }
         let access = Arc::new(Access::new(&config.auth, ingestor.clone()));
-        let schema = build_schema(db.clone(), ingestor, feed, access.clone(), &config.schema());
+        let schema = build_schema(
+            db.clone(),
+            ingestor,
+            feed,
+            access.clone(),
+            &SchemaConfig::from(config),
+        );
         let state = AppState {
             schema,
             db,

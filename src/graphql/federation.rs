@@ -4,7 +4,7 @@ use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Guard, ID, Object};
 use uuid::Uuid;
 
-use super::admission;
+use super::budget;
 use super::guards::RequireScope;
 use super::loaders::{AuditLoader, EventKey};
 use super::types::{ActorType, AuditActor, AuditLog, AuditTarget};
@@ -27,7 +27,7 @@ impl FederationQuery {
         let Ok(id) = Uuid::parse_str(&id) else {
             return Ok(None);
         };
-        admission::charge(ctx, 1)?;
+        budget::charge(ctx, 1)?;
         let principal = ctx.data::<Principal>()?;
         let key = EventKey {
             tenant_ids: principal.readable_tenants().into(),

@@ -9,7 +9,7 @@ use entity::audit_log::{self, Column};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
-use super::admission::Budget;
+use super::budget::Budget;
 use crate::service::cursor::Cursor;
 use crate::service::query::Filter;
 use crate::service::trail::{self, Subject};

@@ -1,6 +1,7 @@
 //! The GraphQL schema: roots, types, and the error-code extension.
 
 pub mod admission;
+pub mod budget;
 mod errors;
 pub mod federation;
 pub mod guards;
@@ -61,6 +62,17 @@ impl Default for SchemaConfig {
             max_complexity: 50_000,
             introspection: true,
             batch_window: Duration::from_millis(2),
+        }
+    }
+}
+
+impl From<&crate::config::ServeConfig> for SchemaConfig {
+    fn from(config: &crate::config::ServeConfig) -> Self {
+        SchemaConfig {
+            max_depth: config.max_depth,
+            max_complexity: config.max_complexity,
+            introspection: config.introspection,
+            batch_window: Duration::from_millis(config.batch_window_ms),
         }
     }
 }

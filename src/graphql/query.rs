@@ -4,7 +4,8 @@ use async_graphql::{Context, ID, Object};
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
-use super::admission::{self, page_cost};
+use super::admission::page_cost;
+use super::budget;
 use super::guards::RequireScope;
 use super::types::{
     AuditChainHead, AuditChainVerification, AuditLog, AuditLogConnection, AuditLogFilter,
@@ -33,7 +34,7 @@ impl AuditQuery {
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let db = ctx.data::<DatabaseConnection>()?;
         let found = query::find(db, &principal.readable_tenants(), id).await?;
-        admission::hold(ctx, found.as_slice()).await?;
+        budget::hold(ctx, found.as_slice()).await?;
         Ok(found.map(AuditLog))
     }
 
@@ -72,10 +73,10 @@ impl AuditQuery {
             "hasNextPage"
         };
         let want_far_side = ctx.look_ahead().field("pageInfo").field(far_flag).exists();
-        admission::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
+        budget::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
         let db = ctx.data::<DatabaseConnection>()?;
         let page = query::page(db, &filter, &args, want_far_side).await?;
-        admission::hold(ctx, &page.rows).await?;
+        budget::hold(ctx, &page.rows).await?;
         Ok(AuditLogConnection::new(
             page,
             Count::Query(Box::new(filter)),

@@ -4,12 +4,14 @@ use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object,
 use entity::audit_log;
 use serde_json::Value;
 
-use super::admission::{self, page_cost};
+use super::admission::page_cost;
+use super::budget;
 use super::scalars::DateTime;
 use crate::auth::Principal;
 use crate::error::Result;
+use crate::service::chain::host_only;
 use crate::service::cursor::Cursor;
-use crate::service::event::{NewEvent, Target, host_only};
+use crate::service::event::{NewEvent, Target};
 use crate::service::query::{self, Filter, Page, PageOrder};
 use crate::service::trail::Subject;
 
@@ -249,7 +251,7 @@ async fn trail(
     let principal = ctx.data::<Principal>()?;
     let filter = filter.unwrap_or_default().into_filter(principal)?;
     let size = query::page_size(first, None)?;
-    admission::charge(ctx, size as usize)?;
+    budget::charge(ctx, size as usize)?;
     let after = query::decode_cursor(after.as_deref(), "after")?;
     let has_previous_page = after.is_some();
     let key = TrailKey {

@@ -1,7 +1,9 @@
 //! The per-tenant hash chain: the canonical encoding of an event (version 1), its hash, and
 //! verification of a stored chain. `docs/chain.md` specifies the encoding for outside tools.
 
+use std::borrow::Cow;
 use std::io::Write;
+use std::net::IpAddr;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use entity::audit_log::{self, Column};
@@ -13,8 +15,28 @@ use sha2::{Digest, Sha256};
 
 use serde_json::Value;
 
-use super::event::{MAX_SAFE_INTEGER, host_only};
 use crate::error::{Error, Result};
+
+/// Largest integer metadata may hold: the hash chain encodes numbers as IEEE doubles
+/// (RFC 8785), exact only up to 2^53 - 1 (I-JSON, RFC 7493).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// Rust's text form of an IP address, which is what the hash chain covers.
+pub fn canonical_ip(ip: String) -> String {
+    ip.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(ip)
+}
+
+/// A stored IP address in canonical form: PostgreSQL's `inet` reads back as `host/prefix`
+/// and writes some IPv6 forms differently (`::1.2.3.4` for `::102:304`). Stored addresses
+/// are canonical already otherwise, so those are the only ones re-parsed.
+pub fn host_only(ip: &str) -> Cow<'_, str> {
+    let reworded = ip.contains('/') || (ip.contains('.') && ip.contains(':'));
+    if !reworded {
+        return Cow::Borrowed(ip);
+    }
+    let host = ip.split_once('/').map_or(ip, |(host, _)| host);
+    Cow::Owned(canonical_ip(host.to_owned()))
+}
 
 /// Version of the canonical encoding, part of every hashed event.
 pub const CHAIN_VERSION: u32 = 1;

@@ -1,6 +1,5 @@
 //! An event as a caller submits it, its validation, and the limits that validation enforces.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Duration, Timelike, Utc};
@@ -8,7 +7,7 @@ use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::chain::{canonical_bytes, chain_hash};
+use super::chain::{MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash};
 use crate::error::{Error, Result};
 
 /// Most events in one `logAuditEvents` call.
@@ -178,23 +177,6 @@ pub fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(at)
 }
 
-/// Rust's text form of an IP address, which is what the hash chain covers.
-fn canonical_ip(ip: String) -> String {
-    ip.parse::<IpAddr>().map(|ip| ip.to_string()).unwrap_or(ip)
-}
-
-/// A stored IP address in canonical form: PostgreSQL's `inet` reads back as `host/prefix`
-/// and writes some IPv6 forms differently (`::1.2.3.4` for `::102:304`). Stored addresses
-/// are canonical already otherwise, so those are the only ones re-parsed.
-pub fn host_only(ip: &str) -> Cow<'_, str> {
-    let reworded = ip.contains('/') || (ip.contains('.') && ip.contains(':'));
-    if !reworded {
-        return Cow::Borrowed(ip);
-    }
-    let host = ip.split_once('/').map_or(ip, |(host, _)| host);
-    Cow::Owned(canonical_ip(host.to_owned()))
-}
-
 /// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
 pub fn is_valid_action(action: &str) -> bool {
     let segments: Vec<&str> = action.split('.').collect();
@@ -282,10 +264,6 @@ fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
     }
     Ok(())
 }
-
-/// Largest integer metadata may hold: the hash chain encodes numbers as IEEE doubles
-/// (RFC 8785), exact only up to 2^53 - 1 (I-JSON, RFC 7493).
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// Deepest nesting of arrays and objects in metadata (and in metadata filters): far below
 /// what any reader of stored events recurses through (serde_json stops at 128).

@@ -2,13 +2,13 @@
 //! (PostgreSQL), expired idempotency keys, and the retention policy.
 
 use chrono::{DateTime, Utc};
+use entity::audit_log;
 use entity::idempotency_key::{Column, Entity};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
 };
 
 use super::ingest::Ingestor;
-use super::retention;
 use crate::config::RetentionConfig;
 use crate::error::Result;
 
@@ -46,7 +46,28 @@ pub async fn once(
         .exec(db)
         .await?;
     if !config.retention.is_empty() {
-        retention::apply(db, ingestor, config, now).await?;
+        apply_retention(db, ingestor, config, now).await?;
     }
     Ok(())
+}
+
+/// Applies a retention policy to every tenant once; returns the purge events recorded.
+pub async fn apply_retention(
+    db: &impl ConnectionTrait,
+    ingestor: &Ingestor,
+    policy: &RetentionConfig,
+    now: DateTime<Utc>,
+) -> Result<Vec<audit_log::Model>> {
+    let mut recorded = Vec::new();
+    for tenant_id in super::chain::tenants(db).await? {
+        let Some(days) = policy.days_for(&tenant_id) else {
+            continue;
+        };
+        let cutoff = now - chrono::Duration::days(i64::from(days));
+        if let Some(event) = ingestor.purge(&tenant_id, cutoff).await? {
+            tracing::info!(tenant = %tenant_id, event = %event.id, "retention purged old events");
+            recorded.push(event);
+        }
+    }
+    Ok(recorded)
 }

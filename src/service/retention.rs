@@ -158,24 +158,3 @@ async fn open_gate(txn: &DatabaseTransaction, open: bool) -> Result<()> {
     txn.execute_unprepared(sql).await?;
     Ok(())
 }
-
-/// Applies a retention policy to every tenant once; returns the purge events recorded.
-pub async fn apply(
-    db: &impl ConnectionTrait,
-    ingestor: &crate::service::ingest::Ingestor,
-    policy: &crate::config::RetentionConfig,
-    now: DateTime<Utc>,
-) -> Result<Vec<audit_log::Model>> {
-    let mut recorded = Vec::new();
-    for tenant_id in crate::service::chain::tenants(db).await? {
-        let Some(days) = policy.days_for(&tenant_id) else {
-            continue;
-        };
-        let cutoff = now - chrono::Duration::days(i64::from(days));
-        if let Some(event) = ingestor.purge(&tenant_id, cutoff).await? {
-            tracing::info!(tenant = %tenant_id, event = %event.id, "retention purged old events");
-            recorded.push(event);
-        }
-    }
-    Ok(recorded)
-}
