@@ -8,7 +8,7 @@ use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
 use crate::config::{Cli, Command, DatabaseConfig, KeysCommand};
-use crate::pubsub::Feed;
+use crate::service::pubsub::Feed;
 use crate::service::{self, chain, ingest::Ingestor, maintenance};
 use crate::startup::Application;
 use crate::{graphql, telemetry};

@@ -13,7 +13,6 @@ mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod metrics;
-pub mod pubsub;
 pub mod service;
 pub mod startup;
 pub mod telemetry;

@@ -15,9 +15,9 @@ use crate::config::ServeConfig;
 use crate::graphql::{SchemaConfig, build_schema};
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
-use crate::pubsub::{self, Feed};
 use crate::service::ingest::Ingestor;
 use crate::service::maintenance;
+use crate::service::pubsub::{self, Feed};
 
 /// A bound, migrated server, ready to run.
 pub struct Application {

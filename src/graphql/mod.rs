@@ -22,8 +22,8 @@ use async_graphql::{MergedObject, MergedSubscription, SDLExportOptions, Schema, 
 use sea_orm::DatabaseConnection;
 
 use crate::access::Access;
-use crate::pubsub::Feed;
 use crate::service::ingest::Ingestor;
+use crate::service::pubsub::Feed;
 /// How many requests of the largest complexity may run at once; smaller ones share the
 /// same capacity in proportion.
 const CONCURRENT_COMPLEXITY_LIMITS: usize = 4;

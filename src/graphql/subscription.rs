@@ -8,9 +8,9 @@ use super::guards::RequireScope;
 use super::types::{AuditLog, AuditLogFilter};
 use crate::auth::{Principal, Scope};
 use crate::error::Error;
-use crate::pubsub::Feed;
 use crate::service::cursor::Cursor;
 use crate::service::live;
+use crate::service::pubsub::Feed;
 
 #[derive(Default)]
 pub struct AuditSubscription;

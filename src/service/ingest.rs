@@ -30,10 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chain::GENESIS;
 use super::event::{MAX_BATCH, NewEvent, Target, micros};
+use super::pubsub::{self, Feed};
 use super::retention;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::pubsub::{self, Feed};
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
 const ROWS_PER_INSERT: usize = 1000;

@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod keys;
 pub mod live;
 pub mod maintenance;
+pub mod pubsub;
 pub mod query;
 pub mod retention;
 pub mod trail;

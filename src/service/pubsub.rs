@@ -18,8 +18,8 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::broadcast;
 
+use super::query;
 use crate::error::{Error, Result};
-use crate::service::query;
 
 /// The PostgreSQL notification channel.
 pub const CHANNEL: &str = "audit_events";
