@@ -110,6 +110,8 @@ pub(crate) struct Counters {
     pub dropped: AtomicU64,
     pub rejected: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Events given up at the shutdown deadline (or when delivery panicked).
+    pub abandoned: AtomicU64,
 }
 
 /// An accepted event on its way.
@@ -212,7 +214,7 @@ impl Queue {
                 Source::Spool {
                     spool: spool.clone(),
                     offset: spool.acked(),
-                    skipped: 0,
+                    skipped: (0, 0),
                     activity: Activity::default(),
                 },
             ),
@@ -364,6 +366,7 @@ impl Queue {
     /// (after `shutdown`).
     pub async fn flush(&self) {
         let target = *self.order.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.full.notify_one(); // no need to wait out the linger
         let mut settled = self.shared.settled.subscribe();
         let mut finished = self.shared.finished.subscribe();
         tokio::select! {
@@ -391,9 +394,10 @@ impl Queue {
             let _ = tokio::time::timeout_at(grace, task).await;
         }
         let metrics = self.metrics();
+        let abandoned = self.shared.counters.abandoned.load(Ordering::Relaxed);
         ShutdownReport {
             delivered: metrics.delivered,
-            undelivered: metrics.pending,
+            undelivered: metrics.pending + abandoned,
         }
     }
 

@@ -197,7 +197,11 @@ impl Spool {
     /// Marks every record before `offset` settled.
     pub fn ack(&self, offset: u64) -> Result<()> {
         let mut files = self.lock();
-        files.acked = offset.saturating_sub(files.base).min(files.written);
+        let acked = offset.saturating_sub(files.base).min(files.written);
+        if acked <= files.acked {
+            return Ok(()); // an acknowledgement overtaken by a later one
+        }
+        files.acked = acked;
         if files.acked == files.written {
             // Drained: start over. The offset is cleared first, so a crash in between
             // replays (harmlessly) instead of skipping.
@@ -208,7 +212,9 @@ impl Spool {
             files.acked = 0;
             return Ok(());
         }
-        if files.acked >= self.compact_at {
+        // Only once the settled part outweighs the tail, so each byte is copied a bounded
+        // number of times however long the backlog.
+        if files.acked >= self.compact_at && files.acked >= files.written - files.acked {
             return self.compact(&mut files);
         }
         write_ack(&files.ack, files.acked, self.sync)
@@ -237,15 +243,15 @@ impl Spool {
         }
         write_ack(&files.ack, 0, self.sync)?;
         fs::rename(&fresh, self.dir.join("spool.jsonl")).map_err(spool_error)?;
+        files.log = log;
+        files.base += files.acked;
+        files.written -= files.acked;
+        files.acked = 0;
         if self.sync {
             File::open(&self.dir)
                 .and_then(|dir| dir.sync_all())
                 .map_err(spool_error)?;
         }
-        files.log = log;
-        files.base += files.acked;
-        files.written -= files.acked;
-        files.acked = 0;
         Ok(())
     }
 

@@ -141,6 +141,16 @@ impl Transport {
             .bytes()
             .await
             .map_err(|e| Error::unavailable("NETWORK", e.to_string()))?;
+        if status == http::StatusCode::PAYLOAD_TOO_LARGE {
+            // Something between here and the server takes less than the server: the batch
+            // is halved until it passes, down to the event that cannot.
+            return Err(Error::Rejected {
+                code: "PAYLOAD_TOO_LARGE".to_owned(),
+                field: None,
+                message: "HTTP 413: the request is too large for the way to audit-service"
+                    .to_owned(),
+            });
+        }
         let parsed: Option<GraphQlResponse<T, Extensions>> = serde_json::from_slice(&bytes).ok();
         let Some(parsed) = parsed else {
             let code = if status.is_success() {

@@ -4,11 +4,13 @@
 //! settled, in acceptance order, for `flush()` and the spool.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -24,8 +26,8 @@ pub(crate) enum Source {
     Spool {
         spool: Arc<Spool>,
         offset: u64,
-        /// Unreadable records passed over since the last batch.
-        skipped: u64,
+        /// Unreadable records passed over since the last batch, and where the last ends.
+        skipped: (u64, u64),
         activity: Activity,
     },
 }
@@ -58,11 +60,20 @@ impl Source {
                 self.active();
                 return Some(batch);
             }
+            if batch.is_empty() && self.has_skipped() {
+                return Some(batch); // only unreadable records: settled all the same
+            }
             if batch.is_empty() && !stopping && !linger.is_zero() && self.busy() {
                 // Under steady traffic the task looks again after a linger rather than be
                 // woken by the next event: that wake-up is a system call on the caller's
-                // task, paid by one `enqueue()` in every batch.
+                // task, paid by one `enqueue()` in every batch. What it finds has waited a
+                // linger already.
                 let _ = tokio::time::timeout(linger, shared.full.notified()).await;
+                self.take(shared, &mut batch, max);
+                if !batch.is_empty() {
+                    self.active();
+                    return Some(batch);
+                }
                 continue;
             }
             if batch.is_empty() {
@@ -114,7 +125,8 @@ impl Source {
                         return;
                     }
                 };
-                *skipped += unreadable.count;
+                skipped.0 += unreadable.count;
+                skipped.1 = skipped.1.max(unreadable.end);
                 shared.taken.fetch_add(unreadable.count, Ordering::Relaxed);
                 *offset = unreadable
                     .end
@@ -145,12 +157,17 @@ impl Source {
         self.activity().0 = Some(Instant::now());
     }
 
-    /// Unreadable spool records passed over since the last call: settled, as lost.
-    fn take_skipped(&mut self) -> u64 {
+    /// Unreadable spool records passed over since the last call, and where the last ends:
+    /// settled, as lost.
+    fn take_skipped(&mut self) -> (u64, u64) {
         match self {
             Source::Spool { skipped, .. } => std::mem::take(skipped),
-            Source::Memory(..) => 0,
+            Source::Memory(..) => (0, 0),
         }
+    }
+
+    fn has_skipped(&self) -> bool {
+        matches!(self, Source::Spool { skipped, .. } if skipped.0 > 0)
     }
 }
 
@@ -164,6 +181,9 @@ pub(crate) struct Worker {
     /// Batches settle out of order; this finds the prefix settled in acceptance order.
     pub tracker: Mutex<Tracker>,
 }
+
+/// Most batches settled past one that is not, before new batches wait.
+const MAX_AHEAD: usize = 256;
 
 /// Settled batches not yet joined to the settled prefix, by first event.
 #[derive(Default)]
@@ -208,8 +228,13 @@ impl Worker {
             .next(&self.shared, self.config.max_batch, self.config.linger)
             .await
         {
-            let count = events.len() as u64 + source.take_skipped();
-            let end = events.last().map_or(0, |p| p.end);
+            let (skipped, skipped_end) = source.take_skipped();
+            let count = events.len() as u64 + skipped;
+            let end = events.last().map_or(0, |p| p.end).max(skipped_end);
+            // Behind a batch that does not settle, the others wait rather than pile up.
+            while self.unsettled_ahead() >= MAX_AHEAD {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let batch = Batch {
                 first: next,
                 count,
@@ -231,26 +256,46 @@ impl Worker {
         batches: Arc<tokio::sync::Mutex<mpsc::Receiver<Batch>>>,
     ) {
         loop {
-            let Some(batch) = batches.lock().await.recv().await else {
+            let Some(mut batch) = batches.lock().await.recv().await else {
                 return;
             };
             let bytes: usize = batch.events.iter().map(|p| p.size).sum();
-            let left = self.deliver(batch.events).await;
+            // A panic (in a token callback, say) gives up this batch, not the sender.
+            let delivered = AssertUnwindSafe(self.deliver(&mut batch.events))
+                .catch_unwind()
+                .await;
             self.shared.buffered.fetch_sub(bytes, Ordering::Relaxed);
-            if !left.is_empty() {
+            let error = match delivered {
+                Ok(()) if batch.events.is_empty() => None,
                 // The shutdown deadline: with a spool, what is left stays there for the
                 // next start; without, it goes to the dead-letter file.
-                if self.spool.is_some() {
-                    continue;
+                Ok(()) if self.spool.is_some() => continue,
+                Ok(()) => Some(Error::unavailable(
+                    "SHUTDOWN",
+                    "not delivered before the client shut down",
+                )),
+                Err(_) => {
+                    tracing::error!("audit delivery panicked; its batch is dead-lettered");
+                    Some(Error::unavailable("INTERNAL", "delivery panicked"))
                 }
-                let error =
-                    Error::unavailable("SHUTDOWN", "not delivered before the client shut down");
-                for pending in &left {
+            };
+            if let Some(error) = error {
+                for pending in &batch.events {
                     self.give_up(pending, &error);
                 }
+                self.shared
+                    .counters
+                    .abandoned
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
             }
             self.settle(batch.first, batch.count, batch.end);
         }
+    }
+
+    /// Batches settled past one that is not.
+    fn unsettled_ahead(&self) -> usize {
+        let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        tracker.ahead.len()
     }
 
     /// Marks a batch settled; moves the settled prefix (and the spool's acknowledged
@@ -266,26 +311,29 @@ impl Worker {
             tracker.settled += count;
             acked = Some(end).filter(|&end| end > 0).or(acked);
         }
+        self.shared.settled.send_replace(tracker.settled);
+        drop(tracker);
+        // Outside the tracker's lock; the spool ignores an offset behind the one it has.
         if let (Some(spool), Some(end)) = (&self.spool, acked)
             && let Err(e) = spool.ack(end)
         {
             tracing::error!("acknowledging the audit spool: {e}");
         }
-        self.shared.settled.send_replace(tracker.settled);
     }
 
-    /// Sends a batch until it is settled; returns what is left at the shutdown deadline.
-    async fn deliver(&self, mut batch: Vec<Pending>) -> Vec<Pending> {
+    /// Sends a batch until it is settled; what is left in it was not delivered by the
+    /// shutdown deadline.
+    async fn deliver(&self, batch: &mut Vec<Pending>) {
         let mut attempt = 0u32;
         // Events per request: halved to find an event the server refuses without saying
         // which.
         let mut limit = batch.len();
         while !batch.is_empty() {
-            self.expire(&mut batch);
+            self.expire(batch);
             if batch.is_empty() {
                 break;
             }
-            let (size, body) = match request_body(&batch, limit) {
+            let (size, body) = match request_body(batch, limit) {
                 Ok(request) => request,
                 Err(error) => {
                     let pending = batch.remove(0);
@@ -315,29 +363,40 @@ impl Worker {
                         None => limit = size / 2,
                     }
                 }
-                Err(Error::Closed) => return batch,
+                Err(Error::Closed) => return,
                 Err(error) => {
                     self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(attempt, "audit delivery failed, will retry: {error}");
                     let wait = backoff(&self.config, attempt, &error);
                     attempt = attempt.saturating_add(1);
                     if !self.sleep(wait).await {
-                        return batch;
+                        return;
                     }
                 }
             }
         }
-        Vec::new()
     }
 
-    /// One request, cut short at the shutdown deadline (`Error::Closed`).
+    /// One request, cut short at the shutdown deadline (`Error::Closed`), also when the
+    /// deadline is set while the request is in flight; none is sent past it.
     async fn send(&self, body: Vec<u8>) -> Result<Vec<crate::graphql::Stored>> {
-        let stop = *self.shared.stop.borrow();
-        match stop {
-            Some(deadline) => tokio::time::timeout_at(deadline, self.transport.log_many(body))
-                .await
-                .unwrap_or(Err(Error::Closed)),
-            None => self.transport.log_many(body).await,
+        let mut stop = self.shared.stop.subscribe();
+        let request = self.transport.log_many(body);
+        tokio::pin!(request);
+        loop {
+            let deadline = *stop.borrow_and_update();
+            if let Some(deadline) = deadline {
+                if deadline <= Instant::now() {
+                    return Err(Error::Closed);
+                }
+                return tokio::time::timeout_at(deadline, &mut request)
+                    .await
+                    .unwrap_or(Err(Error::Closed));
+            }
+            tokio::select! {
+                result = &mut request => return result,
+                changed = stop.changed() => if changed.is_err() { return request.await },
+            }
         }
     }
 

@@ -891,3 +891,71 @@ mod rules {
         assert!(metadata(json!({ "n": "\u{0}" })).is_err());
     }
 }
+
+/// At the shutdown deadline, events stuck behind a server that never answers are written
+/// to the dead-letter file and reported undelivered, not dropped.
+#[tokio::test]
+async fn shutdown_gives_up_on_a_server_that_never_answers() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("address").port();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            connections.push(socket); // read nothing, answer nothing
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dead_letter = dir.path().join("dead.jsonl");
+    let audit = AuditClient::builder(format!("http://127.0.0.1:{port}/graphql"))
+        .batch(2, Duration::from_millis(5))
+        .dead_letter(&dead_letter)
+        .build()
+        .expect("client");
+    for i in 0..12 {
+        audit
+            .project(format!("p-{i}"))
+            .created()
+            .by(Actor::user("u-1"))
+            .enqueue()
+            .await
+            .expect("accepted");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // requests in flight, hanging
+    let started = std::time::Instant::now();
+    let report = audit.shutdown(Duration::from_secs(1)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (report.delivered, report.undelivered),
+        (0, 12),
+        "{report:?}"
+    );
+    let lines = std::fs::read_to_string(&dead_letter).expect("dead-letter file");
+    assert_eq!(lines.lines().count(), 12);
+    assert!(
+        lines.lines().all(|l| l.contains("\"code\":\"SHUTDOWN\"")),
+        "{lines}"
+    );
+    held.abort();
+}
+
+/// An unreadable spool record is settled (as lost), so `flush()` returns.
+#[tokio::test]
+async fn an_unreadable_spool_record_does_not_hold_up_flush() {
+    let spool = tempfile::tempdir().expect("temp dir");
+    std::fs::write(spool.path().join("spool.jsonl"), "this is not json\n").expect("write");
+    let audit = AuditClient::builder(format!("http://127.0.0.1:{}/graphql", dead_port()))
+        .spool(spool.path(), false)
+        .build()
+        .expect("client");
+    assert_eq!(audit.metrics().enqueued, 1);
+    tokio::time::timeout(Duration::from_secs(5), audit.flush())
+        .await
+        .expect("flush returns");
+    assert_eq!(audit.metrics().pending, 0);
+}
