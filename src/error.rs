@@ -42,19 +42,56 @@ pub enum Error {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl Error {
-    /// The value of `extensions.code`; part of the API, never renamed.
-    pub fn code(&self) -> &'static str {
+/// The value of `extensions.code`, the same over GraphQL, HTTP and WebSocket; part of the
+/// API, never renamed. Nothing else in the server writes a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    BadUserInput,
+    NotFound,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    IdempotencyConflict,
+    SubscriberLagged,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub const fn as_str(self) -> &'static str {
         match self {
-            Error::BadInput { .. } => "BAD_USER_INPUT",
-            Error::NotFound => "NOT_FOUND",
-            Error::Unauthenticated(_) => "UNAUTHENTICATED",
-            Error::Forbidden(_) => "FORBIDDEN",
-            Error::RateLimited { .. } => "RATE_LIMITED",
-            Error::IdempotencyConflict { .. } => "IDEMPOTENCY_CONFLICT",
-            Error::SubscriberLagged { .. } => "SUBSCRIBER_LAGGED",
-            Error::Unavailable(_) | Error::Busy => "UNAVAILABLE",
-            Error::Internal(_) => "INTERNAL",
+            Code::BadUserInput => "BAD_USER_INPUT",
+            Code::NotFound => "NOT_FOUND",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            Code::SubscriberLagged => "SUBSCRIBER_LAGGED",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Internal => "INTERNAL",
+        }
+    }
+
+    /// `{"message": ..., "extensions": {"code": ...}}`, for errors written outside
+    /// async-graphql (WebSocket frames).
+    pub fn json(self, message: &str) -> serde_json::Value {
+        serde_json::json!({ "message": message, "extensions": { "code": self.as_str() } })
+    }
+}
+
+impl Error {
+    /// This error's code.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::BadInput { .. } => Code::BadUserInput,
+            Error::NotFound => Code::NotFound,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Forbidden(_) => Code::Forbidden,
+            Error::RateLimited { .. } => Code::RateLimited,
+            Error::IdempotencyConflict { .. } => Code::IdempotencyConflict,
+            Error::SubscriberLagged { .. } => Code::SubscriberLagged,
+            Error::Unavailable(_) | Error::Busy => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
         }
     }
 
@@ -144,7 +181,7 @@ impl From<Error> for async_graphql::Error {
             _ => None,
         };
         gql = async_graphql::ErrorExtensions::extend_with(gql, |_, ext| {
-            ext.set("code", code);
+            ext.set("code", code.as_str());
             if let Some(field) = field {
                 ext.set("field", field);
             }

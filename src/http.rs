@@ -33,7 +33,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::access::{Access, Origin};
 use crate::auth::{Authenticator, Principal, Refusal};
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::graphql::{AppSchema, budget, limits};
 use crate::metrics::Metrics;
 use crate::ws;
@@ -405,7 +405,7 @@ fn encode(mut response: async_graphql::Response, media: Media) -> Response {
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
     // Load shed or database down before anything ran: worth a retry, so 503.
-    let unavailable = Error::Busy.code();
+    let unavailable = Code::Unavailable.as_str();
     let shed = request_error
         && response.errors.iter().any(|e| {
             e.extensions

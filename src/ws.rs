@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::{Access, Origin};
 use crate::auth::{Authenticator, Principal, Refusal};
+use crate::error::Code;
 use crate::graphql::AppSchema;
 
 /// How long a client may take to send `connection_init`.
@@ -176,7 +177,7 @@ impl Connection {
                         match self.protocol {
                             WebSocketProtocols::GraphQLWS => Inbound::Close(4403, "Forbidden".to_owned()),
                             WebSocketProtocols::SubscriptionsTransportWS => Inbound::Reply(
-                                json!({ "type": "connection_error", "payload": { "message": "Forbidden", "extensions": { "code": "UNAUTHENTICATED" } } })
+                                json!({ "type": "connection_error", "payload": Code::Unauthenticated.json("Forbidden") })
                                     .to_string(),
                             ),
                         }
@@ -188,7 +189,9 @@ impl Connection {
                     return Inbound::Close(4409, format!("Subscriber for {id} already exists"));
                 }
                 if active.len() >= MAX_SUBSCRIPTIONS && !active.contains(&id) {
-                    let error = json!({ "message": format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"), "extensions": { "code": "RATE_LIMITED" } });
+                    let error = Code::RateLimited.json(&format!(
+                        "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+                    ));
                     let payload = match self.protocol {
                         WebSocketProtocols::GraphQLWS => json!([error]),
                         WebSocketProtocols::SubscriptionsTransportWS => error,

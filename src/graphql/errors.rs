@@ -7,6 +7,8 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe,
 };
 use async_graphql::{Response, ServerError};
+
+use crate::error::Code;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
@@ -48,7 +50,7 @@ pub fn label(error: &mut ServerError) {
     if extensions.get("code").is_some() {
         return;
     }
-    extensions.set("code", "BAD_USER_INPUT");
+    extensions.set("code", Code::BadUserInput.as_str());
     let field = error
         .message
         .strip_prefix("Invalid value for argument \"")
