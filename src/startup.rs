@@ -8,6 +8,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 use crate::access::Access;
 use crate::auth::Authenticator;
@@ -19,10 +20,12 @@ use crate::service::ingest::Ingestor;
 use crate::service::maintenance;
 use crate::service::pubsub::{self, Feed};
 
-/// A bound, migrated server, ready to run.
+/// A bound, migrated server, ready to run. It owns its background tasks (the NOTIFY
+/// listener, housekeeping): they stop when it stops, or when it is dropped.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    tasks: JoinSet<()>,
 }
 
 impl Application {
@@ -42,12 +45,13 @@ impl Application {
             .map(|origin| HeaderValue::from_str(origin))
             .collect::<Result<Vec<_>, _>>()?;
         let feed = Feed::new(config.subscriber_buffer);
+        let mut tasks = JoinSet::new();
         if db.get_database_backend() == DbBackend::Postgres {
             let url = config.database.url.expose_secret().to_owned();
-            tokio::spawn(pubsub::listen(db.clone(), url, feed.clone()));
+            tasks.spawn(pubsub::listen(db.clone(), url, feed.clone()));
         }
         let ingestor = Ingestor::start(db.clone(), feed.clone(), metrics.clone());
-        tokio::spawn(maintenance::run(
+        tasks.spawn(maintenance::run(
             db.clone(),
             ingestor.clone(),
             config.retention.clone(),
@@ -84,7 +88,11 @@ impl Application {
         };
         let router = app(state, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Application { listener, router })
+        Ok(Application {
+            listener,
+            router,
+            tasks,
+        })
     }
 
     /// The address the server listens on (port 0 in the config becomes a real port).
@@ -92,15 +100,26 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight.
+    /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight and stops the
+    /// background tasks.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes.
+    pub async fn run_until(
+        mut self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "audit-service listening");
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(stop)
+            .await;
+        self.tasks.shutdown().await;
+        served
     }
 }
 

@@ -232,3 +232,57 @@ async fn graphiql_loads_without_the_internet() {
         );
     }
 }
+
+/// A stopped server stops its background tasks too: its NOTIFY listener connection goes.
+#[tokio::test]
+async fn stopping_the_server_stops_its_background_tasks() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some((url, cleanup)) = crate::helpers::new_database(Backend::Postgres).await else {
+        return;
+    };
+    let config = crate::helpers::serve_config(&url);
+    let application = audit_service::startup::Application::build(&config)
+        .await
+        .expect("server starts");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async {
+        let _ = stopped.await;
+    }));
+    let db = migration::connect(&url, 1).await.expect("connect");
+    let listeners = || async {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!(
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE application_name = '{}' \
+                     AND datname = current_database()",
+                    audit_service::service::pubsub::LISTENER_NAME
+                ),
+            ))
+            .await
+            .expect("count")
+            .expect("a row");
+        row.try_get::<i64>("", "n").expect("n")
+    };
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = listeners().await;
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 1, "the listener connects");
+    stop.send(()).expect("stop");
+    server.await.expect("joins").expect("served");
+    for _ in 0..100 {
+        seen = listeners().await;
+        if seen == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 0, "the listener is gone with its server");
+    db.close().await.ok();
+    cleanup.run().await;
+}
