@@ -1,130 +1,34 @@
-//! HTTP surface: GraphQL over HTTP (POST and GET) and WebSocket on `/graphql`, health probes.
-//!
-//! Follows the GraphQL-over-HTTP specification where async-graphql-axum's defaults do not:
-//! the response media type follows `Accept`, request errors answered as
-//! `application/graphql-response+json` get HTTP 400 and no `data`, mutations over GET are
-//! refused, and POST bodies must be JSON.
+//! GraphQL over HTTP, POST and GET, following the GraphQL-over-HTTP specification where
+//! async-graphql-axum's defaults do not: the response media type follows `Accept`, request
+//! errors answered as `application/graphql-response+json` get HTTP 400 and no `data`,
+//! mutations over GET are refused, and POST bodies must be JSON.
 
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
+use async_graphql::Variables;
 use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
-use async_graphql::{ServerError, Variables};
 use axum::body::Bytes;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, Request, State, WebSocketUpgrade,
-};
+use axum::extract::{Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures_util::FutureExt;
-use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 use serde_json::json;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
-use tower_http::trace::TraceLayer;
 
-use crate::access::{Access, Origin};
-use crate::auth::{Authenticator, Principal, Refusal};
+use crate::access::Origin;
+use crate::auth::Principal;
 use crate::error::{Code, Error};
-use crate::graphql::{AppSchema, budget, limits};
-use crate::metrics::Metrics;
-use crate::ws;
+use crate::graphql::{budget, limits};
 
-/// Largest request body.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// How long a client may take to send a request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
-const JSON: &str = "application/json; charset=utf-8";
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub schema: AppSchema,
-    pub db: DatabaseConnection,
-    pub metrics: Arc<Metrics>,
-    pub auth: Arc<Authenticator>,
-    pub access: Arc<Access>,
-}
-
-/// The whole HTTP application.
-pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
-    let mut router = Router::new()
-        .route("/graphql", get(graphql_get).post(graphql_post))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route(
-            "/metrics",
-            get(|State(state): State<AppState>| async move { state.metrics.render() }),
-        )
-        .merge(crate::graphiql::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
-        .layer(TraceLayer::new_for_http());
-    if !cors_origins.is_empty() {
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
-                .allow_methods([Method::GET, Method::POST])
-                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT]),
-        );
-    }
-    router
-}
-
-/// How long `/readyz` waits for the database.
-const READY_TIMEOUT: Duration = Duration::from_millis(500);
-
-async fn ready(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
-        Ok(Ok(())) => "ready".into_response(),
-        Ok(Err(err)) => {
-            tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database did not answer within 500 ms",
-        )
-            .into_response(),
-    }
-}
-
-async fn not_found(uri: axum::http::Uri) -> Response {
-    tracing::debug!(path = %uri.path(), "no such route");
-    error_response(StatusCode::NOT_FOUND, Error::NotFound)
-}
-
-/// 405 with the methods the path takes.
-async fn method_not_allowed(uri: axum::http::Uri) -> Response {
-    let allow = if uri.path() == "/graphql" {
-        "GET, POST"
-    } else {
-        "GET"
-    };
-    let error = Error::bad_input("", format!("{} takes {allow}", uri.path()));
-    let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, error);
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    response
-}
+use super::admit::admit;
+use super::errors::{error_response, http_error, server_error};
+use super::state::{AppState, GRAPHQL_RESPONSE_JSON, JSON};
+use super::websocket::websocket;
 
 /// The response media types of GraphQL over HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Media {
+pub(super) enum Media {
     Json,
     GraphqlResponseJson,
 }
@@ -132,7 +36,7 @@ enum Media {
 /// Picks the media type from `Accept`: `application/graphql-response+json` when the client
 /// prefers it, else `application/json` (also for a missing `Accept`, as the spec's watershed
 /// rule says).
-fn negotiate(headers: &HeaderMap) -> Media {
+pub(super) fn negotiate(headers: &HeaderMap) -> Media {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
         return Media::Json;
     };
@@ -157,7 +61,7 @@ fn negotiate(headers: &HeaderMap) -> Media {
     best.0
 }
 
-async fn graphql_post(
+pub(super) async fn graphql_post(
     State(state): State<AppState>,
     parts: Parts,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -200,7 +104,7 @@ async fn graphql_post(
 /// The query string of a GraphQL GET request (async-graphql's parser expects
 /// `operation_name`, the specification says `operationName`).
 #[derive(Deserialize)]
-struct GetParams {
+pub(super) struct GetParams {
     #[serde(default)]
     query: String,
     #[serde(rename = "operationName")]
@@ -208,7 +112,7 @@ struct GetParams {
     variables: Option<String>,
 }
 
-async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+pub(super) async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
         return websocket(state, &mut parts).await;
@@ -254,7 +158,9 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
 
 /// The operation the request would run; `None` when the document does not parse (the
 /// executor reports that) or names no single operation.
-fn selected_operation(request: &mut async_graphql::Request) -> Option<&OperationDefinition> {
+pub(super) fn selected_operation(
+    request: &mut async_graphql::Request,
+) -> Option<&OperationDefinition> {
     let name = request.operation_name.clone();
     let document = request.parsed_query().ok()?;
     let operation = match (&document.operations, name) {
@@ -268,7 +174,7 @@ fn selected_operation(request: &mut async_graphql::Request) -> Option<&Operation
 
 /// A required variable the request leaves out. That is a request error, but async-graphql
 /// only notices when execution reaches the variable.
-fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
+pub(super) fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
     let variables = request.variables.clone();
     let operation = selected_operation(request)?;
     operation
@@ -284,60 +190,7 @@ fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
         })
 }
 
-/// Where a request came from: the peer address and its User-Agent.
-fn origin(parts: &Parts) -> Origin {
-    Origin {
-        ip: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip().to_string()),
-        user_agent: parts
-            .headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-    }
-}
-
-/// Authenticates a request and counts it against its credential's rate limit; the error is
-/// the response refusing it (401, 429, or 503 when the credential cannot be checked).
-async fn admit(state: &AppState, parts: &Parts) -> Result<(Principal, Origin), Response> {
-    let origin = origin(parts);
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match state.auth.authenticate(authorization).await {
-        Ok(principal) => principal,
-        Err(Refusal::Failed(err)) => {
-            return Err(error_response(status_of(&err), err));
-        }
-        Err(Refusal::Denied(denial)) => {
-            state.access.record_denial(
-                denial.tenant_id.as_deref(),
-                denial.subject.as_deref(),
-                None,
-                &denial.reason,
-                &origin,
-            );
-            let error = Error::Unauthenticated(format!(
-                "a valid credential is required: {}",
-                denial.reason
-            ));
-            let mut response = error_response(StatusCode::UNAUTHORIZED, error);
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Err(response);
-        }
-    };
-    if let Err(err) = state.access.admit(&principal) {
-        return Err(error_response(StatusCode::TOO_MANY_REQUESTS, err));
-    }
-    Ok((principal, origin))
-}
-
-async fn execute(
+pub(super) async fn execute(
     state: &AppState,
     request: async_graphql::Request,
     media: Media,
@@ -350,7 +203,7 @@ async fn execute(
 }
 
 /// Runs an admitted request and encodes its answer.
-async fn run(
+pub(super) async fn run(
     state: &AppState,
     request: async_graphql::Request,
     media: Media,
@@ -366,7 +219,7 @@ async fn run(
 }
 
 /// Runs a request whose text is safe to parse.
-async fn respond_to(
+pub(super) async fn respond_to(
     state: &AppState,
     mut request: async_graphql::Request,
     principal: Principal,
@@ -398,7 +251,7 @@ async fn respond_to(
 
 /// The HTTP response for a GraphQL response, in the negotiated media type; one larger than
 /// `MAX_RESPONSE_BYTES` is replaced by an error saying so.
-fn encode(mut response: async_graphql::Response, media: Media) -> Response {
+pub(super) fn encode(mut response: async_graphql::Response, media: Media) -> Response {
     response.errors.iter_mut().for_each(crate::graphql::label);
     // Errors before execution (parse, validation, variables) carry no path and leave no data.
     let request_error = response.data == async_graphql::Value::Null
@@ -455,86 +308,6 @@ fn encode(mut response: async_graphql::Response, media: Media) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(1));
     }
     response
-}
-
-/// An error as async-graphql carries it, with its code.
-fn server_error(error: Error) -> ServerError {
-    async_graphql::Error::from(error).into_server_error(async_graphql::Pos::default())
-}
-
-/// A GraphQL-shaped error for requests refused before they reach the schema.
-fn http_error(status: StatusCode, message: &str) -> Response {
-    let error = if status.is_server_error() {
-        Error::internal(message.to_owned())
-    } else {
-        Error::bad_input("", message)
-    };
-    error_response(status, error)
-}
-
-/// The HTTP status for an error answered outside GraphQL.
-fn status_of(error: &Error) -> StatusCode {
-    match error {
-        Error::Unavailable(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
-        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// A JSON body `{"errors": [{message, extensions: {code, ...}}]}` for an error answered
-/// outside GraphQL; rate limits and outages also say when to retry.
-fn error_response(status: StatusCode, error: Error) -> Response {
-    let retry_after = match &error {
-        Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-        Error::Unavailable(_) | Error::Busy => Some(1),
-        _ => None,
-    };
-    let body = json!({ "errors": [server_error(error)] });
-    let mut response = (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response();
-    if let Some(seconds) = retry_after {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
-}
-
-async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
-    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &state).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return http_error(rejection.status(), &rejection.body_text()),
-    };
-    let protocol = parts
-        .headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|offered| {
-            offered
-                .split(',')
-                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
-        });
-    let Some(protocol) = protocol else {
-        return http_error(
-            StatusCode::BAD_REQUEST,
-            "offer the WebSocket subprotocol graphql-transport-ws or graphql-ws",
-        );
-    };
-    let connection = ws::Connection {
-        schema: state.schema.clone(),
-        auth: state.auth.clone(),
-        access: state.access.clone(),
-        protocol,
-        upgrade_authorization: parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        origin: origin(parts),
-    };
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .max_message_size(MAX_BODY_BYTES)
-        .on_upgrade(move |socket| connection.serve(socket))
 }
 
 #[cfg(test)]

@@ -1,0 +1,53 @@
+//! Errors answered outside GraphQL: HTTP statuses and GraphQL-shaped JSON bodies.
+
+use async_graphql::ServerError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::Error;
+
+use super::state::JSON;
+
+/// An error as async-graphql carries it, with its code.
+pub(super) fn server_error(error: Error) -> ServerError {
+    async_graphql::Error::from(error).into_server_error(async_graphql::Pos::default())
+}
+
+/// A GraphQL-shaped error for requests refused before they reach the schema.
+pub(super) fn http_error(status: StatusCode, message: &str) -> Response {
+    let error = if status.is_server_error() {
+        Error::internal(message.to_owned())
+    } else {
+        Error::bad_input("", message)
+    };
+    error_response(status, error)
+}
+
+/// The HTTP status for an error answered outside GraphQL.
+pub(super) fn status_of(error: &Error) -> StatusCode {
+    match error {
+        Error::Unavailable(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A JSON body `{"errors": [{message, extensions: {code, ...}}]}` for an error answered
+/// outside GraphQL; rate limits and outages also say when to retry.
+pub(super) fn error_response(status: StatusCode, error: Error) -> Response {
+    let retry_after = match &error {
+        Error::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+        Error::Unavailable(_) | Error::Busy => Some(1),
+        _ => None,
+    };
+    let body = json!({ "errors": [server_error(error)] });
+    let mut response = (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response();
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

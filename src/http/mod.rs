@@ -1,0 +1,93 @@
+//! The HTTP surface: routes, probes and fallbacks. GraphQL over HTTP is in `transport`,
+//! the WebSocket upgrade in `websocket`, authentication in `admit`, errors answered outside
+//! GraphQL in `errors`.
+
+mod admit;
+mod errors;
+mod state;
+mod transport;
+mod websocket;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::Error;
+
+use errors::error_response;
+use state::BODY_TIMEOUT;
+pub use state::{AppState, MAX_BODY_BYTES};
+use transport::{graphql_get, graphql_post};
+
+/// The whole HTTP application.
+pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
+    let mut router = Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move { state.metrics.render() }),
+        )
+        .merge(crate::graphiql::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(TraceLayer::new_for_http());
+    if !cors_origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT]),
+        );
+    }
+    router
+}
+
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database did not answer within 500 ms",
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    tracing::debug!(path = %uri.path(), "no such route");
+    error_response(StatusCode::NOT_FOUND, Error::NotFound)
+}
+
+/// 405 with the methods the path takes.
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    let allow = if uri.path() == "/graphql" {
+        "GET, POST"
+    } else {
+        "GET"
+    };
+    let error = Error::bad_input("", format!("{} takes {allow}", uri.path()));
+    let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, error);
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}

@@ -1,0 +1,52 @@
+//! The WebSocket upgrade on `/graphql`: subprotocol negotiation, then `ws::Connection`.
+
+use std::str::FromStr;
+
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
+use axum::extract::{FromRequestParts, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+
+use crate::ws;
+
+use super::admit::origin;
+use super::errors::http_error;
+use super::state::{AppState, MAX_BODY_BYTES};
+
+pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
+    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return http_error(rejection.status(), &rejection.body_text()),
+    };
+    let protocol = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|offered| {
+            offered
+                .split(',')
+                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        });
+    let Some(protocol) = protocol else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "offer the WebSocket subprotocol graphql-transport-ws or graphql-ws",
+        );
+    };
+    let connection = ws::Connection {
+        schema: state.schema.clone(),
+        auth: state.auth.clone(),
+        access: state.access.clone(),
+        protocol,
+        upgrade_authorization: parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        origin: origin(parts),
+    };
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| connection.serve(socket))
+}
