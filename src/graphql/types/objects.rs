@@ -1,94 +1,25 @@
-//! The GraphQL object, enum and input types, converted from and to the service layer's.
+//! The event and its actor, target and context as GraphQL objects; the Relay connection
+//! of events; the audit trails of actors and targets. One module, because these types
+//! refer to one another (an event's actor has a trail of events).
 
-use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Json, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, ID, Json, Object, SimpleObject};
 use entity::audit_log;
 use serde_json::Value;
 
-use super::admission::page_cost;
-use super::budget;
-use super::scalars::DateTime;
 use crate::auth::Principal;
-use crate::error::Result;
+use crate::graphql::admission::page_cost;
+use crate::graphql::budget;
+use crate::graphql::scalars::DateTime;
 use crate::service::chain::host_only;
 use crate::service::cursor::Cursor;
-use crate::service::event::{NewEvent, Target};
-use crate::service::query::{self, Filter, Page, PageOrder};
+use crate::service::query::{self, Filter, Page};
 use crate::service::trail::Subject;
 
-use super::loaders::{AuditLoader, CountKey, TrailArgs, TrailKey};
+use crate::graphql::loaders::{AuditLoader, CountKey, TrailArgs, TrailKey};
 use async_graphql::dataloader::DataLoader;
 
-/// The kind of principal that performed an operation.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActorType {
-    /// A person, signed in through the platform.
-    User,
-    /// A platform service acting on its own behalf.
-    Service,
-    /// The platform itself (schedulers, retention, migrations).
-    System,
-}
-
-/// How an operation ended.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditOutcome {
-    /// The operation did what was asked.
-    Success,
-    /// The operation was attempted and failed.
-    Failure,
-    /// The operation was refused by access control.
-    Denied,
-}
-
-/// The order of `auditLogs` pages.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AuditLogOrder {
-    /// Newest `occurredAt` first.
-    #[default]
-    OccurredAtDesc,
-    /// Oldest `occurredAt` first.
-    OccurredAtAsc,
-}
-
-impl From<ActorType> for audit_log::ActorType {
-    fn from(value: ActorType) -> Self {
-        match value {
-            ActorType::User => Self::User,
-            ActorType::Service => Self::Service,
-            ActorType::System => Self::System,
-        }
-    }
-}
-
-impl From<audit_log::ActorType> for ActorType {
-    fn from(value: audit_log::ActorType) -> Self {
-        match value {
-            audit_log::ActorType::User => Self::User,
-            audit_log::ActorType::Service => Self::Service,
-            audit_log::ActorType::System => Self::System,
-        }
-    }
-}
-
-impl From<AuditOutcome> for audit_log::Outcome {
-    fn from(value: AuditOutcome) -> Self {
-        match value {
-            AuditOutcome::Success => Self::Success,
-            AuditOutcome::Failure => Self::Failure,
-            AuditOutcome::Denied => Self::Denied,
-        }
-    }
-}
-
-impl From<audit_log::Outcome> for AuditOutcome {
-    fn from(value: audit_log::Outcome) -> Self {
-        match value {
-            audit_log::Outcome::Success => Self::Success,
-            audit_log::Outcome::Failure => Self::Failure,
-            audit_log::Outcome::Denied => Self::Denied,
-        }
-    }
-}
+use super::enums::{ActorType, AuditOutcome};
+use super::filter::AuditLogFilter;
 
 /// A recorded governance operation: who did what to which resource, when, and how it ended.
 pub struct AuditLog(pub audit_log::Model);
@@ -296,159 +227,6 @@ pub struct RequestContext {
     pub request_id: Option<String>,
 }
 
-/// An operation to record.
-#[derive(InputObject, Clone, Debug)]
-pub struct AuditEventInput {
-    /// Who performed it.
-    pub actor: ActorInput,
-    /// What was done: 2 to 4 dot-separated lower-case segments (`project.member.added`).
-    pub action: String,
-    /// The resource acted on, if any.
-    pub target: Option<TargetInput>,
-    /// How it ended.
-    #[graphql(default_with = "Some(AuditOutcome::Success)")]
-    pub outcome: Option<AuditOutcome>,
-    /// Why it ended that way.
-    pub reason: Option<String>,
-    /// When it happened; defaults to now, may not be more than 5 minutes ahead.
-    pub occurred_at: Option<DateTime>,
-    /// Free-form details: a JSON object of at most 64 KiB.
-    pub metadata: Option<Json<Value>>,
-    /// Where the request came from.
-    pub context: Option<RequestContextInput>,
-    /// Makes retries safe: the same key with the same content returns the original event.
-    pub idempotency_key: Option<String>,
-}
-
-/// Who performed an operation.
-#[derive(InputObject, Clone, Debug)]
-pub struct ActorInput {
-    /// User, service or system.
-    #[graphql(name = "type")]
-    pub kind: ActorType,
-    /// The actor's id (1 to 256 characters).
-    pub id: String,
-    /// A display name (at most 256 characters).
-    pub name: Option<String>,
-}
-
-/// The resource an operation acted on.
-#[derive(InputObject, Clone, Debug)]
-pub struct TargetInput {
-    /// The resource's type (1 to 64 characters).
-    #[graphql(name = "type")]
-    pub kind: String,
-    /// The resource's id (1 to 256 characters).
-    pub id: String,
-    /// A display name (at most 256 characters).
-    pub name: Option<String>,
-}
-
-/// Where a request came from.
-#[derive(InputObject, Clone, Debug)]
-pub struct RequestContextInput {
-    /// An IPv4 or IPv6 address.
-    pub ip_address: Option<String>,
-    /// The client's User-Agent (at most 1,024 characters).
-    pub user_agent: Option<String>,
-    /// The request id (at most 256 characters).
-    pub request_id: Option<String>,
-}
-
-impl From<AuditEventInput> for NewEvent {
-    fn from(input: AuditEventInput) -> Self {
-        let context = input.context;
-        NewEvent {
-            actor_type: input.actor.kind.into(),
-            actor_id: input.actor.id,
-            actor_name: input.actor.name,
-            action: input.action,
-            target: input.target.map(|t| Target {
-                kind: t.kind,
-                id: t.id,
-                name: t.name,
-            }),
-            outcome: input.outcome.unwrap_or(AuditOutcome::Success).into(),
-            reason: input.reason,
-            occurred_at: input.occurred_at.map(|t| t.0),
-            metadata: input.metadata.map(|m| m.0),
-            ip_address: context.as_ref().and_then(|c| c.ip_address.clone()),
-            user_agent: context.as_ref().and_then(|c| c.user_agent.clone()),
-            request_id: context.and_then(|c| c.request_id),
-            idempotency_key: input.idempotency_key,
-        }
-    }
-}
-
-/// Which events to return. Every field narrows the result; list fields match any of their
-/// values (at most 100 each, never empty).
-#[derive(InputObject, Clone, Debug, Default)]
-pub struct AuditLogFilter {
-    /// Events of these tenants; your own tenant by default, others need `audit:admin`.
-    pub tenant_ids: Option<Vec<String>>,
-    /// Events by any of these actors.
-    pub actor_ids: Option<Vec<String>>,
-    /// Events by any of these kinds of actor.
-    pub actor_types: Option<Vec<ActorType>>,
-    /// Events with any of these actions; an entry ending in `.*` matches a prefix
-    /// (`project.*` matches `project.created` and `project.member.added`).
-    pub actions: Option<Vec<String>>,
-    /// Events on targets of this type.
-    pub target_type: Option<String>,
-    /// Events on any of these targets (needs `targetType`).
-    pub target_ids: Option<Vec<String>>,
-    /// Events with any of these outcomes.
-    pub outcomes: Option<Vec<AuditOutcome>>,
-    /// Events that occurred at or after this time.
-    pub occurred_after: Option<DateTime>,
-    /// Events that occurred before this time.
-    pub occurred_before: Option<DateTime>,
-    /// Events of this request.
-    pub request_id: Option<String>,
-    /// Events whose metadata contains this JSON object (`{"env": "prod"}`).
-    pub metadata: Option<Json<Value>>,
-}
-
-impl AuditLogFilter {
-    /// The service filter for what `principal` may read, validated; error paths start at
-    /// `filter`.
-    pub fn into_filter(self, principal: &Principal) -> Result<Filter> {
-        if let Some(tenant_ids) = &self.tenant_ids {
-            Filter::validate_tenants(tenant_ids).map_err(|e| e.rooted_at("filter.", true))?;
-        }
-        let filter = Filter {
-            tenant_ids: principal.tenants(self.tenant_ids)?,
-            actor_ids: self.actor_ids,
-            actor_types: self
-                .actor_types
-                .map(|v| v.into_iter().map(Into::into).collect()),
-            actions: self.actions,
-            target_type: self.target_type,
-            target_ids: self.target_ids,
-            outcomes: self
-                .outcomes
-                .map(|v| v.into_iter().map(Into::into).collect()),
-            occurred_after: self.occurred_after.map(|t| t.0),
-            occurred_before: self.occurred_before.map(|t| t.0),
-            request_id: self.request_id,
-            metadata: self.metadata.map(|m| m.0),
-        };
-        filter
-            .validate()
-            .map_err(|e| e.rooted_at("filter.", true))?;
-        Ok(filter)
-    }
-}
-
-impl From<AuditLogOrder> for PageOrder {
-    fn from(value: AuditLogOrder) -> Self {
-        match value {
-            AuditLogOrder::OccurredAtDesc => PageOrder::NewestFirst,
-            AuditLogOrder::OccurredAtAsc => PageOrder::OldestFirst,
-        }
-    }
-}
-
 /// A page of audit events (Relay cursor connection).
 #[derive(SimpleObject)]
 #[graphql(complex)]
@@ -535,52 +313,4 @@ pub struct PageInfo {
     pub start_cursor: Option<String>,
     /// Cursor of the last event of this page.
     pub end_cursor: Option<String>,
-}
-
-/// The newest event of a tenant's hash chain.
-#[derive(SimpleObject, Clone, Debug)]
-pub struct AuditChainHead {
-    /// The tenant.
-    pub tenant_id: String,
-    /// Its last sequence number.
-    pub sequence: String,
-    /// That event's hash, in lower-case hex.
-    pub hash: String,
-    /// When that event was recorded.
-    pub recorded_at: Option<DateTime>,
-}
-
-impl From<entity::chain_head::Model> for AuditChainHead {
-    fn from(head: entity::chain_head::Model) -> Self {
-        AuditChainHead {
-            tenant_id: head.tenant_id,
-            sequence: head.seq.to_string(),
-            hash: hex::encode(head.hash),
-            recorded_at: head.recorded_at.map(DateTime),
-        }
-    }
-}
-
-/// The result of checking a tenant's hash chain.
-#[derive(SimpleObject, Clone, Debug)]
-pub struct AuditChainVerification {
-    /// Every checked event is present once, unchanged, and chained to the one before.
-    pub valid: bool,
-    /// How many events were checked before the first problem (or in all).
-    pub checked_count: u64,
-    /// The first sequence number at fault, when invalid.
-    pub first_invalid_sequence: Option<String>,
-    /// What is wrong there, when invalid.
-    pub reason: Option<String>,
-}
-
-impl From<crate::service::chain::Verification> for AuditChainVerification {
-    fn from(v: crate::service::chain::Verification) -> Self {
-        AuditChainVerification {
-            valid: v.valid,
-            checked_count: v.checked_count,
-            first_invalid_sequence: v.first_invalid_sequence.map(|s| s.to_string()),
-            reason: v.reason,
-        }
-    }
 }

@@ -1,0 +1,13 @@
+//! The GraphQL object, enum and input types, converted from and to the service layer's.
+
+mod chain;
+mod enums;
+mod filter;
+mod input;
+mod objects;
+
+pub use chain::*;
+pub use enums::*;
+pub use filter::*;
+pub use input::*;
+pub use objects::*;
