@@ -12,6 +12,7 @@ mod client;
 mod events;
 mod explain;
 mod federation;
+mod filter;
 mod fuzz;
 mod helpers;
 mod hostile;
