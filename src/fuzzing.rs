@@ -10,7 +10,7 @@ use entity::audit_log::{ActorType, Metadata, Outcome};
 
 use crate::graphql::{AppSchema, bare_schema};
 use crate::service::event::NewEvent;
-use crate::service::query::Filter;
+use crate::service::filter::Filter;
 
 static SCHEMA: LazyLock<AppSchema> = LazyLock::new(bare_schema);
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::budget::Budget;
 use crate::service::cursor::Cursor;
-use crate::service::query::Filter;
+use crate::service::filter::Filter;
 use crate::service::trail::{self, Subject};
 
 /// Most keys per batch (SQLite allows 500 members in one UNION).

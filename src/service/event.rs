@@ -7,7 +7,7 @@ use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::chain::{MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash};
+use super::canonical::{MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash};
 use crate::error::{Error, Result};
 
 /// Most events in one `logAuditEvents` call.

@@ -10,7 +10,8 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
 use super::cursor::Cursor;
-use super::query::{self, Filter};
+use super::filter::Filter;
+use super::sequence::BySequence;
 use crate::error::{Error, Result};
 
 /// Events replayed per query (up to 6.4 MiB of metadata, held while the client reads them).
@@ -39,19 +40,25 @@ pub fn tail(
         tokio::pin!(expired);
         let mut replayed: Option<(String, i64)> = None;
         if let Some(cursor) = after {
-            let mut position = cursor.seq;
+            let mut reader = BySequence::after(cursor.tenant_id.clone(), cursor.seq)
+                .matching(filter.clone())
+                .batch(REPLAY_BATCH);
             loop {
                 // On a task of its own: a client that stops reading stops this stream from
                 // being polled, and a query suspended mid-way would keep its connection.
                 let batch = {
-                    let (db, filter, tenant_id) = (db.clone(), filter.clone(), cursor.tenant_id.clone());
+                    let db = db.clone();
                     tokio::spawn(async move {
-                        query::replay(&db, &filter, &tenant_id, position, REPLAY_BATCH).await
+                        let rows = reader.next(&db).await;
+                        (reader, rows)
                     })
                 };
                 let rows = match batch.await {
-                    Ok(Ok(rows)) => rows,
-                    Ok(Err(err)) => {
+                    Ok((moved, Ok(rows))) => {
+                        reader = moved;
+                        rows
+                    }
+                    Ok((_, Err(err))) => {
                         yield Err(err);
                         return;
                     }
@@ -60,13 +67,14 @@ pub fn tail(
                         return;
                     }
                 };
-                let Some(last) = rows.last() else { break };
-                position = last.seq;
+                if rows.is_empty() {
+                    break;
+                }
                 for row in rows {
                     yield Ok(row);
                 }
             }
-            replayed = Some((cursor.tenant_id, position));
+            replayed = Some((cursor.tenant_id, reader.position()));
         }
         loop {
             let received = tokio::select! {

@@ -1,8 +1,10 @@
 //! The service layer: plain functions and one write path over the database. SQL lives here.
 
+pub mod canonical;
 pub mod chain;
 pub mod cursor;
 pub mod event;
+pub mod filter;
 pub mod ingest;
 pub mod keys;
 pub mod live;
@@ -10,4 +12,5 @@ pub mod maintenance;
 pub mod pubsub;
 pub mod query;
 pub mod retention;
+pub mod sequence;
 pub mod trail;

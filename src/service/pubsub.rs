@@ -18,7 +18,7 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::broadcast;
 
-use super::query;
+use super::sequence::BySequence;
 use crate::error::{Error, Result};
 
 /// The PostgreSQL notification channel.
@@ -27,8 +27,6 @@ pub const CHANNEL: &str = "audit_events";
 pub const LISTENER_NAME: &str = "audit-service-listener";
 /// NOTIFY payloads must stay under 8,000 bytes.
 const MAX_PAYLOAD: usize = 7000;
-/// Rows loaded per query when catching up.
-const LOAD_BATCH: i64 = 1000;
 
 /// The committed events of this instance, in commit order per tenant.
 #[derive(Clone)]
@@ -159,13 +157,17 @@ async fn deliver_through(
     tenant_id: &str,
     last: i64,
 ) -> Result<()> {
-    let mut next = delivered.get(tenant_id).copied().unwrap_or(0) + 1;
-    while next <= last {
-        let rows = query::range(db, tenant_id, next, last.min(next + LOAD_BATCH - 1)).await?;
-        next = rows.last().map_or(last, |row| row.seq) + 1;
-        delivered.insert(tenant_id.to_owned(), next - 1);
+    let after = delivered.get(tenant_id).copied().unwrap_or(0);
+    let mut events = BySequence::after(tenant_id, after).through(last);
+    loop {
+        let rows = events.next(db).await?;
+        if rows.is_empty() {
+            break;
+        }
+        delivered.insert(tenant_id.to_owned(), events.position());
         feed.publish(rows);
     }
+    delivered.insert(tenant_id.to_owned(), last.max(after));
     Ok(())
 }
 

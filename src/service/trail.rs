@@ -11,7 +11,8 @@ use sea_orm::{
 };
 
 use super::cursor::Cursor;
-use super::query::{Filter, beyond};
+use super::filter::Filter;
+use super::query::beyond;
 use crate::error::Result;
 
 /// Whose trail: an actor's or a target's.

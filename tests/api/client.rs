@@ -885,7 +885,7 @@ mod rules {
         };
         assert!(metadata(nested(server::MAX_METADATA_DEPTH)).is_ok());
         assert!(metadata(nested(server::MAX_METADATA_DEPTH + 1)).is_err());
-        let safe = audit_service::service::chain::MAX_SAFE_INTEGER;
+        let safe = audit_service::service::canonical::MAX_SAFE_INTEGER;
         assert!(metadata(json!({ "n": safe, "m": -(safe as i64) })).is_ok());
         assert!(metadata(json!({ "n": safe + 1 })).is_err());
         assert!(metadata(json!({ "n": "\u{0}" })).is_err());

@@ -10,9 +10,10 @@ use crate::auth::Principal;
 use crate::graphql::admission::page_cost;
 use crate::graphql::budget;
 use crate::graphql::scalars::DateTime;
-use crate::service::chain::host_only;
+use crate::service::canonical::host_only;
 use crate::service::cursor::Cursor;
-use crate::service::query::{self, Filter, Page};
+use crate::service::filter::Filter;
+use crate::service::query::{self, Page};
 use crate::service::trail::Subject;
 
 use crate::graphql::loaders::{AuditLoader, CountKey, TrailArgs, TrailKey};

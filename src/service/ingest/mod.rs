@@ -1,0 +1,206 @@
+//! The one write path: every audit event enters the database here.
+//!
+//! Callers hand a job (one tenant's events, all or nothing) to a single committer task per
+//! process. The committer takes every job that is waiting and writes them in one transaction
+//! (group commit): lock each tenant's chain head in a fixed order, resolve idempotency keys,
+//! number and chain the new events, insert them with multi-row INSERTs, move the heads,
+//! commit, and only then answer the callers. A job that fails on its own (an idempotency
+//! conflict) fails alone; if the whole transaction fails, each job is retried by itself so
+//! that one bad job cannot sink the others, unless the database is unreachable: then the
+//! whole group fails at once with `UNAVAILABLE`.
+//!
+//! Retention purges are jobs too: they cut a tenant's chain under the same head lock and
+//! record their own `audit.retention.purged` event in the same transaction.
+
+mod tables;
+mod write;
+
+pub use tables::USED_KEYS_POSTGRES;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use entity::audit_log::{self};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::{MAX_BATCH, NewEvent};
+use super::pubsub::Feed;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// Events per group-commit transaction; a bigger backlog is taken in the next one.
+const MAX_GROUP_EVENTS: usize = 5000;
+/// Jobs that may wait for the committer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
+
+/// Handle to the committer task. Cheap to clone; the task ends when the last handle is gone.
+#[derive(Clone)]
+pub struct Ingestor {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Where committed events go live. PostgreSQL instances hear of them through NOTIFY (see
+/// `pubsub`); SQLite has one instance, whose committer publishes them itself.
+struct Committer {
+    db: DatabaseConnection,
+    feed: Option<Feed>,
+    metrics: Arc<Metrics>,
+}
+
+struct Job {
+    tenant_id: String,
+    work: Work,
+    reply: oneshot::Sender<Result<Vec<audit_log::Model>>>,
+}
+
+enum Work {
+    Log(Vec<NewEvent>),
+    /// Delete the tenant's oldest events recorded before the cutoff.
+    Purge(DateTime<Utc>),
+}
+
+impl Work {
+    fn size(&self) -> usize {
+        match self {
+            Work::Log(events) => events.len(),
+            Work::Purge(_) => 1,
+        }
+    }
+}
+
+impl Ingestor {
+    /// Starts the committer on the current tokio runtime. On SQLite it publishes committed
+    /// events to `feed`; on PostgreSQL it notifies every instance's listener instead.
+    pub fn start(db: DatabaseConnection, feed: Feed, metrics: Arc<Metrics>) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        let feed = (db.get_database_backend() != DbBackend::Postgres).then_some(feed);
+        tokio::spawn(commit_loop(Committer { db, feed, metrics }, queue));
+        Ingestor { jobs }
+    }
+
+    /// Validates and stores `events` for `tenant_id`, all or nothing, and returns the stored
+    /// rows in input order once they are committed. An event whose idempotency key was seen
+    /// before with the same content comes back as the original row.
+    ///
+    /// Validation errors point into the list: `[3].action`.
+    pub async fn ingest(
+        &self,
+        tenant_id: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<audit_log::Model>> {
+        if events.is_empty() || events.len() > MAX_BATCH {
+            return Err(Error::bad_input(
+                "",
+                format!(
+                    "a batch holds 1 to {MAX_BATCH} events, got {}",
+                    events.len()
+                ),
+            ));
+        }
+        let now = Utc::now();
+        for (i, event) in events.iter().enumerate() {
+            event.validate(now).map_err(|e| match e {
+                Error::BadInput { field, message } => {
+                    Error::bad_input(format!("[{i}].{field}"), message)
+                }
+                other => other,
+            })?;
+        }
+        self.submit(tenant_id, Work::Log(events)).await
+    }
+
+    /// Deletes the tenant's events recorded before `cutoff` (the oldest part of its chain),
+    /// leaves a checkpoint for verification, and records an `audit.retention.purged` event,
+    /// all in one transaction. Returns that event, or `None` when nothing was old enough.
+    pub async fn purge(
+        &self,
+        tenant_id: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<audit_log::Model>> {
+        Ok(self.submit(tenant_id, Work::Purge(cutoff)).await?.pop())
+    }
+
+    async fn submit(&self, tenant_id: &str, work: Work) -> Result<Vec<audit_log::Model>> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            tenant_id: tenant_id.to_owned(),
+            work,
+            reply,
+        };
+        let stopped = || Error::internal("the ingest committer has stopped");
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn commit_loop(committer: Committer, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut size = first.work.size();
+        let mut group = vec![first];
+        while size < MAX_GROUP_EVENTS {
+            match queue.try_recv() {
+                Ok(job) => {
+                    size += job.work.size();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        committer.commit_group(group).await;
+    }
+}
+
+impl Committer {
+    async fn commit_group(&self, group: Vec<Job>) {
+        let (requests, replies): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|job| ((job.tenant_id, job.work), job.reply))
+            .unzip();
+        match self.write(&requests).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that went away (client disconnected) no longer needs the answer.
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) if requests.len() == 1 => {
+                let _ = replies.into_iter().next().map(|reply| reply.send(Err(err)));
+            }
+            // The database is down: every job would fail the same way, and fast is better.
+            Err(Error::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, jobs = requests.len(), "group commit failed: database unavailable");
+                let message = cause.to_string();
+                for reply in replies {
+                    let cause = DbErr::Conn(RuntimeErr::Internal(message.clone()));
+                    let _ = reply.send(Err(Error::Unavailable(cause)));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, jobs = requests.len(), "group commit failed, retrying jobs one by one");
+                for (request, reply) in requests.iter().zip(replies) {
+                    let result = self.write(std::slice::from_ref(request)).await;
+                    let _ = reply.send(result.and_then(|mut r| {
+                        r.pop()
+                            .unwrap_or_else(|| Err(Error::internal("no result for a retried job")))
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Writes jobs in one transaction and makes the new events live once committed.
+    async fn write(&self, requests: &[Request]) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
+        let started = Instant::now();
+        let (results, committed, chain) = write::write(&self.db, requests).await?;
+        self.metrics
+            .committed(committed.len(), started.elapsed(), chain);
+        if let Some(feed) = &self.feed {
+            feed.publish(committed);
+        }
+        Ok(results)
+    }
+}
+
+type Request = (String, Work);

@@ -1,0 +1,198 @@
+//! One group-commit transaction: lock the heads, plan each job's events against the chain
+//! and the stored idempotency keys, insert, move the heads, NOTIFY, commit.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use entity::audit_log::{self, ActorType, Outcome};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use serde_json::json;
+
+use super::tables::{
+    Head, ROWS_PER_INSERT, insert, load_keyed, lock_head, move_head, remember_keys,
+};
+use super::{Request, Work};
+use crate::error::{Error, Result};
+use crate::service::event::{NewEvent, Target, micros};
+use crate::service::{pubsub, retention};
+
+/// Per job, its events or its own failure.
+type JobResults = Vec<Result<Vec<audit_log::Model>>>;
+
+/// Writes a group of jobs in one transaction. The outer error fails the whole group; the
+/// inner results are per job. Also returns the new rows, in commit order.
+pub(super) async fn write(
+    db: &DatabaseConnection,
+    requests: &[Request],
+) -> Result<(JobResults, Vec<audit_log::Model>, Duration)> {
+    let txn = db.begin().await?;
+    let recorded_at = micros(Utc::now());
+
+    // Sorted, so that every writer locks tenants in the same order and none deadlock.
+    // Per tenant: the sequence when locked, and the head as it moves.
+    let mut heads = BTreeMap::new();
+    for (tenant_id, _) in requests {
+        heads.entry(tenant_id.as_str()).or_insert((0, None));
+    }
+    for (tenant_id, (first, head)) in heads.iter_mut() {
+        let locked = lock_head(&txn, tenant_id).await?;
+        *first = locked.seq;
+        *head = Some(locked);
+    }
+    let mut known = load_keyed(&txn, requests).await?;
+
+    let mut results = Vec::with_capacity(requests.len());
+    let mut rows = Vec::new();
+    let mut chain = Duration::ZERO;
+    for (tenant_id, work) in requests {
+        let head = heads
+            .get_mut(tenant_id.as_str())
+            .and_then(|(_, head)| head.as_mut())
+            .ok_or_else(|| Error::internal("chain head not locked"))?;
+        let events = match work {
+            Work::Log(events) => Cow::Borrowed(events),
+            Work::Purge(cutoff) => {
+                match retention::cut(&txn, tenant_id, head.seq, *cutoff, recorded_at).await? {
+                    Some(cut) => Cow::Owned(vec![purge_event(tenant_id, &cut)]),
+                    None => {
+                        results.push(Ok(Vec::new()));
+                        continue;
+                    }
+                }
+            }
+        };
+        let planning = Instant::now();
+        let planned = plan(tenant_id, &events, head, recorded_at, &known);
+        chain += planning.elapsed();
+        match planned {
+            Ok(planned) => {
+                let mut models = Vec::with_capacity(planned.len());
+                for Planned { model, is_new } in planned {
+                    if is_new {
+                        head.seq = model.seq;
+                        head.hash = model.hash.clone();
+                        head.recorded_at = Some(model.recorded_at);
+                        if let Some(key) = &model.idempotency_key {
+                            known.insert((tenant_id.clone(), key.clone()), model.clone());
+                        }
+                        rows.push(model.clone());
+                    }
+                    models.push(model);
+                }
+                results.push(Ok(models));
+            }
+            Err(err) => results.push(Err(err)),
+        }
+    }
+
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        insert(&txn, chunk).await?;
+    }
+    remember_keys(&txn, &rows, recorded_at).await?;
+    let mut ranges = Vec::new();
+    for (tenant_id, (first, head)) in &heads {
+        if let Some(head) = head
+            && head.seq > *first
+        {
+            move_head(&txn, tenant_id, head).await?;
+            ranges.push((tenant_id.to_string(), first + 1, head.seq));
+        }
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // One NOTIFY per transaction, not per event: NOTIFY serializes commits.
+        for payload in pubsub::notifications(&ranges) {
+            let notify = Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [pubsub::CHANNEL.into(), payload.into()],
+            );
+            txn.execute_raw(notify).await?;
+        }
+    }
+    txn.commit().await?;
+    Ok((results, rows, chain))
+}
+
+/// The event that records a purge, in the purged tenant's own chain.
+fn purge_event(tenant_id: &str, cut: &retention::Cut) -> NewEvent {
+    NewEvent {
+        actor_type: ActorType::System,
+        actor_id: "audit-service".to_owned(),
+        actor_name: Some("retention".to_owned()),
+        action: "audit.retention.purged".to_owned(),
+        target: Some(Target {
+            kind: "tenant".to_owned(),
+            id: tenant_id.to_owned(),
+            name: None,
+        }),
+        outcome: Outcome::Success,
+        reason: None,
+        occurred_at: None,
+        metadata: Some(json!({
+            "purgedCount": cut.purged_count,
+            "throughSequence": cut.seq.to_string(),
+            "throughHash": hex::encode(&cut.hash),
+            "recordedBefore": crate::service::canonical::timestamp(cut.cutoff),
+        })),
+        ip_address: None,
+        user_agent: None,
+        request_id: None,
+        idempotency_key: None,
+    }
+}
+
+struct Planned {
+    model: audit_log::Model,
+    is_new: bool,
+}
+
+/// Decides, for each event of one job, whether it is new (and its place in the chain) or a
+/// retry of a stored event. Fails the whole job on a conflicting idempotency key; the head
+/// moves only when the caller accepts the plan.
+fn plan(
+    tenant_id: &str,
+    events: &[NewEvent],
+    head: &Head,
+    recorded_at: DateTime<Utc>,
+    known: &HashMap<(String, String), audit_log::Model>,
+) -> Result<Vec<Planned>> {
+    let mut seq = head.seq;
+    let mut prev_hash = head.hash.clone();
+    let mut own: HashMap<&str, audit_log::Model> = HashMap::new();
+    let mut planned = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        if let Some(key) = &event.idempotency_key {
+            let stored = own
+                .get(key.as_str())
+                .or_else(|| known.get(&(tenant_id.to_owned(), key.clone())));
+            if let Some(stored) = stored {
+                if !event.same_content(stored) {
+                    return Err(Error::IdempotencyConflict {
+                        field: format!("[{i}].idempotencyKey"),
+                        key: key.clone(),
+                    });
+                }
+                planned.push(Planned {
+                    model: stored.clone(),
+                    is_new: false,
+                });
+                continue;
+            }
+        }
+        seq += 1;
+        let model = event
+            .clone()
+            .into_model(tenant_id, seq, recorded_at, prev_hash);
+        prev_hash = model.hash.clone();
+        if let Some(key) = &event.idempotency_key {
+            own.insert(key, model.clone());
+        }
+        planned.push(Planned {
+            model,
+            is_new: true,
+        });
+    }
+    Ok(planned)
+}
