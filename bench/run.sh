@@ -14,5 +14,9 @@ target/release/audit-bench --write docs/benchmarks.md.table all "$@"
     echo "The hash chain's own per-event cost is measured by \`cargo bench --bench chain\`."
     echo
     cat docs/benchmarks.md.table
-} > docs/benchmarks.md
+    # The sections written by hand, from the first second-level heading on, stay.
+    echo
+    sed -n '/^## /,$p' docs/benchmarks.md
+} > docs/benchmarks.md.new
+mv docs/benchmarks.md.new docs/benchmarks.md
 rm docs/benchmarks.md.table

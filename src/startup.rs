@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::access::Access;
 use crate::auth::Authenticator;
 use crate::config::ServeConfig;
+use crate::context::AppContext;
 use crate::graphql::{SchemaConfig, build_schema};
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
@@ -72,19 +73,17 @@ impl Application {
             );
         }
         let access = Arc::new(Access::new(&config.auth, ingestor.clone()));
-        let schema = build_schema(
-            db.clone(),
+        let context = AppContext {
+            db,
             ingestor,
             feed,
-            access.clone(),
-            &SchemaConfig::from(config),
-        );
-        let state = AppState {
-            schema,
-            db,
-            metrics,
             auth,
             access,
+            metrics,
+        };
+        let state = AppState {
+            schema: build_schema(context.clone(), &SchemaConfig::from(config)),
+            context,
         };
         let router = app(state, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;

@@ -19,8 +19,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::access::{Access, Origin};
-use crate::auth::{Authenticator, Principal, Refusal};
+use crate::access::Origin;
+use crate::auth::{Principal, Refusal};
+use crate::context::AppContext;
 use crate::error::Code;
 use crate::graphql::AppSchema;
 
@@ -38,8 +39,7 @@ const INBOX: usize = 1024;
 /// An upgraded request, ready to serve.
 pub struct Connection {
     pub schema: AppSchema,
-    pub auth: Arc<Authenticator>,
-    pub access: Arc<Access>,
+    pub context: AppContext,
     pub protocol: WebSocketProtocols,
     pub upgrade_authorization: Option<String>,
     pub origin: Origin,
@@ -161,7 +161,7 @@ impl Connection {
                 let authorization = message["payload"]["authorization"]
                     .as_str()
                     .or(self.upgrade_authorization.as_deref());
-                match self.auth.authenticate(authorization).await {
+                match self.context.auth.authenticate(authorization).await {
                     Ok(principal) => {
                         *admitted.lock().unwrap_or_else(|e| e.into_inner()) = Some(principal);
                         Inbound::Forward(text)
@@ -172,8 +172,13 @@ impl Connection {
                         Inbound::Close(1013, err.to_string())
                     }
                     Err(Refusal::Denied(denial)) => {
-                        self.access
-                            .record_denial(None, None, None, &denial.reason, &self.origin);
+                        self.context.access.record_denial(
+                            None,
+                            None,
+                            None,
+                            &denial.reason,
+                            &self.origin,
+                        );
                         match self.protocol {
                             WebSocketProtocols::GraphQLWS => Inbound::Close(4403, "Forbidden".to_owned()),
                             WebSocketProtocols::SubscriptionsTransportWS => Inbound::Reply(

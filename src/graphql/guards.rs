@@ -1,11 +1,10 @@
 //! Scope checks on resolvers; a refusal is recorded as `audit.access.denied`.
 
-use std::sync::Arc;
-
 use async_graphql::{Context, Guard};
 
-use crate::access::{Access, Origin};
+use crate::access::Origin;
 use crate::auth::{Principal, Scope};
+use crate::context::AppContext;
 use crate::error::Error;
 
 /// Lets the request through only if its principal holds the scope (admins hold all).
@@ -17,7 +16,7 @@ impl Guard for RequireScope {
         if principal.has(self.0) {
             return Ok(());
         }
-        if let Ok(access) = ctx.data::<Arc<Access>>() {
+        if let Ok(AppContext { access, .. }) = ctx.data::<AppContext>() {
             let origin = ctx.data_opt::<Origin>().cloned().unwrap_or_default();
             let field = ctx
                 .path_node

@@ -5,13 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
-use entity::audit_log::{self, Column};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use entity::audit_log;
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::budget::Budget;
 use crate::service::cursor::Cursor;
 use crate::service::filter::Filter;
+use crate::service::query;
 use crate::service::trail::{self, Subject};
 
 /// Most keys per batch (SQLite allows 500 members in one UNION).
@@ -108,12 +109,7 @@ impl Loader<EventKey> for AuditLoader {
         }
         let mut found = HashMap::new();
         for (tenant_ids, ids) in by_tenants {
-            let rows = audit_log::Entity::find()
-                .filter(Column::TenantId.is_in(tenant_ids.iter().cloned()))
-                .filter(Column::Id.is_in(ids))
-                .all(&self.db)
-                .await
-                .map_err(crate::error::Error::from)?;
+            let rows = query::find_many(&self.db, &tenant_ids, ids).await?;
             self.budget.hold(&rows).await?;
             for row in rows {
                 let key = EventKey {

@@ -15,15 +15,11 @@ pub mod types;
 
 pub use errors::label;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder};
-use sea_orm::DatabaseConnection;
 
-use crate::access::Access;
-use crate::service::ingest::Ingestor;
-use crate::service::pubsub::Feed;
+use crate::context::AppContext;
 /// How many requests of the largest complexity may run at once; smaller ones share the
 /// same capacity in proportion.
 const CONCURRENT_COMPLEXITY_LIMITS: usize = 4;
@@ -97,26 +93,17 @@ fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
     }
 }
 
-/// The schema, serving `db`, writing through `ingestor`, watching `feed`. Neither connects
-/// nor migrates.
-pub fn build_schema(
-    db: DatabaseConnection,
-    ingestor: Ingestor,
-    feed: Feed,
-    access: Arc<Access>,
-    config: &SchemaConfig,
-) -> AppSchema {
+/// The schema, serving the context's database, writing through its ingestor, watching its
+/// feed. Neither connects nor migrates.
+pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
     builder(config)
         .extension(admission::Admission::new(
             config.max_complexity,
             CONCURRENT_COMPLEXITY_LIMITS,
-            db.clone(),
+            context.db.clone(),
             config.batch_window,
         ))
-        .data(db)
-        .data(ingestor)
-        .data(feed)
-        .data(access)
+        .data(context)
         .finish()
 }
 

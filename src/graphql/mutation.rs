@@ -5,7 +5,7 @@ use async_graphql::{Context, Object};
 use super::guards::RequireScope;
 use super::types::{AuditEventInput, AuditLog};
 use crate::auth::{Principal, Scope};
-use crate::service::ingest::Ingestor;
+use crate::context::AppContext;
 
 #[derive(Default)]
 pub struct AuditMutation;
@@ -20,7 +20,7 @@ impl AuditMutation {
         input: AuditEventInput,
     ) -> async_graphql::Result<AuditLog> {
         let principal = ctx.data::<Principal>()?;
-        let ingestor = ctx.data::<Ingestor>()?;
+        let ingestor = &ctx.data::<AppContext>()?.ingestor;
         let mut stored = ingestor
             .ingest(&principal.tenant_id, vec![input.into()])
             .await
@@ -37,7 +37,7 @@ impl AuditMutation {
         inputs: Vec<AuditEventInput>,
     ) -> async_graphql::Result<Vec<AuditLog>> {
         let principal = ctx.data::<Principal>()?;
-        let ingestor = ctx.data::<Ingestor>()?;
+        let ingestor = &ctx.data::<AppContext>()?.ingestor;
         let events = inputs.into_iter().map(Into::into).collect();
         let stored = ingestor
             .ingest(&principal.tenant_id, events)

@@ -1,7 +1,6 @@
 //! Read resolvers: one event by id, and filtered pages of events.
 
 use async_graphql::{Context, ID, Object};
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::admission::page_cost;
@@ -12,6 +11,7 @@ use super::types::{
     AuditLogOrder, Count,
 };
 use crate::auth::{Principal, Scope};
+use crate::context::AppContext;
 use crate::error::Error;
 use crate::service::chain;
 use crate::service::event::{MAX_ID_LEN, check_id};
@@ -32,7 +32,7 @@ impl AuditQuery {
         let principal = ctx.data::<Principal>()?;
         let id = Uuid::parse_str(&id)
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
-        let db = ctx.data::<DatabaseConnection>()?;
+        let db = &ctx.data::<AppContext>()?.db;
         let found = query::find(db, &principal.readable_tenants(), id).await?;
         budget::hold(ctx, found.as_slice()).await?;
         Ok(found.map(AuditLog))
@@ -74,7 +74,7 @@ impl AuditQuery {
         };
         let want_far_side = ctx.look_ahead().field("pageInfo").field(far_flag).exists();
         budget::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
-        let db = ctx.data::<DatabaseConnection>()?;
+        let db = &ctx.data::<AppContext>()?.db;
         let page = query::page(db, &filter, &args, want_far_side).await?;
         budget::hold(ctx, &page.rows).await?;
         Ok(AuditLogConnection::new(
@@ -92,7 +92,7 @@ impl AuditQuery {
         tenant_id: Option<String>,
     ) -> async_graphql::Result<Option<AuditChainHead>> {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
-        let db = ctx.data::<DatabaseConnection>()?;
+        let db = &ctx.data::<AppContext>()?.db;
         Ok(chain::head(db, &tenant_id).await?.map(Into::into))
     }
 
@@ -119,7 +119,7 @@ impl AuditQuery {
             )
             .into());
         }
-        let db = ctx.data::<DatabaseConnection>()?;
+        let db = &ctx.data::<AppContext>()?.db;
         Ok(chain::verify(db, &tenant_id, from, to).await?.into())
     }
 }

@@ -2,15 +2,14 @@
 
 use async_graphql::{Context, Subscription};
 use futures_util::{Stream, StreamExt};
-use sea_orm::DatabaseConnection;
 
 use super::guards::RequireScope;
 use super::types::{AuditLog, AuditLogFilter};
 use crate::auth::{Principal, Scope};
+use crate::context::AppContext;
 use crate::error::Error;
 use crate::service::cursor::Cursor;
 use crate::service::live;
-use crate::service::pubsub::Feed;
 
 #[derive(Default)]
 pub struct AuditSubscription;
@@ -38,9 +37,9 @@ impl AuditSubscription {
                     .ok_or_else(|| Error::bad_input("after", "after is not a valid cursor"))
             })
             .transpose()?;
-        let db = ctx.data::<DatabaseConnection>()?.clone();
+        let db = ctx.data::<AppContext>()?.db.clone();
         // Subscribe before replaying, so that nothing committed meanwhile is missed.
-        let live = ctx.data::<Feed>()?.subscribe();
+        let live = ctx.data::<AppContext>()?.feed.subscribe();
         let deadline = principal.expires_at;
         Ok(live::tail(db, filter, after, live, deadline).map(|event| Ok(AuditLog(event?))))
     }

@@ -41,13 +41,13 @@ pub(super) async fn admit(
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let principal = match state.auth.authenticate(authorization).await {
+    let principal = match state.context.auth.authenticate(authorization).await {
         Ok(principal) => principal,
         Err(Refusal::Failed(err)) => {
             return Err(error_response(status_of(&err), err));
         }
         Err(Refusal::Denied(denial)) => {
-            state.access.record_denial(
+            state.context.access.record_denial(
                 denial.tenant_id.as_deref(),
                 denial.subject.as_deref(),
                 None,
@@ -65,7 +65,7 @@ pub(super) async fn admit(
             return Err(response);
         }
     };
-    if let Err(err) = state.access.admit(&principal) {
+    if let Err(err) = state.context.access.admit(&principal) {
         return Err(error_response(StatusCode::TOO_MANY_REQUESTS, err));
     }
     Ok((principal, origin))

@@ -34,7 +34,7 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .route("/readyz", get(ready))
         .route(
             "/metrics",
-            get(|State(state): State<AppState>| async move { state.metrics.render() }),
+            get(|State(state): State<AppState>| async move { state.context.metrics.render() }),
         )
         .merge(crate::graphiql::router())
         .fallback(not_found)
@@ -58,7 +58,7 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
 const READY_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn ready(State(state): State<AppState>) -> Response {
-    match tokio::time::timeout(READY_TIMEOUT, state.db.ping()).await {
+    match tokio::time::timeout(READY_TIMEOUT, state.context.db.ping()).await {
         Ok(Ok(())) => "ready".into_response(),
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");

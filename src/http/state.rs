@@ -1,14 +1,9 @@
 //! What every HTTP handler shares, and the limits of the HTTP surface.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
-
-use crate::access::Access;
-use crate::auth::Authenticator;
+use crate::context::AppContext;
 use crate::graphql::AppSchema;
-use crate::metrics::Metrics;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -18,12 +13,9 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json; charset=utf-8";
 pub const JSON: &str = "application/json; charset=utf-8";
 
-/// What every handler shares.
+/// What every handler shares: the schema, and the context it was built with.
 #[derive(Clone)]
 pub struct AppState {
     pub schema: AppSchema,
-    pub db: DatabaseConnection,
-    pub metrics: Arc<Metrics>,
-    pub auth: Arc<Authenticator>,
-    pub access: Arc<Access>,
+    pub context: AppContext,
 }

@@ -35,8 +35,7 @@ pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::
     };
     let connection = ws::Connection {
         schema: state.schema.clone(),
-        auth: state.auth.clone(),
-        access: state.access.clone(),
+        context: state.context.clone(),
         protocol,
         upgrade_authorization: parts
             .headers

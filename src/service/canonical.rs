@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
-use entity::audit_log::{self};
+use entity::audit_log;
 use sea_orm::ActiveEnum;
 use sha2::{Digest, Sha256};
 

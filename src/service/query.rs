@@ -51,9 +51,19 @@ pub async fn find(
     tenant_ids: &[String],
     id: Uuid,
 ) -> Result<Option<audit_log::Model>> {
-    Ok(audit_log::Entity::find_by_id(id)
+    Ok(find_many(db, tenant_ids, vec![id]).await?.pop())
+}
+
+/// The events among `ids` that belong to the caller's tenants, in no particular order.
+pub async fn find_many(
+    db: &impl ConnectionTrait,
+    tenant_ids: &[String],
+    ids: Vec<Uuid>,
+) -> Result<Vec<audit_log::Model>> {
+    Ok(audit_log::Entity::find()
         .filter(Column::TenantId.is_in(tenant_ids.to_vec()))
-        .one(db)
+        .filter(Column::Id.is_in(ids))
+        .all(db)
         .await?)
 }
 

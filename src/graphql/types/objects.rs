@@ -7,6 +7,7 @@ use entity::audit_log;
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::context::AppContext;
 use crate::graphql::admission::page_cost;
 use crate::graphql::budget;
 use crate::graphql::scalars::DateTime;
@@ -256,7 +257,7 @@ impl AuditLogConnection {
     async fn total_count(&self, ctx: &Context<'_>) -> async_graphql::Result<u64> {
         match &self.count {
             Count::Query(filter) => {
-                let db = ctx.data::<sea_orm::DatabaseConnection>()?;
+                let db = &ctx.data::<AppContext>()?.db;
                 Ok(query::count(db, filter).await?)
             }
             Count::Known(n) => Ok(*n),

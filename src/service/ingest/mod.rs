@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use entity::audit_log::{self};
+use entity::audit_log;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 use tokio::sync::{mpsc, oneshot};
 

@@ -1,0 +1,24 @@
+//! What the server shares, built once at startup and handed to both the HTTP edge (inside the
+//! router's state) and the GraphQL schema (as its one piece of data).
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::access::Access;
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::service::ingest::Ingestor;
+use crate::service::pubsub::Feed;
+
+/// The database, the write path, the live feed, authentication, access control and metrics
+/// of one server instance. Cheap to clone.
+#[derive(Clone)]
+pub struct AppContext {
+    pub db: DatabaseConnection,
+    pub ingestor: Ingestor,
+    pub feed: Feed,
+    pub auth: Arc<Authenticator>,
+    pub access: Arc<Access>,
+    pub metrics: Arc<Metrics>,
+}
