@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use entity::audit_log::{ActorType, Outcome};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::auth::{Credential, Principal};
 use crate::config::AuthConfig;
@@ -83,11 +83,7 @@ impl Access {
         {
             return;
         }
-        let actor_type = match credential {
-            Some(Credential::ApiKey(_)) => ActorType::Service,
-            Some(Credential::Open) => ActorType::System,
-            _ => ActorType::User,
-        };
+        let actor_type = actor_type(credential);
         let credential = match credential {
             Some(Credential::ApiKey(id)) => json!({ "kind": "api_key", "id": id.to_string() }),
             Some(Credential::Jwt) => json!({ "kind": "jwt" }),
@@ -115,6 +111,40 @@ impl Access {
                 tracing::warn!(error = %err, "could not record a denied attempt");
             }
         });
+    }
+}
+
+/// The kind of actor a credential speaks for.
+pub fn actor_type(credential: Option<&Credential>) -> ActorType {
+    match credential {
+        Some(Credential::ApiKey(_)) => ActorType::Service,
+        Some(Credential::Open) => ActorType::System,
+        _ => ActorType::User,
+    }
+}
+
+/// An event the server records about what a caller did (`audit.export.requested`), with
+/// the caller as actor; what the credential and request carry is cut to what an event holds.
+pub fn caller_event(
+    principal: &Principal,
+    origin: &Origin,
+    action: &str,
+    metadata: Value,
+) -> NewEvent {
+    NewEvent {
+        actor_type: actor_type(Some(&principal.credential)),
+        actor_id: truncate(&principal.subject, 256),
+        actor_name: None,
+        action: action.to_owned(),
+        target: None,
+        outcome: Outcome::Success,
+        reason: None,
+        occurred_at: None,
+        metadata: Some(metadata),
+        ip_address: origin.ip.clone(),
+        user_agent: origin.user_agent.as_deref().map(|ua| truncate(ua, 1000)),
+        request_id: None,
+        idempotency_key: None,
     }
 }
 

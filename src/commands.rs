@@ -7,9 +7,12 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
+use crate::auth::Principal;
 use crate::config::{Cli, Command, DatabaseConfig, KeysCommand};
+use crate::graphql::types::AuditLogFilter;
+use crate::service::filter::Filter;
 use crate::service::pubsub::Feed;
-use crate::service::{self, chain, ingest::Ingestor, maintenance};
+use crate::service::{self, chain, export, ingest::Ingestor, maintenance};
 use crate::startup::Application;
 use crate::{graphql, telemetry};
 
@@ -38,11 +41,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export {
             database,
             tenant,
-            format: _,
+            format,
+            filter,
         } => {
+            let filter = filter
+                .map(|text| export_filter(&tenant, &text))
+                .transpose()?;
             let db = connect(&database).await?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            chain::export(&db, &tenant, &mut out).await?;
+            export::tenant(&db, &tenant, filter, format, &mut out).await?;
             out.flush()?;
         }
         Command::Keys { database, action } => keys(&connect(&database).await?, action).await?,
@@ -70,6 +77,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The filter of `export --filter`, for the one tenant exported.
+fn export_filter(tenant: &str, text: &str) -> anyhow::Result<Filter> {
+    let json =
+        serde_json::from_str(text).map_err(|err| anyhow::anyhow!("--filter is not JSON: {err}"))?;
+    let mut filter = AuditLogFilter::from_json(json)?;
+    anyhow::ensure!(
+        filter.tenant_ids.is_none(),
+        "--tenant names the tenant, not --filter"
+    );
+    filter.tenant_ids = Some(vec![tenant.to_owned()]);
+    let owner = Principal {
+        tenant_id: tenant.to_owned(),
+        ..Principal::open()
+    };
+    Ok(filter.into_filter(&owner)?)
 }
 
 async fn connect(database: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {

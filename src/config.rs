@@ -41,15 +41,19 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Write a tenant's events, with sequence numbers and hashes, to stdout.
+    /// Write a tenant's events, with sequence numbers and hashes, to stdout in sequence
+    /// order.
     Export {
         #[command(flatten)]
         database: DatabaseConfig,
         #[arg(long)]
         tenant: String,
-        /// One JSON object per line (the canonical encoding plus `hash` and `prev_hash`).
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
+        /// Only the events this `AuditLogFilter`, written as JSON, matches
+        /// (`{"actions": ["project.*"]}`); `tenantIds` is `--tenant`'s.
+        #[arg(long)]
+        filter: Option<String>,
     },
     /// Manage API keys.
     Keys {
@@ -101,8 +105,10 @@ pub enum KeysCommand {
 /// Export formats.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportFormat {
-    /// Newline-delimited JSON.
+    /// Newline-delimited JSON: the canonical encoding plus `hash` and `prev_hash`.
     Ndjson,
+    /// RFC 4180 CSV with a header row; metadata as a JSON string.
+    Csv,
 }
 
 /// How long events are kept.

@@ -28,6 +28,9 @@ pub(super) fn http_error(status: StatusCode, message: &str) -> Response {
 /// The HTTP status for an error answered outside GraphQL.
 pub(super) fn status_of(error: &Error) -> StatusCode {
     match error {
+        Error::BadInput { .. } => StatusCode::BAD_REQUEST,
+        Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Unavailable(_) | Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
         Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

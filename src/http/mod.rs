@@ -4,6 +4,7 @@
 
 mod admit;
 mod errors;
+mod export;
 mod state;
 mod transport;
 mod websocket;
@@ -30,6 +31,7 @@ use transport::{graphql_get, graphql_post};
 pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/export", get(export::export))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route(

@@ -1,10 +1,10 @@
-//! The per-tenant hash chain as stored: heads, verification of a range, and export in
-//! sequence order. The encoding it checks is `canonical.rs`.
+//! The per-tenant hash chain as stored: heads and verification of a range. The encoding it
+//! checks is `canonical.rs`.
 
 use entity::{chain_checkpoint, chain_head};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::canonical::{GENESIS, chain_hash, export_line};
+use super::canonical::{GENESIS, chain_hash};
 use super::sequence::BySequence;
 use crate::error::{Error, Result};
 
@@ -158,24 +158,4 @@ pub async fn verify(
         first_invalid_sequence: None,
         reason: None,
     })
-}
-
-/// Writes every stored event of a tenant, in sequence order, a bounded batch at a time.
-pub async fn export(
-    db: &impl ConnectionTrait,
-    tenant_id: &str,
-    out: &mut impl std::io::Write,
-) -> Result<u64> {
-    let mut events = BySequence::after(tenant_id, 0);
-    let mut written = 0;
-    loop {
-        let rows = events.next(db).await?;
-        if rows.is_empty() {
-            return Ok(written);
-        }
-        for row in &rows {
-            out.write_all(&export_line(row)).map_err(Error::internal)?;
-            written += 1;
-        }
-    }
 }

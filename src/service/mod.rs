@@ -4,6 +4,7 @@ pub mod canonical;
 pub mod chain;
 pub mod cursor;
 pub mod event;
+pub mod export;
 pub mod filter;
 pub mod ingest;
 pub mod keys;

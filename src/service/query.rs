@@ -107,6 +107,22 @@ pub async fn page(
     })
 }
 
+/// Up to `limit` matching events past `after`, in `order`: the keyset scan behind exports.
+pub async fn scan(
+    db: &impl ConnectionTrait,
+    filter: &Filter,
+    order: PageOrder,
+    after: Option<&Cursor>,
+    limit: u64,
+) -> Result<Vec<audit_log::Model>> {
+    let newest_first = order == PageOrder::NewestFirst;
+    let mut select = audit_log::Entity::find().filter(filter.condition(db.get_database_backend())?);
+    if let Some(c) = after {
+        select = select.filter(beyond(c, newest_first));
+    }
+    Ok(ordered(select, newest_first).limit(limit).all(db).await?)
+}
+
 /// The SQL of a page, for EXPLAIN.
 pub fn page_statement(filter: &Filter, args: &PageArgs, backend: DbBackend) -> Result<Statement> {
     Ok(Scan::new(filter, args, backend)?.select().build(backend))

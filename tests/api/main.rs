@@ -11,6 +11,7 @@ mod chain;
 mod client;
 mod events;
 mod explain;
+mod export;
 mod federation;
 mod filter;
 mod fuzz;

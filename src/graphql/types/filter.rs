@@ -1,10 +1,10 @@
 //! `AuditLogFilter`, converted to the service layer's `Filter` with tenant scoping.
 
-use async_graphql::{InputObject, Json};
+use async_graphql::{InputObject, InputType, Json};
 use serde_json::Value;
 
 use crate::auth::Principal;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graphql::scalars::DateTime;
 use crate::service::filter::Filter;
 
@@ -40,6 +40,19 @@ pub struct AuditLogFilter {
 }
 
 impl AuditLogFilter {
+    /// The filter written as JSON, as GraphQL variables carry it (`/export`, the CLI).
+    pub fn from_json(json: Value) -> Result<Self> {
+        let value = async_graphql::Value::from_json(json)
+            .map_err(|_| Error::bad_input("filter", "filter is an AuditLogFilter as JSON"))?;
+        <Self as InputType>::parse(Some(value)).map_err(|err| {
+            let message = err.into_server_error(async_graphql::Pos::default()).message;
+            Error::bad_input(
+                "filter",
+                format!("filter is not an AuditLogFilter: {message}"),
+            )
+        })
+    }
+
     /// The service filter for what `principal` may read, validated; error paths start at
     /// `filter`.
     pub fn into_filter(self, principal: &Principal) -> Result<Filter> {

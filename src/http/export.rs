@@ -1,0 +1,226 @@
+//! `GET /export`: what a filter matches, streamed as NDJSON or CSV under the same
+//! credentials and scopes as `auditLogs`, and recorded in the caller's tenant.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::access::{Origin, caller_event};
+use crate::auth::{Principal, Scope};
+use crate::config::ExportFormat;
+use crate::error::Error;
+use crate::graphql::types::AuditLogFilter;
+use crate::service::event::NewEvent;
+use crate::service::export;
+use crate::service::ingest::Ingestor;
+use crate::service::query::PageOrder;
+
+use super::admit::admit;
+use super::errors::{error_response, status_of};
+use super::state::AppState;
+
+/// The query string of `/export`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    format: Option<String>,
+    /// An `AuditLogFilter` as JSON.
+    filter: Option<String>,
+    #[serde(rename = "orderBy")]
+    order_by: Option<String>,
+}
+
+/// What was asked for, checked.
+struct Asked {
+    format: ExportFormat,
+    order: PageOrder,
+    filter_json: Value,
+}
+
+pub(super) async fn export(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let (principal, origin) = match admit(&state, &parts).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    if !principal.has(Scope::Read) {
+        let reason = "`/export` needs the audit:read scope";
+        state.context.access.record_denial(
+            Some(&principal.tenant_id),
+            Some(&principal.subject),
+            Some(&principal.credential),
+            reason,
+            &origin,
+        );
+        return error_response(StatusCode::FORBIDDEN, Error::Forbidden(reason.to_owned()));
+    }
+    let asked = Query::<Params>::try_from_uri(&parts.uri)
+        .map_err(|err| Error::bad_input("", format!("the query string is not valid: {err}")))
+        .and_then(|Query(params)| check(params));
+    let asked = match asked {
+        Ok(asked) => asked,
+        Err(err) => return error_response(status_of(&err), err),
+    };
+    let filter = AuditLogFilter::from_json(asked.filter_json.clone())
+        .and_then(|filter| filter.into_filter(&principal));
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(err) => return error_response(status_of(&err), err),
+    };
+
+    // On record before the first byte: an export that cannot be recorded does not happen.
+    let record = Record {
+        ingestor: state.context.ingestor.clone(),
+        principal: Arc::new(principal),
+        origin,
+    };
+    let metadata = json!({
+        "format": asked.format.extension(),
+        "orderBy": if asked.order == PageOrder::OldestFirst { "OCCURRED_AT_ASC" } else { "OCCURRED_AT_DESC" },
+        "filter": asked.filter_json,
+    });
+    let requested = match record.write("audit.export.requested", metadata).await {
+        Ok(id) => id,
+        Err(err) => return error_response(status_of(&err), err),
+    };
+
+    let format = asked.format;
+    let finished = Finished {
+        record,
+        requested,
+        rows: 0,
+        complete: false,
+    };
+    let pages = export::pages(state.context.db.clone(), filter, asked.order);
+    let body = async_stream::stream! {
+        // Moved in whole, so that it is dropped with the body, not with this handler.
+        let mut finished = finished;
+        yield Ok::<_, std::io::Error>(Bytes::from(format.header()));
+        let mut pages = std::pin::pin!(pages);
+        while let Some(page) = pages.next().await {
+            match page {
+                Ok(rows) => {
+                    let mut chunk = Vec::with_capacity(rows.len() * 512);
+                    for row in &rows {
+                        chunk.extend_from_slice(&format.encode(row));
+                    }
+                    finished.rows += rows.len() as u64;
+                    yield Ok(Bytes::from(chunk));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "export failed part-way");
+                    yield Ok(Bytes::from(format.failure()));
+                    return;
+                }
+            }
+        }
+        finished.complete = true;
+    };
+    let file_name = format!(
+        "attachment; filename=\"audit-export-{}.{}\"",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        format.extension()
+    );
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.media_type()),
+        )],
+        Body::from_stream(body),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&file_name) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+/// The format, order and filter asked for; paths name the query parameter.
+fn check(params: Params) -> Result<Asked, Error> {
+    let format = match params.format.as_deref() {
+        None | Some("ndjson") => ExportFormat::Ndjson,
+        Some("csv") => ExportFormat::Csv,
+        Some(_) => return Err(Error::bad_input("format", "format is `ndjson` or `csv`")),
+    };
+    let order = match params.order_by.as_deref() {
+        None | Some("OCCURRED_AT_ASC") => PageOrder::OldestFirst,
+        Some("OCCURRED_AT_DESC") => PageOrder::NewestFirst,
+        Some(_) => {
+            return Err(Error::bad_input(
+                "orderBy",
+                "orderBy is `OCCURRED_AT_ASC` or `OCCURRED_AT_DESC`",
+            ));
+        }
+    };
+    let filter_json = match params.filter.as_deref() {
+        None => json!({}),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|_| Error::bad_input("filter", "filter is an AuditLogFilter as JSON"))?,
+    };
+    Ok(Asked {
+        format,
+        order,
+        filter_json,
+    })
+}
+
+/// Writes the export's own events in the caller's tenant.
+struct Record {
+    ingestor: Ingestor,
+    principal: Arc<Principal>,
+    origin: Origin,
+}
+
+impl Record {
+    fn event(&self, action: &str, metadata: Value) -> NewEvent {
+        caller_event(&self.principal, &self.origin, action, metadata)
+    }
+
+    /// Records an event and returns its id.
+    async fn write(&self, action: &str, metadata: Value) -> Result<String, Error> {
+        let event = self.event(action, metadata);
+        let stored = self
+            .ingestor
+            .ingest(&self.principal.tenant_id, vec![event])
+            .await?;
+        Ok(stored.first().map(|e| e.id.to_string()).unwrap_or_default())
+    }
+}
+
+/// Records how an export ended (`audit.export.finished`) when its body is done or dropped,
+/// which is also what happens when the client goes away.
+struct Finished {
+    record: Record,
+    requested: String,
+    rows: u64,
+    complete: bool,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        let event = self.record.event(
+            "audit.export.finished",
+            json!({
+                "requestedEventId": self.requested,
+                "rowCount": self.rows,
+                "complete": self.complete,
+            }),
+        );
+        let ingestor = self.record.ingestor.clone();
+        let tenant_id = self.record.principal.tenant_id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = ingestor.ingest(&tenant_id, vec![event]).await {
+                tracing::warn!(error = %err, "could not record the end of an export");
+            }
+        });
+    }
+}
