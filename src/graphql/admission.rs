@@ -23,6 +23,7 @@ use super::limits;
 use super::loaders::{AuditLoader, MAX_BATCH};
 use crate::error::Error;
 use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
+use crate::service::stats::MAX_BUCKETS;
 
 /// Most entity representations in one request.
 pub const MAX_REPRESENTATIONS: usize = 1000;
@@ -184,6 +185,15 @@ impl Extension for Admitted {
             }
         }
     }
+}
+
+/// The complexity of `auditLogStats`: a bucket costs what a field costs, and the grouping
+/// query itself as much as a default page.
+pub fn stats_cost(first: i32, child_complexity: usize) -> usize {
+    let buckets = first.clamp(1, MAX_BUCKETS as i32) as usize;
+    buckets
+        .saturating_mul(child_complexity)
+        .saturating_add(DEFAULT_PAGE as usize)
 }
 
 /// The complexity of a page of `first` or `last` events (50 by default): every event costs

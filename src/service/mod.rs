@@ -14,4 +14,5 @@ pub mod pubsub;
 pub mod query;
 pub mod retention;
 pub mod sequence;
+pub mod stats;
 pub mod trail;

@@ -10,6 +10,7 @@ use sea_orm::{
     QueryOrder, Statement,
 };
 
+use super::stats::hour_sql;
 use crate::error::{Error, Result};
 
 /// What a purge removed: everything up to and including `seq`, whose hash verification of
@@ -48,6 +49,7 @@ pub async fn cut(
         return Ok(None);
     };
 
+    uncount(txn, tenant_id, through).await?;
     let mut purged_count = 0;
     if txn.get_database_backend() == DbBackend::Postgres {
         purged_count += drop_partitions(txn, tenant_id, through, cutoff).await?;
@@ -92,6 +94,42 @@ pub async fn cut(
         purged_count,
         cutoff,
     }))
+}
+
+/// Takes the events about to be purged (sequence up to `through`) out of the hourly rollup,
+/// so that `auditLogStats` keeps counting exactly what remains.
+async fn uncount(txn: &DatabaseTransaction, tenant_id: &str, through: i64) -> Result<()> {
+    let backend = txn.get_database_backend();
+    let (tenant, seq) = match backend {
+        DbBackend::Postgres => ("$1", "$2"),
+        _ => ("?1", "?2"),
+    };
+    let subtract = format!(
+        "UPDATE audit_stats SET events = audit_stats.events - gone.n
+         FROM (SELECT {hour} AS hour_start, action, actor_type,
+                      coalesce(target_type, '') AS target_type, outcome, count(*) AS n
+               FROM audit_logs WHERE tenant_id = {tenant} AND seq <= {seq}
+               GROUP BY 1, 2, 3, 4, 5) AS gone
+         WHERE audit_stats.tenant_id = {tenant} AND audit_stats.hour_start = gone.hour_start
+           AND audit_stats.action = gone.action AND audit_stats.actor_type = gone.actor_type
+           AND audit_stats.target_type = gone.target_type AND audit_stats.outcome = gone.outcome",
+        hour = hour_sql(backend),
+    );
+    let values = [tenant_id.into(), through.into()];
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        subtract,
+        values.clone(),
+    ))
+    .await?;
+    let empty = format!("DELETE FROM audit_stats WHERE tenant_id = {tenant} AND events <= 0");
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        empty,
+        [values[0].clone()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// Drops whole monthly partitions that end before the cutoff and hold only this tenant's

@@ -23,5 +23,6 @@ mod memory;
 mod outage;
 mod pagination;
 mod schema;
+mod stats;
 mod subscriptions;
 mod validation;

@@ -5,9 +5,11 @@ mod enums;
 mod filter;
 mod input;
 mod objects;
+mod stats;
 
 pub use chain::*;
 pub use enums::*;
 pub use filter::*;
 pub use input::*;
 pub use objects::*;
+pub use stats::*;

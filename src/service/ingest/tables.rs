@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use entity::audit_log::{self, Column};
-use entity::idempotency_key;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use entity::audit_log::{self, ActorType, Column, Outcome};
+use entity::{audit_stat, idempotency_key};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, Statement,
@@ -14,6 +14,7 @@ use sea_orm::{
 use super::{Request, Work};
 use crate::error::{Error, Result};
 use crate::service::canonical::GENESIS;
+use crate::service::stats::hour_start;
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
 pub(super) const ROWS_PER_INSERT: usize = 1000;
@@ -228,5 +229,72 @@ pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model])
         insert.values(values).map_err(Error::internal)?;
     }
     txn.execute(&insert).await?;
+    Ok(())
+}
+
+/// Adds the new events to the hourly rollup (`audit_stats`): counted in memory first, so a
+/// transaction costs one upsert statement per thousand distinct buckets, usually one.
+pub(super) async fn count_events(
+    txn: &DatabaseTransaction,
+    rows: &[audit_log::Model],
+) -> Result<()> {
+    use audit_stat::Column as Stat;
+    let mut buckets: HashMap<(&str, i64, &str, ActorType, &str, Outcome), i64> = HashMap::new();
+    for row in rows {
+        let key = (
+            row.tenant_id.as_str(),
+            hour_start(row.occurred_at),
+            row.action.as_str(),
+            row.actor_type,
+            row.target_type.as_deref().unwrap_or_default(),
+            row.outcome,
+        );
+        *buckets.entry(key).or_default() += 1;
+    }
+    let buckets: Vec<_> = buckets.into_iter().collect();
+    for chunk in buckets.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(audit_stat::Entity)
+            .columns([
+                Stat::TenantId,
+                Stat::HourStart,
+                Stat::Action,
+                Stat::ActorType,
+                Stat::TargetType,
+                Stat::Outcome,
+                Stat::Events,
+            ])
+            .on_conflict(
+                OnConflict::columns([
+                    Stat::TenantId,
+                    Stat::HourStart,
+                    Stat::Action,
+                    Stat::ActorType,
+                    Stat::TargetType,
+                    Stat::Outcome,
+                ])
+                .value(
+                    Stat::Events,
+                    Expr::col((audit_stat::Entity, Stat::Events))
+                        .add(Expr::col((Alias::new("excluded"), Stat::Events))),
+                )
+                .to_owned(),
+            );
+        for ((tenant_id, hour, action, actor_type, target_type, outcome), events) in chunk {
+            insert
+                .values([
+                    (*tenant_id).into(),
+                    (*hour).into(),
+                    (*action).into(),
+                    actor_type.to_value().into(),
+                    (*target_type).into(),
+                    outcome.to_value().into(),
+                    (*events).into(),
+                ])
+                .map_err(Error::internal)?;
+        }
+        txn.execute(&insert).await?;
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Transac
 use serde_json::json;
 
 use super::tables::{
-    Head, ROWS_PER_INSERT, insert, load_keyed, lock_head, move_head, remember_keys,
+    Head, ROWS_PER_INSERT, count_events, insert, load_keyed, lock_head, move_head, remember_keys,
 };
 use super::{Request, Work};
 use crate::error::{Error, Result};
@@ -91,6 +91,7 @@ pub(super) async fn write(
         insert(&txn, chunk).await?;
     }
     remember_keys(&txn, &rows, recorded_at).await?;
+    count_events(&txn, &rows).await?;
     let mut ranges = Vec::new();
     for (tenant_id, (first, head)) in &heads {
         if let Some(head) = head
