@@ -14,6 +14,7 @@ pub struct Metrics {
     events: AtomicU64,
     commit_micros: AtomicU64,
     chain_micros: AtomicU64,
+    rollup_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -25,15 +26,18 @@ impl Metrics {
         });
     }
 
-    /// One ingest transaction: how long it took, and how much of that went to numbering and
-    /// hashing the events (the hash chain's share of the write path).
-    pub fn committed(&self, events: usize, total: Duration, chain: Duration) {
+    /// One ingest transaction: how long it took, how much of that went to numbering and
+    /// hashing the events (the hash chain's share of the write path), and how much to the
+    /// hourly rollup.
+    pub fn committed(&self, events: usize, total: Duration, chain: Duration, rollup: Duration) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.events.fetch_add(events as u64, Ordering::Relaxed);
         self.commit_micros
             .fetch_add(total.as_micros() as u64, Ordering::Relaxed);
         self.chain_micros
             .fetch_add(chain.as_micros() as u64, Ordering::Relaxed);
+        self.rollup_micros
+            .fetch_add(rollup.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -62,6 +66,11 @@ impl Metrics {
                 "audit_ingest_chain_microseconds_total",
                 "Of that, time spent numbering and hashing events.",
                 &self.chain_micros,
+            ),
+            (
+                "audit_ingest_rollup_microseconds_total",
+                "Of that, time spent adding events to the hourly rollup (auditLogStats).",
+                &self.rollup_micros,
             ),
         ];
         counters

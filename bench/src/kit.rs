@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use audit_client::{AuditClient, Credential, Event};
+use audit_client::{AuditClient, Credential, Event, OnFull};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::Full;
@@ -103,8 +103,13 @@ impl Bench {
 
         // The same with nothing else running: audit-service unreachable, so the machine's
         // two cores are not busy storing the events (what is left is the call's own cost).
+        // Room for every event of the run: none is delivered, and a full buffer would make
+        // enqueue() wait for ever.
+        let room = (PACED_RATE * self.duration.as_secs()) as usize + 1000;
         let idle = AuditClient::builder("http://127.0.0.1:9/graphql")
             .backoff(Duration::from_secs(5), Duration::from_secs(5))
+            .buffer(room, OnFull::Wait)
+            .buffer_bytes(room * 2048)
             .build()?;
         let latency = paced_enqueue(&idle, &events, self.duration).await?;
         let p99 = latency.value_at_percentile(99.0) as f64 / 1000.0;

@@ -2,6 +2,7 @@
 //! same work directly against PostgreSQL in the same run, and prints a table of numbers and
 //! ratios. `bench/run.sh` builds everything and runs it all.
 
+mod console;
 mod events;
 mod kit;
 mod load;
@@ -54,6 +55,11 @@ enum What {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// auditLogStats from the rollup beside raw counting, and GET /export of every event.
+    Console {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
     /// 1,000 WebSocket subscribers, events at 500/s: delivery latency.
     Subscribers,
     /// 100 federation entities with their trails in one request.
@@ -77,12 +83,14 @@ async fn main() -> anyhow::Result<()> {
             bench.ingest(&mut report).await?;
             let seeded = bench.query(events, &mut report).await?;
             bench.federation(Some(&seeded), &mut report).await?;
+            bench.console(Some(&seeded), events, &mut report).await?;
             bench.subscribers(&mut report).await?;
             bench.client(&mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
         What::Ingest { sqlite: false } => bench.ingest(&mut report).await?,
         What::Query { events } => drop(bench.query(events, &mut report).await?),
+        What::Console { events } => bench.console(None, events, &mut report).await?,
         What::Subscribers => bench.subscribers(&mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,
         What::Client => bench.client(&mut report).await?,

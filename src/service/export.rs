@@ -137,11 +137,22 @@ pub fn pages(
     async_stream::stream! {
         let mut after: Option<Cursor> = None;
         loop {
-            let rows = query::scan(&db, &filter, order, after.as_ref(), PAGE).await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(err) => {
+            // On a task of its own: a client that stops reading stops this stream from being
+            // polled, and a query suspended mid-way would keep its connection from the pool.
+            let page = {
+                let (db, filter, after) = (db.clone(), filter.clone(), after.clone());
+                tokio::spawn(async move {
+                    query::scan(&db, &filter, order, after.as_ref(), PAGE).await
+                })
+            };
+            let rows = match page.await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(err)) => {
                     yield Err(err);
+                    return;
+                }
+                Err(failed) => {
+                    yield Err(Error::internal(failed));
                     return;
                 }
             };

@@ -99,8 +99,12 @@ pub async fn count(
             format!("first must be between 0 and {MAX_BUCKETS}"),
         ));
     }
-    let mut dimensions = group_by.to_vec();
-    dimensions.dedup();
+    let mut dimensions: Vec<Dimension> = Vec::with_capacity(group_by.len());
+    for dimension in group_by {
+        if !dimensions.contains(dimension) {
+            dimensions.push(*dimension);
+        }
+    }
     let backend = db.get_database_backend();
     let select = if rollup_answers(filter, &dimensions) {
         from_rollup(backend, filter, &dimensions, interval)?

@@ -291,7 +291,7 @@ async fn the_graphql_field_answers_and_refuses(app: &TestApp) {
 
     let body = app
         .graphql(
-            "{ auditLogStats(groupBy: [TENANT_ID, OUTCOME]) { tenantId outcome count } }",
+            "{ auditLogStats(groupBy: [TENANT_ID, OUTCOME, TENANT_ID]) { tenantId outcome count } }",
             json!({}),
         )
         .await;

@@ -193,9 +193,13 @@ impl Committer {
     /// Writes jobs in one transaction and makes the new events live once committed.
     async fn write(&self, requests: &[Request]) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
         let started = Instant::now();
-        let (results, committed, chain) = write::write(&self.db, requests).await?;
-        self.metrics
-            .committed(committed.len(), started.elapsed(), chain);
+        let (results, committed, spent) = write::write(&self.db, requests).await?;
+        self.metrics.committed(
+            committed.len(),
+            started.elapsed(),
+            spent.chain,
+            spent.rollup,
+        );
         if let Some(feed) = &self.feed {
             feed.publish(committed);
         }

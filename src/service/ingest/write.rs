@@ -21,12 +21,20 @@ use crate::service::{pubsub, retention};
 /// Per job, its events or its own failure.
 type JobResults = Vec<Result<Vec<audit_log::Model>>>;
 
+/// Where a transaction's time went, for `/metrics`.
+pub(super) struct Spent {
+    /// Numbering and hashing events.
+    pub chain: Duration,
+    /// Adding them to the hourly rollup.
+    pub rollup: Duration,
+}
+
 /// Writes a group of jobs in one transaction. The outer error fails the whole group; the
 /// inner results are per job. Also returns the new rows, in commit order.
 pub(super) async fn write(
     db: &DatabaseConnection,
     requests: &[Request],
-) -> Result<(JobResults, Vec<audit_log::Model>, Duration)> {
+) -> Result<(JobResults, Vec<audit_log::Model>, Spent)> {
     let txn = db.begin().await?;
     let recorded_at = micros(Utc::now());
 
@@ -91,7 +99,9 @@ pub(super) async fn write(
         insert(&txn, chunk).await?;
     }
     remember_keys(&txn, &rows, recorded_at).await?;
+    let counting = Instant::now();
     count_events(&txn, &rows).await?;
+    let rollup = counting.elapsed();
     let mut ranges = Vec::new();
     for (tenant_id, (first, head)) in &heads {
         if let Some(head) = head
@@ -113,7 +123,7 @@ pub(super) async fn write(
         }
     }
     txn.commit().await?;
-    Ok((results, rows, chain))
+    Ok((results, rows, Spent { chain, rollup }))
 }
 
 /// The event that records a purge, in the purged tenant's own chain.
