@@ -336,6 +336,23 @@ async fn scoped(backend: Backend) {
         "{body}"
     );
 
+    // An admin's export of several tenants: one tenant after another, as asked.
+    let admin = hs256(&claims("acme", "audit:read audit:admin"));
+    let both = json!({ "tenantIds": ["globex", "acme"] }).to_string();
+    let (status, _, text) = export(&app, Some(&admin), &[("filter", &both)]).await;
+    assert_eq!(status, 200, "{text}");
+    let tenants: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["tenant_id"].to_string())
+        .collect();
+    let globex = tenants.iter().filter(|t| *t == "\"globex\"").count();
+    assert_eq!(globex, 3, "{text}");
+    assert!(
+        tenants[..globex].iter().all(|t| t == "\"globex\""),
+        "{text}"
+    );
+    assert!(tenants[globex..].iter().all(|t| t == "\"acme\""), "{text}");
+
     let write_only = hs256(&claims("acme", "audit:write"));
     let (status, _, body) = export(&app, Some(&write_only), &[]).await;
     assert_eq!(status, 403, "{body}");

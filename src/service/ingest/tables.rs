@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use entity::audit_log::{self, ActorType, Column, Outcome};
-use entity::{audit_stat, idempotency_key};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Query};
+use entity::audit_log::{self, Column};
+use entity::idempotency_key;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, Statement,
@@ -232,69 +232,68 @@ pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model])
     Ok(())
 }
 
-/// Adds the new events to the hourly rollup (`audit_stats`): counted in memory first, so a
-/// transaction costs one upsert statement per thousand distinct buckets, usually one.
+/// The rollup's upsert. The buckets travel as one JSON array, so the statement's text is the
+/// same for every transaction (prepared once per connection) whatever their number.
+const COUNT_EVENTS_POSTGRES: &str = "INSERT INTO audit_stats \
+     (tenant_id, hour_start, action, actor_type, target_type, outcome, events) \
+     SELECT b->>0, (b->>1)::bigint, b->>2, b->>3, b->>4, b->>5, (b->>6)::bigint \
+     FROM jsonb_array_elements($1::jsonb) AS b \
+     ON CONFLICT (tenant_id, hour_start, action, actor_type, target_type, outcome) \
+     DO UPDATE SET events = audit_stats.events + excluded.events";
+
+/// `COUNT_EVENTS_POSTGRES` for SQLite (`WHERE true` settles a parsing ambiguity of
+/// `INSERT ... SELECT ... ON CONFLICT`).
+const COUNT_EVENTS_SQLITE: &str = "INSERT INTO audit_stats \
+     (tenant_id, hour_start, action, actor_type, target_type, outcome, events) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+     value ->> 6 FROM json_each(?1) WHERE true \
+     ON CONFLICT (tenant_id, hour_start, action, actor_type, target_type, outcome) \
+     DO UPDATE SET events = audit_stats.events + excluded.events";
+
+/// Adds a group commit's new events to the hourly rollup (`audit_stats`): counted in memory
+/// first, then one statement.
 pub(super) async fn count_events(
     txn: &DatabaseTransaction,
     rows: &[audit_log::Model],
 ) -> Result<()> {
-    use audit_stat::Column as Stat;
-    let mut buckets: HashMap<(&str, i64, &str, ActorType, &str, Outcome), i64> = HashMap::new();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut buckets: HashMap<(&str, i64, &str, String, &str, String), i64> = HashMap::new();
     for row in rows {
         let key = (
             row.tenant_id.as_str(),
             hour_start(row.occurred_at),
             row.action.as_str(),
-            row.actor_type,
+            row.actor_type.to_value(),
             row.target_type.as_deref().unwrap_or_default(),
-            row.outcome,
+            row.outcome.to_value(),
         );
         *buckets.entry(key).or_default() += 1;
     }
-    let buckets: Vec<_> = buckets.into_iter().collect();
-    for chunk in buckets.chunks(ROWS_PER_INSERT) {
-        let mut insert = Query::insert();
-        insert
-            .into_table(audit_stat::Entity)
-            .columns([
-                Stat::TenantId,
-                Stat::HourStart,
-                Stat::Action,
-                Stat::ActorType,
-                Stat::TargetType,
-                Stat::Outcome,
-                Stat::Events,
-            ])
-            .on_conflict(
-                OnConflict::columns([
-                    Stat::TenantId,
-                    Stat::HourStart,
-                    Stat::Action,
-                    Stat::ActorType,
-                    Stat::TargetType,
-                    Stat::Outcome,
-                ])
-                .value(
-                    Stat::Events,
-                    Expr::col((audit_stat::Entity, Stat::Events))
-                        .add(Expr::col((Alias::new("excluded"), Stat::Events))),
+    let buckets: Vec<_> = buckets
+        .into_iter()
+        .map(
+            |((tenant, hour, action, actor_type, target_type, outcome), events)| {
+                (
+                    tenant,
+                    hour,
+                    action,
+                    actor_type,
+                    target_type,
+                    outcome,
+                    events,
                 )
-                .to_owned(),
-            );
-        for ((tenant_id, hour, action, actor_type, target_type, outcome), events) in chunk {
-            insert
-                .values([
-                    (*tenant_id).into(),
-                    (*hour).into(),
-                    (*action).into(),
-                    actor_type.to_value().into(),
-                    (*target_type).into(),
-                    outcome.to_value().into(),
-                    (*events).into(),
-                ])
-                .map_err(Error::internal)?;
-        }
-        txn.execute(&insert).await?;
-    }
+            },
+        )
+        .collect();
+    let json = serde_json::to_string(&buckets).map_err(Error::internal)?;
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => COUNT_EVENTS_POSTGRES,
+        _ => COUNT_EVENTS_SQLITE,
+    };
+    txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
+        .await?;
     Ok(())
 }
