@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
+use tokio::sync::Semaphore;
 
 use crate::access::Access;
 use crate::auth::Authenticator;
@@ -21,4 +22,6 @@ pub struct AppContext {
     pub auth: Arc<Authenticator>,
     pub access: Arc<Access>,
     pub metrics: Arc<Metrics>,
+    /// Exports running at once (each holds a page in memory and reads a page at a time).
+    pub exports: Arc<Semaphore>,
 }

@@ -8,6 +8,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::access::Access;
@@ -20,6 +21,9 @@ use crate::metrics::Metrics;
 use crate::service::ingest::Ingestor;
 use crate::service::maintenance;
 use crate::service::pubsub::{self, Feed};
+
+/// Exports one instance runs at once; more wait for a slot (see `http/export.rs`).
+const MAX_EXPORTS: usize = 4;
 
 /// A bound, migrated server, ready to run. It owns its background tasks (the NOTIFY
 /// listener, housekeeping): they stop when it stops, or when it is dropped.
@@ -80,6 +84,7 @@ impl Application {
             auth,
             access,
             metrics,
+            exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
         };
         let state = AppState {
             schema: build_schema(context.clone(), &SchemaConfig::from(config)),

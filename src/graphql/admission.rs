@@ -189,8 +189,8 @@ impl Extension for Admitted {
 
 /// The complexity of `auditLogStats`: a bucket costs what a field costs, and the grouping
 /// query itself as much as a default page.
-pub fn stats_cost(first: i32, child_complexity: usize) -> usize {
-    let buckets = first.clamp(1, MAX_BUCKETS as i32) as usize;
+pub fn stats_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let buckets = first.unwrap_or(100).clamp(1, MAX_BUCKETS as i32) as usize;
     buckets
         .saturating_mul(child_complexity)
         .saturating_add(DEFAULT_PAGE as usize)

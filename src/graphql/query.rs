@@ -100,11 +100,11 @@ impl AuditQuery {
         filter: Option<AuditLogFilter>,
         group_by: Vec<AuditStatsDimension>,
         interval: Option<AuditStatsInterval>,
-        #[graphql(default = 100)] first: i32,
+        #[graphql(default = 100)] first: Option<i32>,
     ) -> async_graphql::Result<Vec<AuditStatsBucket>> {
         let principal = ctx.data::<Principal>()?;
         let filter = filter.unwrap_or_default().into_filter(principal)?;
-        let first = u64::try_from(first).map_err(|_| {
+        let first = u64::try_from(first.unwrap_or(100)).map_err(|_| {
             Error::bad_input(
                 "first",
                 format!("first must be between 0 and {MAX_BUCKETS}"),

@@ -2,6 +2,7 @@
 //! credentials and scopes as `auditLogs`, and recorded in the caller's tenant.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -25,6 +26,9 @@ use crate::service::query::PageOrder;
 use super::admit::admit;
 use super::errors::{error_response, status_of};
 use super::state::AppState;
+
+/// How long an export waits for one of the instance's export slots before it is refused.
+const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// The query string of `/export`.
 #[derive(Deserialize)]
@@ -70,9 +74,21 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
     };
     let filter = AuditLogFilter::from_json(asked.filter_json.clone())
         .and_then(|filter| filter.into_filter(&principal));
-    let filter = match filter {
+    // The SQL is built once here too, so that what this backend cannot filter on (some
+    // metadata filters on SQLite) is refused before the first byte.
+    let backend = state.context.db.get_database_backend();
+    let checked = filter.and_then(|f| {
+        f.condition(backend)
+            .map_err(|e| e.rooted_at("filter.", true))
+            .map(|_| f)
+    });
+    let filter = match checked {
         Ok(filter) => filter,
         Err(err) => return error_response(status_of(&err), err),
+    };
+    let slot = tokio::time::timeout(SLOT_WAIT, state.context.exports.clone().acquire_owned()).await;
+    let Ok(Ok(slot)) = slot else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, Error::Busy);
     };
 
     // On record before the first byte: an export that cannot be recorded does not happen.
@@ -100,8 +116,8 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
     };
     let pages = export::pages(state.context.db.clone(), filter, asked.order);
     let body = async_stream::stream! {
-        // Moved in whole, so that it is dropped with the body, not with this handler.
-        let mut finished = finished;
+        // Moved in whole, so that they are dropped with the body, not with this handler.
+        let (mut finished, _slot) = (finished, slot);
         yield Ok::<_, std::io::Error>(Bytes::from(format.header()));
         let mut pages = std::pin::pin!(pages);
         while let Some(page) = pages.next().await {
@@ -117,6 +133,9 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
                 Err(err) => {
                     tracing::error!(error = %err, "export failed part-way");
                     yield Ok(Bytes::from(format.failure()));
+                    // And the response ends without its last chunk, so that an HTTP
+                    // client sees the failure too.
+                    yield Err(std::io::Error::other("the export failed part-way"));
                     return;
                 }
             }
@@ -218,8 +237,15 @@ impl Drop for Finished {
         let ingestor = self.record.ingestor.clone();
         let tenant_id = self.record.principal.tenant_id.clone();
         tokio::spawn(async move {
-            if let Err(err) = ingestor.ingest(&tenant_id, vec![event]).await {
-                tracing::warn!(error = %err, "could not record the end of an export");
+            // The export happened: its end is retried for a while before it is given up.
+            for wait in [1, 2, 4, 8, 16, 0] {
+                match ingestor.ingest(&tenant_id, vec![event.clone()]).await {
+                    Ok(_) => return,
+                    Err(err) if wait == 0 => {
+                        tracing::error!(error = %err, "could not record the end of an export");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(wait)).await,
+                }
             }
         });
     }

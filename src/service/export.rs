@@ -152,7 +152,15 @@ pub fn pages(
                 let page = {
                     let (db, one, after) = (db.clone(), one.clone(), after.clone());
                     tokio::spawn(async move {
-                        query::scan(&db, &one, order, after.as_ref(), PAGE).await
+                        // A busy pool is waited out a few times before the export fails.
+                        let mut attempt = 0;
+                        loop {
+                            match query::scan(&db, &one, order, after.as_ref(), PAGE).await {
+                                Err(Error::Unavailable(_)) if attempt < 3 => attempt += 1,
+                                done => return done,
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        }
                     })
                 };
                 let rows = match page.await {

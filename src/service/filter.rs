@@ -223,7 +223,8 @@ fn sqlite_contains(path: &str, wanted: &Value) -> Result<SimpleExpr> {
     let unsupported = || {
         Error::bad_input(
             "metadata",
-            "on SQLite, metadata filters support objects, scalars and arrays of scalars",
+            "on SQLite, metadata filters support objects (keys without `\"` or `\\`), scalars and \
+             arrays of scalars",
         )
     };
     Ok(match wanted {

@@ -44,13 +44,28 @@ impl AuditLogFilter {
     pub fn from_json(json: Value) -> Result<Self> {
         let value = async_graphql::Value::from_json(json)
             .map_err(|_| Error::bad_input("filter", "filter is an AuditLogFilter as JSON"))?;
-        <Self as InputType>::parse(Some(value)).map_err(|err| {
+        let given: Vec<async_graphql::Name> = match &value {
+            async_graphql::Value::Object(fields) => fields.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let filter = <Self as InputType>::parse(Some(value)).map_err(|err| {
             let message = err.into_server_error(async_graphql::Pos::default()).message;
             Error::bad_input(
                 "filter",
                 format!("filter is not an AuditLogFilter: {message}"),
             )
-        })
+        })?;
+        // Unknown fields are refused, as GraphQL refuses them: a misspelt field would
+        // otherwise filter on nothing. Written back, the filter names every field it has.
+        if let async_graphql::Value::Object(known) = filter.to_value()
+            && let Some(unknown) = given.iter().find(|name| !known.contains_key(*name))
+        {
+            return Err(Error::bad_input(
+                format!("filter.{unknown}"),
+                format!("AuditLogFilter has no field `{unknown}`"),
+            ));
+        }
+        Ok(filter)
     }
 
     /// The service filter for what `principal` may read, validated; error paths start at
