@@ -1,18 +1,16 @@
 //! What an admin console asks: `auditLogStats` from the rollup beside the same question
 //! counted from raw rows, and `GET /export` of a million events: rows/s and server memory.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::Mutex;
 
 use crate::events::TENANTS;
 use crate::load::{Graphql, new_histogram, token};
 use crate::pgbench;
 use crate::scenarios::{Bench, Report};
-use crate::server::{Server, fresh_database, psql, rss_mib};
+use crate::server::{PeakRss, Server, fresh_database, psql};
 
 const STATS: &str = "query($since: DateTime) { auditLogStats(filter: { occurredAfter: $since }, groupBy: [ACTION], interval: DAY, first: 1000) { start action count } }";
 
@@ -81,19 +79,7 @@ impl Bench {
         // Every event of every tenant, as NDJSON, with the server's memory sampled.
         let tenants: Vec<&str> = TENANTS.iter().map(|(t, _)| *t).collect();
         let filter = json!({ "tenantIds": tenants }).to_string();
-        let peak = Arc::new(Mutex::new(0f64));
-        let sampling = {
-            let (peak, pid) = (peak.clone(), server.pid());
-            tokio::spawn(async move {
-                loop {
-                    let rss = rss_mib(pid);
-                    let mut peak = peak.lock().await;
-                    *peak = peak.max(rss);
-                    drop(peak);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        };
+        let sampling = PeakRss::watch(server.pid());
         let t0 = Instant::now();
         let response = reqwest::Client::new()
             .get(format!("{}/export", server.url))
@@ -110,8 +96,7 @@ impl Bench {
             rows += chunk.iter().filter(|b| **b == b'\n').count() as u64;
         }
         let took = t0.elapsed().as_secs_f64();
-        sampling.abort();
-        let rss = *peak.lock().await;
+        let rss = sampling.peak();
         let per_second = rows as f64 / took;
         report.add(
             "GET /export, NDJSON, every tenant",

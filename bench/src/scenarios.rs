@@ -7,14 +7,13 @@ use futures_util::{SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::events::{Generator, TENANTS};
 use crate::load::{self, Graphql, new_histogram, token};
 use crate::pgbench;
-use crate::server::{Server, counter, fresh_database, migrate, psql, rss_mib};
+use crate::server::{PeakRss, Server, counter, fresh_database, migrate, psql};
 
 const BATCH: &str =
     "mutation($inputs: [AuditEventInput!]!) { logAuditEvents(inputs: $inputs) { id } }";
@@ -287,21 +286,8 @@ impl Bench {
                 }
             }
         };
-        let peak = Arc::new(Mutex::new(0f64));
-        let sampling = {
-            let (peak, pid) = (peak.clone(), server.pid());
-            tokio::spawn(async move {
-                loop {
-                    let rss = rss_mib(pid);
-                    let mut peak = peak.lock().await;
-                    *peak = peak.max(rss);
-                    drop(peak);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-        };
+        let sampling = PeakRss::watch(server.pid());
         let stats = load::run(8, self.duration, page.clone()).await;
-        sampling.abort();
         let raw = pgbench::run(
             &db,
             "page",
@@ -318,7 +304,7 @@ impl Bench {
             ">= 0.40",
             Some(ratio >= 0.4),
         );
-        let rss = *peak.lock().await;
+        let rss = sampling.peak();
         report.add(
             "server memory (RSS) under the query load",
             format!("{rss:.0} MiB"),
