@@ -123,12 +123,8 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         while let Some(page) = pages.next().await {
             match page {
                 Ok(rows) => {
-                    let mut chunk = Vec::with_capacity(rows.len() * 512);
-                    for row in &rows {
-                        chunk.extend_from_slice(&format.encode(row));
-                    }
                     finished.rows += rows.len() as u64;
-                    yield Ok(Bytes::from(chunk));
+                    yield Ok(Bytes::from(format.encode(&rows)));
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "export failed part-way");

@@ -66,17 +66,17 @@ impl ExportFormat {
     pub fn header(self) -> Vec<u8> {
         match self {
             ExportFormat::Ndjson => Vec::new(),
-            ExportFormat::Csv => csv_record(CSV_COLUMNS),
+            ExportFormat::Csv => csv_records([CSV_COLUMNS]),
         }
     }
 
-    /// One event, ending in a newline.
-    pub fn encode(self, event: &audit_log::Model) -> Vec<u8> {
+    /// A page of events, each ending in a newline.
+    pub fn encode(self, events: &[audit_log::Model]) -> Vec<u8> {
         match self {
-            ExportFormat::Ndjson => export_line(event),
-            ExportFormat::Csv => {
+            ExportFormat::Ndjson => events.iter().flat_map(export_line).collect(),
+            ExportFormat::Csv => csv_records(events.iter().map(|event| {
                 let text = |value: &Option<String>| value.clone().unwrap_or_default();
-                csv_record([
+                [
                     event.seq.to_string(),
                     event.id.to_string(),
                     event.tenant_id.clone(),
@@ -98,8 +98,8 @@ impl ExportFormat {
                     text(&event.idempotency_key),
                     hex::encode(&event.hash),
                     hex::encode(&event.prev_hash),
-                ])
-            }
+                ]
+            })),
         }
     }
 
@@ -115,17 +115,22 @@ impl ExportFormat {
     }
 }
 
-/// One CSV record, CRLF-terminated, fields quoted where RFC 4180 needs it.
-fn csv_record<I, T>(fields: I) -> Vec<u8>
+/// CSV records, each CRLF-terminated, fields quoted where RFC 4180 needs it; one writer
+/// for them all.
+fn csv_records<R, F, T>(records: R) -> Vec<u8>
 where
-    I: IntoIterator<Item = T>,
+    R: IntoIterator<Item = F>,
+    F: IntoIterator<Item = T>,
     T: AsRef<[u8]>,
 {
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
         .from_writer(Vec::new());
-    // Writing to memory fails only on a field count mismatch, which a fixed row cannot have.
-    let _ = writer.write_record(fields);
+    for fields in records {
+        // Writing to memory fails only on a field count mismatch, which fixed rows cannot
+        // have.
+        let _ = writer.write_record(fields);
+    }
     writer.into_inner().unwrap_or_default()
 }
 
@@ -206,10 +211,8 @@ pub async fn tenant(
         if rows.is_empty() {
             return Ok(written);
         }
-        for row in &rows {
-            out.write_all(&format.encode(row))
-                .map_err(Error::internal)?;
-            written += 1;
-        }
+        out.write_all(&format.encode(&rows))
+            .map_err(Error::internal)?;
+        written += rows.len() as u64;
     }
 }

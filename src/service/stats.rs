@@ -106,13 +106,12 @@ pub async fn count(
         }
     }
     let backend = db.get_database_backend();
-    let select = if rollup_answers(filter, &dimensions) {
+    let mut select = if rollup_answers(filter, &dimensions) {
         from_rollup(backend, filter, &dimensions, interval)?
     } else {
         check_window(filter, now)?;
         from_events(backend, filter, &dimensions, interval)?
     };
-    let mut select = select;
     if interval.is_some() {
         select.order_by(Alias::new("start"), Order::Asc);
     }
