@@ -8,8 +8,9 @@ use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
 use crate::auth::Principal;
-use crate::config::{Cli, Command, DatabaseConfig, KeysCommand};
+use crate::config::{CheckpointKeyCommand, Cli, Command, DatabaseConfig, KeysCommand};
 use crate::graphql::types::AuditLogFilter;
+use crate::service::checkpoint::Signer;
 use crate::service::filter::Filter;
 use crate::service::pubsub::Feed;
 use crate::service::{self, chain, export, ingest::Ingestor, maintenance};
@@ -18,7 +19,7 @@ use crate::{graphql, telemetry};
 
 /// Runs what the command line asks for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
     if !matches!(command, Command::Schema { .. } | Command::Export { .. }) {
         telemetry::init();
     }
@@ -53,6 +54,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
         }
         Command::Keys { database, action } => keys(&connect(&database).await?, action).await?,
+        Command::CheckpointKey {
+            action: CheckpointKeyCommand::Create { name, out },
+        } => {
+            let signer = Signer::generate(&name)?;
+            write_new_secret(&out, &signer.private_key())?;
+            println!("{}", signer.verifier_key());
+        }
         Command::Purge {
             database,
             retention,
@@ -155,4 +163,18 @@ async fn verify(db: &DatabaseConnection, tenant: Option<String>) -> anyhow::Resu
         }
     }
     Ok(status)
+}
+
+/// Writes `secret` to a new file that only its owner may read; an existing file is an error,
+/// so that a key is never overwritten by mistake.
+fn write_new_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
 }

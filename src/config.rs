@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the GraphQL server (the default); applies pending migrations first.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseConfig),
     /// Print the GraphQL schema (SDL), as `schema.graphql` holds it.
@@ -61,6 +61,11 @@ pub enum Command {
         database: DatabaseConfig,
         #[command(subcommand)]
         action: KeysCommand,
+    },
+    /// Manage the Ed25519 key that signs checkpoints.
+    CheckpointKey {
+        #[command(subcommand)]
+        action: CheckpointKeyCommand,
     },
     /// Apply the retention policy once, then exit; or, with `--tenant` and `--before`, purge
     /// one tenant's events recorded before an instant.
@@ -99,6 +104,21 @@ pub enum KeysCommand {
     Revoke {
         /// The key's id, from `keys list`.
         id: uuid::Uuid,
+    },
+}
+
+/// What to do with the checkpoint signing key.
+#[derive(Subcommand, Debug)]
+pub enum CheckpointKeyCommand {
+    /// Make a new key, write it to `--out` (which must not exist yet), and print its
+    /// verifier key (`name+keyhash+base64`), which auditors use to check signatures.
+    Create {
+        /// The key's name in signatures and in the verifier key (no spaces, no `+`).
+        #[arg(long)]
+        name: String,
+        /// Where to write the private key (as AUDIT_CHECKPOINT_KEY_FILE reads it).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -209,6 +229,49 @@ pub struct ServeConfig {
     pub subscriber_buffer: usize,
     #[command(flatten)]
     pub retention: RetentionConfig,
+    #[command(flatten)]
+    pub transparency: TransparencyConfig,
+}
+
+/// The tenants' Merkle trees: signed checkpoints and continuous verification.
+#[derive(Args, Debug, Clone)]
+pub struct TransparencyConfig {
+    /// The start of every checkpoint's origin line: `<origin>/<tenant>`.
+    #[arg(
+        long = "log-origin",
+        env = "AUDIT_LOG_ORIGIN",
+        default_value = "audit-service"
+    )]
+    pub origin: String,
+    /// The Ed25519 key checkpoints are signed with, as `checkpoint-key create` writes it;
+    /// without one, no checkpoints are issued (and no proofs can be asked for).
+    #[arg(long = "checkpoint-key-file", env = "AUDIT_CHECKPOINT_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Seconds between checkpoints of the tenants whose log grew.
+    #[arg(
+        long = "checkpoint-interval-seconds",
+        env = "AUDIT_CHECKPOINT_INTERVAL_SECONDS",
+        default_value_t = 60
+    )]
+    pub checkpoint_interval_seconds: u64,
+    /// Seconds between rounds of continuous verification of every tenant's chain and tree.
+    #[arg(
+        long = "verify-interval-seconds",
+        env = "AUDIT_VERIFY_INTERVAL_SECONDS",
+        default_value_t = 60
+    )]
+    pub verify_interval_seconds: u64,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        TransparencyConfig {
+            origin: "audit-service".to_owned(),
+            key_file: None,
+            checkpoint_interval_seconds: 60,
+            verify_interval_seconds: 60,
+        }
+    }
 }
 
 fn secret(value: &str) -> Result<SecretString, Infallible> {

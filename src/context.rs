@@ -9,11 +9,12 @@ use tokio::sync::Semaphore;
 use crate::access::Access;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::service::checkpoint::Signer;
 use crate::service::ingest::Ingestor;
 use crate::service::pubsub::Feed;
 
-/// The database, the write path, the live feed, authentication, access control and metrics
-/// of one server instance. Cheap to clone.
+/// The database, the write path, the live feed, authentication, access control, metrics and
+/// the checkpoint key of one server instance. Cheap to clone.
 #[derive(Clone)]
 pub struct AppContext {
     pub db: DatabaseConnection,
@@ -24,4 +25,6 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     /// Exports running at once (each holds a page in memory and reads a page at a time).
     pub exports: Arc<Semaphore>,
+    /// The key checkpoints are signed with, when one is configured.
+    pub signer: Option<Arc<Signer>>,
 }

@@ -7,6 +7,7 @@ pub mod access;
 pub mod auth;
 pub mod commands;
 pub mod config;
+mod console;
 pub mod context;
 pub mod error;
 pub mod fuzzing;

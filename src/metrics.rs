@@ -15,6 +15,10 @@ pub struct Metrics {
     commit_micros: AtomicU64,
     chain_micros: AtomicU64,
     rollup_micros: AtomicU64,
+    /// Sum over tenants of the last sequence continuous verification checked.
+    pub verified_sequence: AtomicU64,
+    pub verification_failures: AtomicU64,
+    pub tree_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -72,12 +76,31 @@ impl Metrics {
                 "Of that, time spent adding events to the hourly rollup (auditLogStats).",
                 &self.rollup_micros,
             ),
+            (
+                "audit_chain_verification_failures_total",
+                "Tenants whose chain or tree continuous verification found broken.",
+                &self.verification_failures,
+            ),
+            (
+                "audit_tree_microseconds_total",
+                "Time spent sealing tree tiles and signing checkpoints.",
+                &self.tree_micros,
+            ),
         ];
-        counters
+        let gauges = [(
+            "audit_chain_verified_sequence",
+            "Sum over tenants of the last sequence number continuous verification checked \
+             (tenants are not labels: there may be any number of them).",
+            &self.verified_sequence,
+        )];
+        let kinds = counters
             .iter()
-            .map(|(name, help, value)| {
+            .map(|c| (c, "counter"))
+            .chain(gauges.iter().map(|g| (g, "gauge")));
+        kinds
+            .map(|((name, help, value), kind)| {
                 format!(
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
                     value.load(Ordering::Relaxed)
                 )
             })

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::HeaderValue;
 use migration::{Migrator, MigratorTrait};
@@ -18,9 +19,10 @@ use crate::context::AppContext;
 use crate::graphql::{SchemaConfig, build_schema};
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
+use crate::service::checkpoint::Signer;
 use crate::service::ingest::Ingestor;
-use crate::service::maintenance;
 use crate::service::pubsub::{self, Feed};
+use crate::service::{maintenance, transparency};
 
 /// Exports one instance runs at once; more wait for a slot (see `http/export.rs`).
 const MAX_EXPORTS: usize = 4;
@@ -61,6 +63,29 @@ impl Application {
             ingestor.clone(),
             config.retention.clone(),
         ));
+        let transparency = &config.transparency;
+        let signer = transparency
+            .key_file
+            .as_deref()
+            .map(Signer::load)
+            .transpose()?
+            .map(Arc::new);
+        tasks.spawn(transparency::seal(db.clone(), metrics.clone()));
+        if let Some(signer) = &signer {
+            tasks.spawn(transparency::checkpoints(
+                db.clone(),
+                signer.clone(),
+                transparency.clone(),
+                metrics.clone(),
+            ));
+        }
+        let every = Duration::from_secs(transparency.verify_interval_seconds.max(1));
+        tasks.spawn(transparency::verify(
+            db.clone(),
+            signer.clone(),
+            every,
+            metrics.clone(),
+        ));
         let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
         if auth.is_open().await? {
             anyhow::ensure!(
@@ -85,6 +110,7 @@ impl Application {
             access,
             metrics,
             exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
+            signer,
         };
         let state = AppState {
             schema: build_schema(context.clone(), &SchemaConfig::from(config)),

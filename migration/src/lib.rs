@@ -14,6 +14,7 @@ use sea_orm_migration::sea_orm::{
 mod m20261127_000001_create_audit_logs;
 mod m20261127_000002_create_api_keys;
 mod m20261129_000003_create_audit_stats;
+mod m20261129_000004_create_audit_tree;
 
 /// The PostgreSQL schema that holds audit-service's tables.
 pub const PG_SCHEMA: &str = "control_plane";
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_create_audit_logs::Migration),
             Box::new(m20261127_000002_create_api_keys::Migration),
             Box::new(m20261129_000003_create_audit_stats::Migration),
+            Box::new(m20261129_000004_create_audit_tree::Migration),
         ]
     }
 }

@@ -26,7 +26,11 @@ const CONCURRENT_COMPLEXITY_LIMITS: usize = 4;
 
 /// Query root.
 #[derive(MergedObject, Default)]
-pub struct Query(query::AuditQuery, federation::FederationQuery);
+pub struct Query(
+    query::AuditQuery,
+    query::AuditProofQuery,
+    federation::FederationQuery,
+);
 
 /// Mutation root.
 #[derive(MergedObject, Default)]

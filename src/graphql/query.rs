@@ -7,19 +7,25 @@ use super::admission::{page_cost, stats_cost};
 use super::budget;
 use super::guards::RequireScope;
 use super::types::{
-    AuditChainHead, AuditChainVerification, AuditLog, AuditLogConnection, AuditLogFilter,
-    AuditLogOrder, AuditStatsBucket, AuditStatsDimension, AuditStatsInterval, Count,
+    AuditChainHead, AuditChainVerification, AuditCheckpoint, AuditConsistencyProof,
+    AuditInclusionProof, AuditLog, AuditLogConnection, AuditLogFilter, AuditLogOrder,
+    AuditStatsBucket, AuditStatsDimension, AuditStatsInterval, AuditViewer, Count,
 };
 use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
 use crate::error::Error;
-use crate::service::chain;
 use crate::service::event::{MAX_ID_LEN, check_id};
 use crate::service::query::{self, PageArgs};
 use crate::service::stats::{self, Dimension, MAX_BUCKETS};
+use crate::service::tree::Tree;
+use crate::service::{chain, checkpoint};
 
 #[derive(Default)]
 pub struct AuditQuery;
+
+/// The verifiable log's reads: checkpoints and proofs.
+#[derive(Default)]
+pub struct AuditProofQuery;
 
 #[Object]
 impl AuditQuery {
@@ -124,6 +130,12 @@ impl AuditQuery {
         Ok(buckets.into_iter().map(Into::into).collect())
     }
 
+    /// Who is asking: subject, tenant and scopes of the request's credential (any valid
+    /// credential may ask).
+    async fn audit_viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<AuditViewer> {
+        Ok(ctx.data::<Principal>()?.into())
+    }
+
     /// The head of a tenant's hash chain (your own tenant by default), or null when the
     /// tenant has no events.
     #[graphql(guard = "RequireScope(Scope::Read)")]
@@ -165,6 +177,118 @@ impl AuditQuery {
     }
 }
 
+#[Object]
+impl AuditProofQuery {
+    /// The latest signed checkpoint of a tenant's Merkle tree (your own tenant by default),
+    /// or null when none was issued yet.
+    #[graphql(guard = "RequireScope(Scope::Read)")]
+    async fn audit_checkpoint(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<String>,
+    ) -> async_graphql::Result<Option<AuditCheckpoint>> {
+        let tenant_id = readable_tenant(ctx, tenant_id)?;
+        let context = ctx.data::<AppContext>()?;
+        let latest = checkpoint::latest(&context.db, &tenant_id).await?;
+        Ok(latest.map(|c| AuditCheckpoint::new(c, verifier_key(context))))
+    }
+
+    /// The proof that an event is in its tenant's tree of `treeSize` events (by default the
+    /// latest checkpoint's size), or null when there is no such event in your tenant.
+    #[graphql(guard = "RequireScope(Scope::Read)")]
+    async fn audit_inclusion_proof(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        tree_size: Option<String>,
+    ) -> async_graphql::Result<Option<AuditInclusionProof>> {
+        let principal = ctx.data::<Principal>()?;
+        let context = ctx.data::<AppContext>()?;
+        let id = Uuid::parse_str(&id)
+            .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
+        let tree_size = sequence_arg("treeSize", tree_size)?;
+        let Some(event) = query::find(&context.db, &principal.readable_tenants(), id).await? else {
+            return Ok(None);
+        };
+        let tenant_id = event.tenant_id;
+        let size = signed_size(context, &tenant_id, tree_size, "treeSize").await?;
+        let index = event.seq as u64 - 1;
+        if index >= size {
+            return Err(Error::bad_input(
+                "treeSize",
+                format!("the event is leaf {index}, not in a tree of {size}"),
+            )
+            .into());
+        }
+        let hashes = Tree::new(&context.db, &tenant_id)
+            .inclusion(index, size)
+            .await?;
+        let checkpoint = checkpoint::at(&context.db, &tenant_id, size).await?;
+        Ok(Some(AuditInclusionProof {
+            leaf_index: index.to_string(),
+            tree_size: size.to_string(),
+            hashes: hashes.iter().map(hex::encode).collect(),
+            checkpoint: checkpoint.map(|c| AuditCheckpoint::new(c, verifier_key(context))),
+        }))
+    }
+
+    /// The proof that a tenant's tree of `toSize` events (by default the latest checkpoint's
+    /// size) extends its tree of `fromSize` events.
+    #[graphql(guard = "RequireScope(Scope::Read)")]
+    async fn audit_consistency_proof(
+        &self,
+        ctx: &Context<'_>,
+        tenant_id: Option<String>,
+        from_size: String,
+        to_size: Option<String>,
+    ) -> async_graphql::Result<AuditConsistencyProof> {
+        let tenant_id = readable_tenant(ctx, tenant_id)?;
+        let context = ctx.data::<AppContext>()?;
+        let from = sequence_arg("fromSize", Some(from_size))?.unwrap_or_default() as u64;
+        let to = sequence_arg("toSize", to_size)?;
+        let to = signed_size(context, &tenant_id, to, "toSize").await?;
+        if from > to {
+            return Err(Error::bad_input("fromSize", "fromSize must not be above toSize").into());
+        }
+        let hashes = Tree::new(&context.db, &tenant_id)
+            .consistency(from, to)
+            .await?;
+        Ok(AuditConsistencyProof {
+            from_size: from.to_string(),
+            to_size: to.to_string(),
+            hashes: hashes.iter().map(hex::encode).collect(),
+        })
+    }
+}
+
+/// The tree size a proof is asked for, by default the latest checkpoint's; never beyond it.
+async fn signed_size(
+    context: &AppContext,
+    tenant_id: &str,
+    asked: Option<i64>,
+    field: &str,
+) -> Result<u64, Error> {
+    let latest = checkpoint::latest(&context.db, tenant_id).await?;
+    let signed = latest.map_or(0, |c| c.tree_size);
+    let size = asked.unwrap_or(signed);
+    if size == 0 || size > signed {
+        let message = match signed {
+            0 => "no checkpoint was signed for this tenant yet".to_owned(),
+            _ => format!("{field} is beyond the latest checkpoint, {signed}"),
+        };
+        return Err(Error::bad_input(field, message));
+    }
+    Ok(size as u64)
+}
+
+fn verifier_key(context: &AppContext) -> String {
+    context
+        .signer
+        .as_ref()
+        .map(|signer| signer.verifier_key())
+        .unwrap_or_default()
+}
+
 /// The tenant a chain query is about: the caller's own unless it names one it may read.
 fn readable_tenant(ctx: &Context<'_>, tenant_id: Option<String>) -> async_graphql::Result<String> {
     let principal = ctx.data::<Principal>()?;
@@ -181,7 +305,10 @@ fn sequence_arg(field: &str, value: Option<String>) -> Result<Option<i64>, Error
             let canonical = v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0');
             let n = v.parse::<i64>().ok().filter(|_| canonical);
             n.ok_or_else(|| {
-                Error::bad_input(field, format!("{field} is a sequence number, 1 or more"))
+                Error::bad_input(
+                    field,
+                    format!("{field} is a whole number, 1 or more, in digits"),
+                )
             })
         })
         .transpose()

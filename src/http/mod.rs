@@ -6,6 +6,7 @@ mod admit;
 mod errors;
 mod export;
 mod state;
+mod tlog;
 mod transport;
 mod websocket;
 
@@ -32,6 +33,8 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/export", get(export::export))
+        .route("/tlog/{tenant}/checkpoint", get(tlog::checkpoint))
+        .route("/tlog/{tenant}/tile/{*path}", get(tlog::tile))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route(
@@ -39,6 +42,7 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
             get(|State(state): State<AppState>| async move { state.context.metrics.render() }),
         )
         .merge(crate::graphiql::router())
+        .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -45,6 +45,18 @@ pub async fn tenants(db: &impl ConnectionTrait) -> Result<Vec<String>> {
     Ok(heads.into_iter().map(|h| h.tenant_id).collect())
 }
 
+/// Where retention last cut the tenant's chain, if it did.
+pub async fn retention_checkpoint(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+) -> Result<Option<chain_checkpoint::Model>> {
+    Ok(chain_checkpoint::Entity::find()
+        .filter(chain_checkpoint::Column::TenantId.eq(tenant_id))
+        .order_by_desc(chain_checkpoint::Column::Seq)
+        .one(db)
+        .await?)
+}
+
 /// Checks a tenant's chain from `from` to `to` (both inclusive; by default from the last
 /// retention checkpoint, or 1, to the head): every sequence present once, every `prev_hash`
 /// the previous `hash`, every `hash` recomputed from the row, the last one equal to the head,
@@ -57,11 +69,7 @@ pub async fn verify(
 ) -> Result<Verification> {
     let head = chain_head::Entity::find_by_id(tenant_id).one(db).await?;
     let (head_seq, head_hash) = head.map_or((0, GENESIS.to_vec()), |h| (h.seq, h.hash));
-    let checkpoint = chain_checkpoint::Entity::find()
-        .filter(chain_checkpoint::Column::TenantId.eq(tenant_id))
-        .order_by_desc(chain_checkpoint::Column::Seq)
-        .one(db)
-        .await?;
+    let checkpoint = retention_checkpoint(db, tenant_id).await?;
     let floor = checkpoint.as_ref().map_or(0, |c| c.seq);
     let from = from.unwrap_or(floor + 1);
     let to = to.unwrap_or(head_seq).min(head_seq);

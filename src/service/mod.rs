@@ -2,6 +2,7 @@
 
 pub mod canonical;
 pub mod chain;
+pub mod checkpoint;
 pub mod cursor;
 pub mod event;
 pub mod export;
@@ -16,3 +17,5 @@ pub mod retention;
 pub mod sequence;
 pub mod stats;
 pub mod trail;
+pub mod transparency;
+pub mod tree;

@@ -49,6 +49,8 @@ pub async fn cut(
         return Ok(None);
     };
 
+    // The purged events' leaves stay in the tree's tiles, so that proofs still work.
+    super::tree::keep_before_purge(txn, tenant_id, through as u64).await?;
     uncount(txn, tenant_id, through).await?;
     let mut purged_count = 0;
     if txn.get_database_backend() == DbBackend::Postgres {

@@ -288,6 +288,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         introspection: true,
         batch_window_ms: 2,
         auth: Default::default(),
+        transparency: Default::default(),
     }
 }
 

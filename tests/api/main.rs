@@ -9,6 +9,7 @@
 mod auth;
 mod chain;
 mod client;
+mod console;
 mod events;
 mod explain;
 mod export;
@@ -22,6 +23,7 @@ mod limits;
 mod memory;
 mod outage;
 mod pagination;
+mod proofs;
 mod schema;
 mod stats;
 mod subscriptions;

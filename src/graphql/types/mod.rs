@@ -6,6 +6,7 @@ mod filter;
 mod input;
 mod objects;
 mod stats;
+mod tree;
 
 pub use chain::*;
 pub use enums::*;
@@ -13,3 +14,4 @@ pub use filter::*;
 pub use input::*;
 pub use objects::*;
 pub use stats::*;
+pub use tree::*;

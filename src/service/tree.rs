@@ -1,0 +1,572 @@
+//! Each tenant's Merkle tree, as RFC 9162 §2.1 defines it, over its events in sequence
+//! order: the leaf of the event with sequence `n` is its 32-byte chain hash, at index `n − 1`.
+//!
+//! The tree is stored as C2SP tiles (`audit_tree_tiles`): a tile holds up to 256 consecutive
+//! hashes of one tree level that is a multiple of 8. Level-0 tiles hold leaf hashes, level-1
+//! tiles the roots of full level-0 tiles, and so on. Full tiles are written ("sealed") as
+//! the log grows, by [`seal`]; what is not sealed yet is computed from the events (for the
+//! last, partial level-0 tile) or from the roots of the full tiles below. Any subtree hash,
+//! and so any proof, costs a few reads of at most 256 hashes per tile level.
+//!
+//! The proof algorithms themselves are pure functions over leaf ranges, tested against a
+//! tree built leaf by leaf.
+
+use std::collections::HashMap;
+
+use entity::tree_tile::{self, Column};
+use entity::{audit_log, chain_head};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+pub type Hash = [u8; 32];
+
+/// Hashes per full tile, and the tree levels one tile level spans.
+pub const TILE_WIDTH: u64 = 256;
+const TILE_HEIGHT: u32 = 8;
+
+/// Most tiles one call of [`seal`] writes, so that a long backlog is worked off in bounded
+/// steps.
+const SEAL_STEP: u64 = 64;
+
+/// `SHA-256(0x00 ‖ leaf)`.
+pub fn leaf_hash(leaf: &[u8]) -> Hash {
+    Sha256::new()
+        .chain_update([0])
+        .chain_update(leaf)
+        .finalize()
+        .into()
+}
+
+/// `SHA-256(0x01 ‖ left ‖ right)`.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    Sha256::new()
+        .chain_update([1])
+        .chain_update(left)
+        .chain_update(right)
+        .finalize()
+        .into()
+}
+
+/// The largest power of two smaller than `n` (`n` ≥ 2): where RFC 9162 splits a tree.
+fn split(n: u64) -> u64 {
+    1 << (63 - (n - 1).leading_zeros())
+}
+
+/// The root of a perfect tree over `hashes` (a power of two of them).
+fn perfect_root(hashes: &[Hash]) -> Hash {
+    let mut level = hashes.to_vec();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    level[0]
+}
+
+/// The leaf ranges `[lo, hi)` whose subtree hashes make the inclusion proof of leaf `index`
+/// in a tree of `size` leaves (RFC 9162 §2.1.3.1), in proof order (nearest the leaf first).
+pub fn inclusion_ranges(index: u64, size: u64) -> Vec<(u64, u64)> {
+    let (mut lo, mut hi) = (0, size);
+    let mut ranges = Vec::new();
+    while hi - lo > 1 {
+        let k = split(hi - lo);
+        if index < lo + k {
+            ranges.push((lo + k, hi));
+            hi = lo + k;
+        } else {
+            ranges.push((lo, lo + k));
+            lo += k;
+        }
+    }
+    ranges.reverse();
+    ranges
+}
+
+/// The leaf ranges whose subtree hashes make the consistency proof from a tree of `from`
+/// leaves to one of `to` leaves (RFC 9162 §2.1.4.1, `0 < from ≤ to`), in proof order.
+pub fn consistency_ranges(from: u64, to: u64) -> Vec<(u64, u64)> {
+    let (mut lo, mut hi, mut m) = (0, to, from);
+    let mut whole = true;
+    let mut ranges = Vec::new();
+    while m != hi - lo {
+        let k = split(hi - lo);
+        if m <= k {
+            ranges.push((lo + k, hi));
+            hi = lo + k;
+        } else {
+            ranges.push((lo, lo + k));
+            m -= k;
+            lo += k;
+            whole = false;
+        }
+    }
+    if !whole {
+        ranges.push((lo, hi));
+    }
+    ranges.reverse();
+    ranges
+}
+
+/// The root that an inclusion proof leads to (RFC 9162 §2.1.3.2), or `None` when the proof
+/// has the wrong length for this index and size.
+pub fn root_from_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash]) -> Option<Hash> {
+    if index >= size {
+        return None;
+    }
+    let (mut f_n, mut s_n) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if s_n == 0 {
+            return None;
+        }
+        if f_n & 1 == 1 || f_n == s_n {
+            r = node_hash(p, &r);
+            while f_n & 1 == 0 && f_n != 0 {
+                f_n >>= 1;
+                s_n >>= 1;
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    (s_n == 0).then_some(r)
+}
+
+/// Whether `proof` shows that the tree `(to, new_root)` extends `(from, old_root)`
+/// (RFC 9162 §2.1.4.2).
+pub fn verify_consistency(
+    from: u64,
+    to: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if from == 0 || from > to {
+        return false;
+    }
+    if from == to {
+        return proof.is_empty() && old_root == new_root;
+    }
+    let mut proof = proof.to_vec();
+    if from.is_power_of_two() {
+        proof.insert(0, *old_root);
+    }
+    let Some((first, rest)) = proof.split_first() else {
+        return false;
+    };
+    let (mut f_n, mut s_n) = (from - 1, to - 1);
+    while f_n & 1 == 1 {
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    let (mut f_r, mut s_r) = (*first, *first);
+    for c in rest {
+        if s_n == 0 {
+            return false;
+        }
+        if f_n & 1 == 1 || f_n == s_n {
+            f_r = node_hash(c, &f_r);
+            s_r = node_hash(c, &s_r);
+            while f_n & 1 == 0 && f_n != 0 {
+                f_n >>= 1;
+                s_n >>= 1;
+            }
+        } else {
+            s_r = node_hash(&s_r, c);
+        }
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    s_n == 0 && f_r == *old_root && s_r == *new_root
+}
+
+/// One tenant's tree as stored, read a tile at a time; tiles read once are kept for the
+/// life of the value (one proof, one checkpoint).
+pub struct Tree<'c, C> {
+    db: &'c C,
+    tenant_id: &'c str,
+    tiles: HashMap<(u32, u64), Vec<Hash>>,
+}
+
+impl<'c, C: ConnectionTrait> Tree<'c, C> {
+    pub fn new(db: &'c C, tenant_id: &'c str) -> Self {
+        Tree {
+            db,
+            tenant_id,
+            tiles: HashMap::new(),
+        }
+    }
+
+    /// The root of the tree of the first `size` leaves (`size` > 0).
+    pub async fn root(&mut self, size: u64) -> Result<Hash> {
+        self.range(0, size).await
+    }
+
+    /// The inclusion proof of leaf `index` in the tree of `size` leaves.
+    pub async fn inclusion(&mut self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let mut proof = Vec::new();
+        for (lo, hi) in inclusion_ranges(index, size) {
+            proof.push(self.range(lo, hi).await?);
+        }
+        Ok(proof)
+    }
+
+    /// The consistency proof from the tree of `from` leaves to the tree of `to` leaves.
+    pub async fn consistency(&mut self, from: u64, to: u64) -> Result<Vec<Hash>> {
+        let mut proof = Vec::new();
+        for (lo, hi) in consistency_ranges(from, to) {
+            proof.push(self.range(lo, hi).await?);
+        }
+        Ok(proof)
+    }
+
+    /// The first `width` hashes of tile `idx` at tile level `level` (tree level 8 × `level`).
+    pub async fn tile_hashes(&mut self, level: u32, idx: u64, width: usize) -> Result<Vec<Hash>> {
+        self.tile(level, idx, width).await
+    }
+
+    /// The leaves `[start, end)` themselves (the events' chain hashes), or `None` when some
+    /// were purged by retention.
+    pub async fn leaf_data(&self, start: u64, end: u64) -> Result<Option<Vec<Vec<u8>>>> {
+        let rows = self.leaf_rows(start, end).await?;
+        Ok((rows.len() as u64 == end - start).then(|| rows.into_iter().map(|(_, h)| h).collect()))
+    }
+
+    /// The hash of the subtree over leaves `[lo, hi)`, a range RFC 9162's recursion makes:
+    /// a perfect, aligned left part and the rest.
+    async fn range(&mut self, lo: u64, hi: u64) -> Result<Hash> {
+        // Perfect subtrees from the left, then folded from the right.
+        let mut parts = Vec::new();
+        let mut start = lo;
+        while start < hi {
+            let n = hi - start;
+            let k = if n.is_power_of_two() { n } else { split(n) };
+            let level = k.trailing_zeros();
+            parts.push(self.node(level, start >> level).await?);
+            start += k;
+        }
+        let mut parts = parts.into_iter().rev();
+        let mut hash = parts
+            .next()
+            .ok_or_else(|| Error::internal("empty leaf range"))?;
+        for left in parts {
+            hash = node_hash(&left, &hash);
+        }
+        Ok(hash)
+    }
+
+    /// The hash of the perfect subtree of height `level` whose leaves start at
+    /// `index × 2^level`.
+    async fn node(&mut self, level: u32, index: u64) -> Result<Hash> {
+        let (tile_level, height) = (level / TILE_HEIGHT, level % TILE_HEIGHT);
+        let first = index << height;
+        let tile = first / TILE_WIDTH;
+        let offset = (first % TILE_WIDTH) as usize;
+        let width = offset + (1 << height);
+        let hashes = self.tile(tile_level, tile, width).await?;
+        Ok(perfect_root(&hashes[offset..width]))
+    }
+
+    /// The first `width` hashes of a tile: the widest stored version of it, completed from
+    /// the events (level 0) or from the roots of the full tiles one level down.
+    async fn tile(&mut self, level: u32, idx: u64, width: usize) -> Result<Vec<Hash>> {
+        if let Some(hashes) = self.tiles.get(&(level, idx))
+            && hashes.len() >= width
+        {
+            return Ok(hashes[..width].to_vec());
+        }
+        let stored = tree_tile::Entity::find()
+            .filter(Column::TenantId.eq(self.tenant_id))
+            .filter(Column::Level.eq(level as i16))
+            .filter(Column::Idx.eq(idx as i64))
+            .order_by_desc(Column::Width)
+            .one(self.db)
+            .await?;
+        let mut hashes: Vec<Hash> = stored
+            .map(|tile| split_hashes(&tile.hashes))
+            .transpose()?
+            .unwrap_or_default();
+        let base = idx * TILE_WIDTH;
+        let (start, end) = (base + hashes.len() as u64, base + width as u64);
+        if start < end {
+            if level == 0 {
+                hashes.extend(self.leaves(start, end).await?);
+            } else {
+                for below in start..end {
+                    hashes.push(self.full_tile_root(level - 1, below).await?);
+                }
+            }
+        }
+        let answer = hashes[..width].to_vec();
+        self.tiles.insert((level, idx), hashes);
+        Ok(answer)
+    }
+
+    /// The root of a full tile: stored with it once sealed, else computed.
+    async fn full_tile_root(&mut self, level: u32, idx: u64) -> Result<Hash> {
+        let root = tree_tile::Entity::find()
+            .select_only()
+            .column(Column::Root)
+            .filter(Column::TenantId.eq(self.tenant_id))
+            .filter(Column::Level.eq(level as i16))
+            .filter(Column::Idx.eq(idx as i64))
+            .filter(Column::Width.eq(TILE_WIDTH as i16))
+            .into_tuple::<Vec<u8>>()
+            .one(self.db)
+            .await?;
+        match root {
+            Some(root) => to_hash(&root),
+            None => {
+                let hashes = Box::pin(self.tile(level, idx, TILE_WIDTH as usize)).await?;
+                Ok(perfect_root(&hashes))
+            }
+        }
+    }
+
+    /// Leaf hashes of leaves `[start, end)`, from the events' chain hashes.
+    async fn leaves(&self, start: u64, end: u64) -> Result<Vec<Hash>> {
+        let rows = self.leaf_rows(start, end).await?;
+        if rows.len() as u64 != end - start {
+            let missing = rows.last().map_or(start as i64, |(seq, _)| *seq) + 1;
+            return Err(Error::internal(format!(
+                "tree of tenant {:?}: event {missing} is missing",
+                self.tenant_id
+            )));
+        }
+        Ok(rows.iter().map(|(_, hash)| leaf_hash(hash)).collect())
+    }
+
+    /// The sequence numbers and chain hashes of leaves `[start, end)`, as far as they run
+    /// without a gap.
+    async fn leaf_rows(&self, start: u64, end: u64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut rows = audit_log::Entity::find()
+            .select_only()
+            .columns([audit_log::Column::Seq, audit_log::Column::Hash])
+            .filter(audit_log::Column::TenantId.eq(self.tenant_id))
+            .filter(audit_log::Column::Seq.between(start as i64 + 1, end as i64))
+            .order_by_asc(audit_log::Column::Seq)
+            .into_tuple::<(i64, Vec<u8>)>()
+            .all(self.db)
+            .await?;
+        let gap = (0..rows.len()).find(|&k| rows[k].0 != start as i64 + 1 + k as i64);
+        rows.truncate(gap.unwrap_or(rows.len()));
+        Ok(rows)
+    }
+
+    /// Writes a tile of the first `width` hashes of tile `idx` at `level`; a tile already
+    /// there (written by another instance, say) is left as it is, since it is the same.
+    async fn store(&mut self, level: u32, idx: u64, width: usize) -> Result<()> {
+        let hashes = self.tile(level, idx, width).await?;
+        let root = if width == TILE_WIDTH as usize {
+            perfect_root(&hashes)
+        } else {
+            [0; 32]
+        };
+        let tile = tree_tile::ActiveModel {
+            tenant_id: Set(self.tenant_id.to_owned()),
+            level: Set(level as i16),
+            idx: Set(idx as i64),
+            width: Set(width as i16),
+            hashes: Set(hashes.concat()),
+            root: Set(root.to_vec()),
+        };
+        let same =
+            OnConflict::columns([Column::TenantId, Column::Level, Column::Idx, Column::Width])
+                .do_nothing()
+                .to_owned();
+        tree_tile::Entity::insert(tile)
+            .on_conflict(same)
+            .exec_without_returning(self.db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Seals the tenant's full tiles among its first `size` leaves (at most [`SEAL_STEP`]
+/// level-0 tiles, and the higher tiles they complete); returns how many leaves are sealed.
+pub async fn seal(db: &impl ConnectionTrait, tenant_id: &str, size: u64) -> Result<u64> {
+    let sealed = tree_tile::Entity::find()
+        .select_only()
+        .column_as(Column::Idx.max(), "idx")
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Level.eq(0))
+        .filter(Column::Width.eq(TILE_WIDTH as i16))
+        .into_tuple::<Option<i64>>()
+        .one(db)
+        .await?
+        .flatten()
+        .map_or(0, |last| last as u64 + 1);
+    let mut tree = Tree::new(db, tenant_id);
+    let mut next = sealed;
+    while (next + 1) * TILE_WIDTH <= size && next < sealed + SEAL_STEP {
+        tree.store(0, next, TILE_WIDTH as usize).await?;
+        // A full tile may complete the tile above it, and so on up.
+        let (mut level, mut idx) = (0, next);
+        while idx % TILE_WIDTH == TILE_WIDTH - 1 {
+            level += 1;
+            idx /= TILE_WIDTH;
+            tree.store(level, idx, TILE_WIDTH as usize).await?;
+        }
+        next += 1;
+    }
+    Ok(next * TILE_WIDTH)
+}
+
+/// Before retention deletes the tenant's events up to sequence `through`, keeps every leaf
+/// hash among them in tiles (a partial one for the last few), so that proofs still work.
+pub async fn keep_before_purge(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    through: u64,
+) -> Result<()> {
+    let mut sealed = seal(db, tenant_id, through).await?;
+    while sealed + TILE_WIDTH <= through {
+        sealed = seal(db, tenant_id, through).await?;
+    }
+    if sealed < through {
+        let rest = (through - sealed) as usize;
+        Tree::new(db, tenant_id)
+            .store(0, sealed / TILE_WIDTH, rest)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Compares the stored full level-0 tiles that lie within leaves `[lo, hi)` with the leaf
+/// hashes of the events; returns the sequence number of the first event whose leaf differs
+/// from its tile (rewritten after it was sealed), if any.
+pub async fn check_tiles(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    lo: u64,
+    hi: u64,
+) -> Result<Option<i64>> {
+    let first = lo.div_ceil(TILE_WIDTH);
+    let Some(last) = (hi / TILE_WIDTH)
+        .checked_sub(1)
+        .filter(|last| *last >= first)
+    else {
+        return Ok(None);
+    };
+    let tiles = tree_tile::Entity::find()
+        .filter(Column::TenantId.eq(tenant_id))
+        .filter(Column::Level.eq(0))
+        .filter(Column::Width.eq(TILE_WIDTH as i16))
+        .filter(Column::Idx.between(first as i64, last as i64))
+        .order_by_asc(Column::Idx)
+        .all(db)
+        .await?;
+    let reader = Tree::new(db, tenant_id);
+    for tile in tiles {
+        let start = tile.idx as u64 * TILE_WIDTH;
+        let leaves = reader.leaves(start, start + TILE_WIDTH).await?;
+        let stored = split_hashes(&tile.hashes)?;
+        if let Some(k) = (0..leaves.len()).find(|&k| leaves[k] != stored[k]) {
+            return Ok(Some((start + k as u64 + 1) as i64));
+        }
+    }
+    Ok(None)
+}
+
+/// Every tenant with events, and its number of events (the size of its tree).
+pub async fn sizes(db: &impl ConnectionTrait) -> Result<Vec<(String, u64)>> {
+    let heads = chain_head::Entity::find()
+        .filter(chain_head::Column::Seq.gt(0))
+        .all(db)
+        .await?;
+    Ok(heads
+        .into_iter()
+        .map(|h| (h.tenant_id, h.seq as u64))
+        .collect())
+}
+
+fn to_hash(bytes: &[u8]) -> Result<Hash> {
+    bytes
+        .try_into()
+        .map_err(|_| Error::internal("a stored hash is not 32 bytes long"))
+}
+
+fn split_hashes(bytes: &[u8]) -> Result<Vec<Hash>> {
+    bytes.chunks(32).map(to_hash).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MTH as RFC 9162 §2.1.1 defines it, leaf by leaf.
+    fn mth(leaves: &[Hash]) -> Hash {
+        match leaves.len() {
+            1 => leaves[0],
+            n => {
+                let k = split(n as u64) as usize;
+                node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+            }
+        }
+    }
+
+    fn leaves(n: u64) -> Vec<Hash> {
+        (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect()
+    }
+
+    fn hashes(leaves: &[Hash], ranges: &[(u64, u64)]) -> Vec<Hash> {
+        ranges
+            .iter()
+            .map(|&(lo, hi)| mth(&leaves[lo as usize..hi as usize]))
+            .collect()
+    }
+
+    #[test]
+    fn inclusion_proofs_verify_for_every_leaf_and_size() {
+        let all = leaves(70);
+        for size in 1..=70 {
+            let root = mth(&all[..size as usize]);
+            for index in 0..size {
+                let proof = hashes(&all, &inclusion_ranges(index, size));
+                let leaf = all[index as usize];
+                assert_eq!(root_from_inclusion(index, size, &leaf, &proof), Some(root));
+                let other = leaf_hash(b"other");
+                assert_ne!(root_from_inclusion(index, size, &other, &proof), Some(root));
+            }
+        }
+    }
+
+    #[test]
+    fn consistency_proofs_verify_for_every_pair_of_sizes() {
+        let all = leaves(70);
+        for to in 1..=70 {
+            let new_root = mth(&all[..to as usize]);
+            for from in 1..=to {
+                let old_root = mth(&all[..from as usize]);
+                let proof = hashes(&all, &consistency_ranges(from, to));
+                assert!(
+                    verify_consistency(from, to, &old_root, &new_root, &proof),
+                    "{from}→{to}"
+                );
+                if from < to {
+                    let wrong = leaf_hash(b"other");
+                    assert!(!verify_consistency(from, to, &wrong, &new_root, &proof));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rfc_9162_proof_sizes() {
+        // The example tree of RFC 9162 §2.1.5, seven leaves a..g.
+        assert_eq!(inclusion_ranges(0, 7), [(1, 2), (2, 4), (4, 7)]);
+        assert_eq!(inclusion_ranges(3, 7), [(2, 3), (0, 2), (4, 7)]);
+        assert_eq!(inclusion_ranges(4, 6), [(5, 6), (0, 4)]);
+        assert_eq!(consistency_ranges(3, 7), [(2, 3), (3, 4), (0, 2), (4, 7)]);
+        assert_eq!(consistency_ranges(4, 7), [(4, 7)]);
+        assert_eq!(consistency_ranges(6, 7), [(4, 6), (6, 7), (0, 4)]);
+    }
+}
