@@ -108,18 +108,25 @@ impl Signer {
 
     /// The body of `note` when it carries a valid signature of this key.
     pub fn verify<'n>(&self, note: &'n str) -> Option<&'n str> {
+        let (body, valid) = self.check(note)?;
+        valid.then_some(body)
+    }
+
+    /// The body of `note` and whether this key's signature of it is valid; `None` when the
+    /// note has no signature by this key (another key signed it, before a rotation, say).
+    pub fn check<'n>(&self, note: &'n str) -> Option<(&'n str, bool)> {
         let split = note.rfind("\n\n")? + 1;
         let (body, signatures) = note.split_at(split);
-        let prefix = format!("\n\u{2014} {} ", self.name);
-        signatures.split_inclusive('\n').find_map(|line| {
-            let encoded = line.strip_prefix(&prefix[1..])?.strip_suffix('\n')?;
-            let bytes = BASE64.decode(encoded).ok()?;
-            let (id, signature) = bytes.split_at_checked(4)?;
-            let signature = ed25519_dalek::Signature::from_slice(signature).ok()?;
-            let key = self.key.verifying_key();
-            (id == self.key_id().to_be_bytes() && key.verify(body.as_bytes(), &signature).is_ok())
-                .then_some(body)
-        })
+        let prefix = format!("\u{2014} {} ", self.name);
+        let id = self.key_id().to_be_bytes();
+        let signature = signatures.lines().find_map(|line| {
+            let bytes = BASE64.decode(line.strip_prefix(&prefix)?).ok()?;
+            let (line_id, signature) = bytes.split_at_checked(4)?;
+            (line_id == id).then(|| signature.to_vec())
+        })?;
+        let valid = ed25519_dalek::Signature::from_slice(&signature)
+            .is_ok_and(|s| self.key.verifying_key().verify(body.as_bytes(), &s).is_ok());
+        Some((body, valid))
     }
 }
 

@@ -22,13 +22,15 @@ const SEAL_EVERY: Duration = Duration::from_millis(500);
 /// Most events of one tenant verified per round; a longer log is verified over several.
 const VERIFY_BATCH: i64 = 100_000;
 
-/// Seals tiles for as long as the server runs.
+/// Seals tiles for as long as the server runs. Remembers how far each tenant is sealed, so
+/// that a pass over tenants whose logs did not grow by a tile costs one read.
 pub async fn seal(db: DatabaseConnection, metrics: Arc<Metrics>) {
+    let mut sealed: HashMap<String, u64> = HashMap::new();
     let mut ticks = tokio::time::interval(SEAL_EVERY);
     loop {
         ticks.tick().await;
         let started = Instant::now();
-        if let Err(err) = seal_all(&db).await {
+        if let Err(err) = seal_grown(&db, &mut sealed).await {
             tracing::warn!(error = %err, "sealing tree tiles failed");
         }
         metrics
@@ -37,9 +39,13 @@ pub async fn seal(db: DatabaseConnection, metrics: Arc<Metrics>) {
     }
 }
 
-async fn seal_all(db: &DatabaseConnection) -> Result<()> {
+async fn seal_grown(db: &DatabaseConnection, sealed: &mut HashMap<String, u64>) -> Result<()> {
     for (tenant_id, size) in tree::sizes(db).await? {
-        tree::seal(db, &tenant_id, size).await?;
+        let known = sealed.get(&tenant_id).copied();
+        if known.is_none_or(|known| size >= known + tree::TILE_WIDTH) {
+            let now = tree::seal(db, &tenant_id, size).await?;
+            sealed.insert(tenant_id, now);
+        }
     }
     Ok(())
 }
@@ -52,11 +58,12 @@ pub async fn checkpoints(
     metrics: Arc<Metrics>,
 ) {
     let every = Duration::from_secs(config.checkpoint_interval_seconds.max(1));
+    let mut signed: HashMap<String, u64> = HashMap::new();
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
         let started = Instant::now();
-        if let Err(err) = checkpoint_all(&db, &signer, &config.origin).await {
+        if let Err(err) = checkpoint_grown(&db, &signer, &config.origin, &mut signed).await {
             tracing::warn!(error = %err, "signing checkpoints failed");
         }
         metrics
@@ -65,13 +72,24 @@ pub async fn checkpoints(
     }
 }
 
-async fn checkpoint_all(db: &DatabaseConnection, signer: &Signer, origin: &str) -> Result<()> {
+/// Signs the trees that grew since their last checkpoint (`signed`: the sizes this instance
+/// knows to be signed).
+async fn checkpoint_grown(
+    db: &DatabaseConnection,
+    signer: &Signer,
+    origin: &str,
+    signed: &mut HashMap<String, u64>,
+) -> Result<()> {
     for (tenant_id, size) in tree::sizes(db).await? {
+        if signed.get(&tenant_id) == Some(&size) {
+            continue;
+        }
         // Sealed first, so that the root costs a few reads.
         while tree::seal(db, &tenant_id, size).await? + tree::TILE_WIDTH <= size {}
         if let Some(c) = checkpoint::issue(db, signer, origin, &tenant_id, size).await? {
             tracing::debug!(tenant = %tenant_id, size = c.tree_size, "checkpoint signed");
         }
+        signed.insert(tenant_id, size);
     }
     Ok(())
 }
@@ -173,11 +191,13 @@ async fn check_checkpoint(
         return Ok(None);
     };
     let size = latest.tree_size;
+    // A checkpoint signed by an earlier key (before a rotation) is not this key's to check.
     if let Some(signer) = signer
-        && signer.verify(&latest.signed_note).is_none()
+        && signer
+            .check(&latest.signed_note)
+            .is_some_and(|(_, valid)| !valid)
     {
-        let reason =
-            format!("the checkpoint of size {size} has no valid signature of this server's key");
+        let reason = format!("the signature of the checkpoint of size {size} does not verify");
         return Ok(Some((size, reason)));
     }
     let root = Tree::new(db, tenant_id).root(size as u64).await?;

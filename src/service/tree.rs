@@ -300,8 +300,16 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
             if level == 0 {
                 hashes.extend(self.leaves(start, end).await?);
             } else {
+                let stored = self.stored_roots(level - 1, start, end).await?;
                 for below in start..end {
-                    hashes.push(self.full_tile_root(level - 1, below).await?);
+                    let root = match stored.get(&below) {
+                        Some(root) => *root,
+                        None => {
+                            let tile = Box::pin(self.tile(level - 1, below, TILE_WIDTH as usize));
+                            perfect_root(&tile.await?)
+                        }
+                    };
+                    hashes.push(root);
                 }
             }
         }
@@ -310,25 +318,21 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
         Ok(answer)
     }
 
-    /// The root of a full tile: stored with it once sealed, else computed.
-    async fn full_tile_root(&mut self, level: u32, idx: u64) -> Result<Hash> {
-        let root = tree_tile::Entity::find()
+    /// The roots of the sealed full tiles `[start, end)` at `level`, by index; one read.
+    async fn stored_roots(&self, level: u32, start: u64, end: u64) -> Result<HashMap<u64, Hash>> {
+        let rows = tree_tile::Entity::find()
             .select_only()
-            .column(Column::Root)
+            .columns([Column::Idx, Column::Root])
             .filter(Column::TenantId.eq(self.tenant_id))
             .filter(Column::Level.eq(level as i16))
-            .filter(Column::Idx.eq(idx as i64))
             .filter(Column::Width.eq(TILE_WIDTH as i16))
-            .into_tuple::<Vec<u8>>()
-            .one(self.db)
+            .filter(Column::Idx.between(start as i64, end as i64 - 1))
+            .into_tuple::<(i64, Vec<u8>)>()
+            .all(self.db)
             .await?;
-        match root {
-            Some(root) => to_hash(&root),
-            None => {
-                let hashes = Box::pin(self.tile(level, idx, TILE_WIDTH as usize)).await?;
-                Ok(perfect_root(&hashes))
-            }
-        }
+        rows.into_iter()
+            .map(|(idx, root)| Ok((idx as u64, to_hash(&root)?)))
+            .collect()
     }
 
     /// Leaf hashes of leaves `[start, end)`, from the events' chain hashes.
