@@ -61,6 +61,9 @@ pub enum Credential {
     ApiKey(uuid::Uuid),
 }
 
+/// How far past `exp` (or before `nbf`) a token is still accepted, for clocks that differ.
+pub const JWT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -205,7 +208,7 @@ impl JwtVerifier {
         }
         .ok_or_else(|| Denial::new(format!("no key accepts {:?} tokens", header.alg)))?;
         let mut validation = Validation::new(header.alg);
-        validation.leeway = 30;
+        validation.leeway = JWT_LEEWAY.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(issuer) = &self.issuer {

@@ -254,6 +254,15 @@ pub struct TransparencyConfig {
         default_value_t = 60
     )]
     pub checkpoint_interval_seconds: u64,
+    /// Milliseconds between passes that store the trees' new full tiles (how far the stored
+    /// tree may lag the log); 0 stores tiles only when a checkpoint is signed, and proofs
+    /// then read more events.
+    #[arg(
+        long = "tree-seal-interval-ms",
+        env = "AUDIT_TREE_SEAL_INTERVAL_MS",
+        default_value_t = 500
+    )]
+    pub seal_interval_ms: u64,
     /// Seconds between rounds of continuous verification of every tenant's chain and tree.
     #[arg(
         long = "verify-interval-seconds",
@@ -269,6 +278,7 @@ impl Default for TransparencyConfig {
             origin: "audit-service".to_owned(),
             key_file: None,
             checkpoint_interval_seconds: 60,
+            seal_interval_ms: 500,
             verify_interval_seconds: 60,
         }
     }

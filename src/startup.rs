@@ -70,7 +70,10 @@ impl Application {
             .map(Signer::load)
             .transpose()?
             .map(Arc::new);
-        tasks.spawn(transparency::seal(db.clone(), metrics.clone()));
+        if transparency.seal_interval_ms > 0 {
+            let every = Duration::from_millis(transparency.seal_interval_ms);
+            tasks.spawn(transparency::seal(db.clone(), every, metrics.clone()));
+        }
         if let Some(signer) = &signer {
             tasks.spawn(transparency::checkpoints(
                 db.clone(),

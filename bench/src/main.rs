@@ -7,6 +7,7 @@ mod events;
 mod kit;
 mod load;
 mod pgbench;
+mod proofs;
 mod scenarios;
 mod server;
 
@@ -60,6 +61,11 @@ enum What {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// The verifiable log: ingest with and without tree upkeep, proofs at a million events.
+    Proofs {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
     /// 1,000 WebSocket subscribers, events at 500/s: delivery latency.
     Subscribers,
     /// 100 federation entities with their trails in one request.
@@ -86,11 +92,13 @@ async fn main() -> anyhow::Result<()> {
             bench.console(Some(&seeded), events, &mut report).await?;
             bench.subscribers(&mut report).await?;
             bench.client(&mut report).await?;
+            bench.proofs(events, &mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
         What::Ingest { sqlite: false } => bench.ingest(&mut report).await?,
         What::Query { events } => drop(bench.query(events, &mut report).await?),
         What::Console { events } => bench.console(None, events, &mut report).await?,
+        What::Proofs { events } => bench.proofs(events, &mut report).await?,
         What::Subscribers => bench.subscribers(&mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,
         What::Client => bench.client(&mut report).await?,

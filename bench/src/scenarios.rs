@@ -142,6 +142,27 @@ impl Bench {
         .await
     }
 
+    /// audit-bench's single-event load: `clients` workers each sending one event at a time
+    /// to tenant `tenant-0` for the run's duration.
+    pub async fn single_load(&self, server: &Server, clients: usize) -> load::Stats {
+        let generator = Generator::new();
+        let gql = Graphql::new(&server.url, token("tenant-0"));
+        let singles = bodies(
+            256,
+            SINGLE,
+            |rng| json!({ "input": generator.event(rng, 1.0) }),
+        );
+        load::run(clients, self.duration, move |w, n| {
+            let (gql, singles) = (gql.clone(), singles.clone());
+            async move {
+                gql.send(singles[(w * 7 + n as usize) % singles.len()].clone())
+                    .await?;
+                Ok(1)
+            }
+        })
+        .await
+    }
+
     /// Batch and single-event ingest on PostgreSQL against pgbench's INSERTs; batch ingest
     /// on SQLite.
     pub async fn ingest(&self, report: &mut Report) -> anyhow::Result<()> {
@@ -149,8 +170,6 @@ impl Bench {
         let raw = fresh_database(&self.admin_url, "audit_bench_raw")?;
         migrate(&self.bin, &raw)?;
         let server = Server::start(&self.bin, &db, 18181).await?;
-        let generator = Generator::new();
-        let gql = Graphql::new(&server.url, token("tenant-0"));
         let stats = self.batch_load(&server, 4).await;
         let raw_batch = pgbench::run(
             &raw,
@@ -169,23 +188,7 @@ impl Bench {
             Some(ratio >= 0.6),
         );
 
-        let singles = bodies(
-            256,
-            SINGLE,
-            |rng| json!({ "input": generator.event(rng, 1.0) }),
-        );
-        let stats = {
-            let (gql, singles) = (gql.clone(), singles.clone());
-            load::run(64, self.duration, move |w, n| {
-                let (gql, singles) = (gql.clone(), singles.clone());
-                async move {
-                    gql.send(singles[(w * 7 + n as usize) % singles.len()].clone())
-                        .await?;
-                    Ok(1)
-                }
-            })
-            .await
-        };
+        let stats = self.single_load(&server, 64).await;
         let raw_one = pgbench::run(
             &raw,
             "insert_one",

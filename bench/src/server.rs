@@ -17,7 +17,18 @@ pub struct Server {
 impl Server {
     /// Starts `bin` on `database_url` and waits until it answers `/readyz`.
     pub async fn start(bin: &str, database_url: &str, port: u16) -> anyhow::Result<Server> {
+        Self::start_with(bin, database_url, port, &[]).await
+    }
+
+    /// Starts `bin` as [`Server::start`] does, with more environment variables.
+    pub async fn start_with(
+        bin: &str,
+        database_url: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         let child = Command::new(bin)
+            .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
             .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("AUDIT_JWT_HS256_SECRET", SECRET)

@@ -5,7 +5,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::guards::RequireScope;
 use super::types::{AuditLog, AuditLogFilter};
-use crate::auth::{Principal, Scope};
+use crate::auth::{JWT_LEEWAY, Principal, Scope};
 use crate::context::AppContext;
 use crate::error::Error;
 use crate::service::cursor::Cursor;
@@ -40,7 +40,8 @@ impl AuditSubscription {
         let db = ctx.data::<AppContext>()?.db.clone();
         // Subscribe before replaying, so that nothing committed meanwhile is missed.
         let live = ctx.data::<AppContext>()?.feed.subscribe();
-        let deadline = principal.expires_at;
+        // The same leeway as when the token was accepted over HTTP.
+        let deadline = principal.expires_at.map(|exp| exp + JWT_LEEWAY);
         Ok(live::tail(db, filter, after, live, deadline).map(|event| Ok(AuditLog(event?))))
     }
 }

@@ -10,9 +10,13 @@ use crate::error::Error;
 
 use super::state::JSON;
 
-/// An error as async-graphql carries it, with its code.
+/// An error as async-graphql carries it, with its code; it points at no place in a
+/// document (none was parsed), so it has no `locations`.
 pub(super) fn server_error(error: Error) -> ServerError {
-    async_graphql::Error::from(error).into_server_error(async_graphql::Pos::default())
+    let mut error =
+        async_graphql::Error::from(error).into_server_error(async_graphql::Pos::default());
+    error.locations.clear();
+    error
 }
 
 /// A GraphQL-shaped error for requests refused before they reach the schema.

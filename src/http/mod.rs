@@ -54,7 +54,9 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
                 .allow_methods([Method::GET, Method::POST])
-                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT]),
+                .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
+                // An embedded viewer names its download as `/export` does.
+                .expose_headers([header::CONTENT_DISPOSITION]),
         );
     }
     router

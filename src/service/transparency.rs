@@ -17,16 +17,14 @@ use crate::config::TransparencyConfig;
 use crate::error::Result;
 use crate::metrics::Metrics;
 
-/// How often tiles are sealed: the stored tree lags the log by about this much.
-const SEAL_EVERY: Duration = Duration::from_millis(500);
 /// Most events of one tenant verified per round; a longer log is verified over several.
 const VERIFY_BATCH: i64 = 100_000;
 
 /// Seals tiles for as long as the server runs. Remembers how far each tenant is sealed, so
 /// that a pass over tenants whose logs did not grow by a tile costs one read.
-pub async fn seal(db: DatabaseConnection, metrics: Arc<Metrics>) {
+pub async fn seal(db: DatabaseConnection, every: Duration, metrics: Arc<Metrics>) {
     let mut sealed: HashMap<String, u64> = HashMap::new();
-    let mut ticks = tokio::time::interval(SEAL_EVERY);
+    let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
         let started = Instant::now();
