@@ -55,18 +55,26 @@ def parse_verifier_key(text):
 
 
 def open_note(note, key):
-    """The body of a signed note, if one of its signatures is the key's; else exits 1."""
+    """The body of a signed note, if one of its signatures is the key's; else exits 1.
+    As strict as Go's note.Open: UTF-8, no carriage returns, every line ending in a newline,
+    signature lines only after the blank line."""
     name, key_id, public = key
+    if "\r" in note or not note.endswith("\n"):
+        invalid("not a signed note: it has a carriage return or no final newline")
     body, sep, signatures = note.rpartition("\n\n")
     if not sep:
         invalid("not a signed note: no blank line before the signatures")
     body += "\n"
-    for line in signatures.splitlines():
-        prefix = f"\u2014 {name} "
-        if not line.startswith(prefix):
-            continue
-        raw = base64.b64decode(line[len(prefix):], validate=True)
-        if raw[:4] != key_id:
+    prefix = f"\u2014 {name} "
+    lines = signatures.split("\n")[:-1]
+    if not all(line.startswith("\u2014 ") for line in lines):
+        invalid("not a signed note: a line after the blank line is not a signature")
+    for line in lines:
+        try:
+            raw = base64.b64decode(line[len(prefix):], validate=True)
+        except ValueError:
+            continue  # another key's, or malformed: not a signature of this key
+        if not line.startswith(prefix) or raw[:4] != key_id:
             continue
         try:
             public.verify(raw[4:], body.encode())
@@ -88,8 +96,8 @@ def parse_checkpoint(body):
 
 
 def checkpoint(path, key):
-    with open(path, encoding="utf-8") as f:
-        return parse_checkpoint(open_note(f.read(), key))
+    with open(path, "rb") as f:  # bytes: no newline translation
+        return parse_checkpoint(open_note(f.read().decode("utf-8"), key))
 
 
 # --- RFC 9162 §2.1 ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ import { html, svg } from 'lit';
 import { OUTCOMES } from './filter.js';
 
 const DAY = 86_400_000;
-/** Past this many days the chart starts at the first day with events instead. */
+/** Past this many days the chart starts at the first day with events instead, and it
+ * never shows more days than this. */
 const MAX_EMPTY_DAYS = 400;
 
 const floorDay = (time) => Math.floor(time / DAY) * DAY;
@@ -32,7 +33,10 @@ export function renderChart(buckets, filter) {
   }
   const last = floorDay(filter.occurredBefore ? Date.parse(filter.occurredBefore) - 1 : Date.now());
   let first = floorDay(Date.parse(filter.occurredAfter));
+  // A long window starts at its first day with events, and never spans more than
+  // MAX_EMPTY_DAYS days (a crafted link may ask for centuries).
   if ((last - first) / DAY > MAX_EMPTY_DAYS && perDay.size) first = Math.min(...perDay.keys());
+  first = Math.max(first, last - MAX_EMPTY_DAYS * DAY);
   const days = [];
   for (let day = first; day <= last; day += DAY) days.push([day, perDay.get(day) ?? { SUCCESS: 0, FAILURE: 0, DENIED: 0 }]);
 

@@ -104,7 +104,10 @@ impl Extension for Admitted {
             self.admission.memory.clone(),
             self.streaming.load(Ordering::Relaxed),
         ));
-        let loader = AuditLoader::new(self.admission.db.clone(), budget.clone());
+        let loader = AuditLoader {
+            db: self.admission.db.clone(),
+            budget: budget.clone(),
+        };
         let loader = DataLoader::new(loader, tokio::spawn)
             .max_batch_size(MAX_BATCH)
             .delay(self.admission.batch_window);

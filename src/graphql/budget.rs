@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_graphql::Context;
 use entity::audit_log;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::error::Error;
 
@@ -19,6 +19,11 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// How long a request waits for capacity (complexity or memory) before it is shed with
 /// `UNAVAILABLE`.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Most pieces of database work (a DataLoader batch, a proof) one request runs at once.
+/// Aliases and batches all start together: a request of a thousand entities or a hundred
+/// proofs would otherwise ask the pool for all of its connections, time out waiting for
+/// them, and leave other requests (other tenants') none. The rest queue, without a timeout.
+const STATEMENTS_PER_REQUEST: usize = 2;
 
 /// What one request has loaded so far, and the share of the server's memory it holds for
 /// that until it ends.
@@ -29,6 +34,7 @@ pub struct Budget {
     streaming: AtomicBool,
     memory: Arc<Semaphore>,
     held: Mutex<Vec<OwnedSemaphorePermit>>,
+    statements: Semaphore,
 }
 
 /// Counts `events` against the request's budget before they are loaded; past it, the
@@ -53,6 +59,11 @@ pub fn charge(ctx: &Context<'_>, events: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// A turn to use the database for the request being resolved (see `Budget::turn`).
+pub async fn turn<'c>(ctx: &'c Context<'_>) -> Option<SemaphorePermit<'c>> {
+    ctx.data::<Arc<Budget>>().ok()?.turn().await
+}
+
 /// `Budget::hold` for the request being resolved.
 pub async fn hold(ctx: &Context<'_>, rows: &[audit_log::Model]) -> Result<(), Error> {
     match ctx.data::<Arc<Budget>>() {
@@ -70,7 +81,14 @@ impl Budget {
             streaming: AtomicBool::new(streaming),
             memory,
             held: Mutex::new(Vec::new()),
+            statements: Semaphore::new(STATEMENTS_PER_REQUEST),
         }
+    }
+
+    /// Waits for one of the request's turns to use the database; hold it while working.
+    /// (`None` only if the semaphore were closed, which it never is.)
+    pub async fn turn(&self) -> Option<SemaphorePermit<'_>> {
+        self.statements.acquire().await.ok()
     }
 
     /// Holds memory for loaded events until the request ends: the rows of all requests in

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use async_graphql::dataloader::Loader;
 use entity::audit_log;
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Semaphore, SemaphorePermit};
 use uuid::Uuid;
 
 use super::budget::Budget;
@@ -20,33 +19,11 @@ use crate::service::trail::{self, Subject};
 pub const MAX_BATCH: usize = 250;
 /// About how many events one trail statement may load.
 const LOAD_CHUNK_ROWS: usize = 1000;
-/// Most statements one request's batches run at once. The loader starts a batch as soon as
-/// it is full, so a thousand federation entities would otherwise ask for a dozen
-/// connections together: some would time out waiting for the pool, and other requests
-/// would find it empty. The rest queue here, without a timeout.
-const STATEMENTS_PER_REQUEST: usize = 2;
-
 /// Loads for one request, against its budget (see `admission`). Keys carry the caller's
 /// tenants too.
 pub struct AuditLoader {
-    db: DatabaseConnection,
-    budget: Arc<Budget>,
-    statements: Semaphore,
-}
-
-impl AuditLoader {
-    pub fn new(db: DatabaseConnection, budget: Arc<Budget>) -> Self {
-        AuditLoader {
-            db,
-            budget,
-            statements: Semaphore::new(STATEMENTS_PER_REQUEST),
-        }
-    }
-
-    /// A turn to run a statement; never fails, as the semaphore is never closed.
-    async fn turn(&self) -> Option<SemaphorePermit<'_>> {
-        self.statements.acquire().await.ok()
-    }
+    pub db: DatabaseConnection,
+    pub budget: Arc<Budget>,
 }
 
 /// An event by id, within some tenants.
@@ -131,7 +108,7 @@ impl Loader<EventKey> for AuditLoader {
         }
         let mut found = HashMap::new();
         for (tenant_ids, ids) in by_tenants {
-            let turn = self.turn().await;
+            let turn = self.budget.turn().await;
             let rows = query::find_many(&self.db, &tenant_ids, ids).await?;
             drop(turn);
             self.budget.hold(&rows).await?;
@@ -158,7 +135,7 @@ impl Loader<TrailKey> for AuditLoader {
             // held against the request's budget before the next is loaded.
             let per_chunk = (LOAD_CHUNK_ROWS / args.limit.max(1) as usize).max(1);
             for chunk in subjects.chunks(per_chunk) {
-                let turn = self.turn().await;
+                let turn = self.budget.turn().await;
                 let pages = trail::pages(
                     &self.db,
                     chunk,
@@ -191,7 +168,7 @@ impl Loader<CountKey> for AuditLoader {
     async fn load(&self, keys: &[CountKey]) -> Result<HashMap<CountKey, Self::Value>, Self::Error> {
         let mut found = HashMap::new();
         for ((args, _), subjects) in batches(keys.iter().map(|k| &k.0)) {
-            let turn = self.turn().await;
+            let turn = self.budget.turn().await;
             let counts = trail::counts(&self.db, &subjects, &args.filter).await?;
             drop(turn);
             for (subject, n) in counts {

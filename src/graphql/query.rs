@@ -189,13 +189,17 @@ impl AuditProofQuery {
     ) -> async_graphql::Result<Option<AuditCheckpoint>> {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
         let context = ctx.data::<AppContext>()?;
+        let _turn = budget::turn(ctx).await;
         let latest = checkpoint::latest(&context.db, &tenant_id).await?;
         Ok(latest.map(|c| AuditCheckpoint::new(c, verifier_key(context))))
     }
 
     /// The proof that an event is in its tenant's tree of `treeSize` events (by default the
     /// latest checkpoint's size), or null when there is no such event in your tenant.
-    #[graphql(guard = "RequireScope(Scope::Read)")]
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "PROOF_COST + child_complexity"
+    )]
     async fn audit_inclusion_proof(
         &self,
         ctx: &Context<'_>,
@@ -207,6 +211,7 @@ impl AuditProofQuery {
         let id = Uuid::parse_str(&id)
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let tree_size = sequence_arg("treeSize", tree_size)?;
+        let _turn = budget::turn(ctx).await;
         let Some(event) = query::find(&context.db, &principal.readable_tenants(), id).await? else {
             return Ok(None);
         };
@@ -234,7 +239,10 @@ impl AuditProofQuery {
 
     /// The proof that a tenant's tree of `toSize` events (by default the latest checkpoint's
     /// size) extends its tree of `fromSize` events.
-    #[graphql(guard = "RequireScope(Scope::Read)")]
+    #[graphql(
+        guard = "RequireScope(Scope::Read)",
+        complexity = "PROOF_COST + child_complexity"
+    )]
     async fn audit_consistency_proof(
         &self,
         ctx: &Context<'_>,
@@ -246,6 +254,7 @@ impl AuditProofQuery {
         let context = ctx.data::<AppContext>()?;
         let from = sequence_arg("fromSize", Some(from_size))?.unwrap_or_default() as u64;
         let to = sequence_arg("toSize", to_size)?;
+        let _turn = budget::turn(ctx).await;
         let to = signed_size(context, &tenant_id, to, "toSize").await?;
         if from > to {
             return Err(Error::bad_input("fromSize", "fromSize must not be above toSize").into());
@@ -260,6 +269,10 @@ impl AuditProofQuery {
         })
     }
 }
+
+/// The complexity of a proof: a few reads of up to 256 hashes per tile level, about what a
+/// page of events costs.
+const PROOF_COST: usize = 50;
 
 /// The tree size a proof is asked for, by default the latest checkpoint's; never beyond it.
 async fn signed_size(

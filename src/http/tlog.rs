@@ -85,10 +85,11 @@ async fn serve(state: &AppState, tenant_id: &str, path: Option<&str>) -> Result<
     let size = latest.tree_size as u64;
     // Hashes (or leaves) at this level in the signed tree, and the end of the tile asked for.
     let available = size >> (8 * tile.level.unwrap_or(0));
-    let end = tile.index * TILE_WIDTH + tile.width;
-    if end > available {
-        return Err(Error::NotFound);
-    }
+    let end = tile
+        .index
+        .checked_mul(TILE_WIDTH)
+        .and_then(|start| start.checked_add(tile.width));
+    let end = end.filter(|end| *end <= available).ok_or(Error::NotFound)?;
     let mut tree = Tree::new(db, tenant_id);
     let body = match tile.level {
         Some(level) => tree
@@ -140,14 +141,19 @@ impl TilePath {
             ),
             None => (rest, TILE_WIDTH),
         };
-        // The index as 3-digit elements, all but the last prefixed with `x`: x001/x234/067.
+        // The index as 3-digit elements, all but the last prefixed with `x`: x001/x234/067,
+        // without leading zero elements, so that each tile has one path.
         let elements: Vec<&str> = index.split('/').collect();
         let (last, leading) = elements.split_last()?;
+        if leading.first() == Some(&"x000") {
+            return None;
+        }
         let mut n: u64 = 0;
         for element in leading {
-            n = n.checked_mul(1000)? + three_digits(element.strip_prefix('x')?)?;
+            let group = three_digits(element.strip_prefix('x')?)?;
+            n = n.checked_mul(1000)?.checked_add(group)?;
         }
-        let index = n.checked_mul(1000)? + three_digits(last)?;
+        let index = n.checked_mul(1000)?.checked_add(three_digits(last)?)?;
         Some(TilePath {
             level,
             index,
@@ -204,6 +210,8 @@ mod tests {
             "x/000",
             "0/000.p/01",
             "0/x000",
+            "0/x000/001",
+            "0/x018/x446/x744/x073/x709/x551/616",
         ] {
             assert_eq!(TilePath::parse(bad), None, "{bad}");
         }

@@ -152,7 +152,17 @@ pub async fn verify(
     }
     if to == head_seq {
         let mut beyond = BySequence::after(tenant_id, head_seq).batch(1);
-        if let Some(row) = beyond.next(db).await?.pop() {
+        let row = beyond.next(db).await?.pop();
+        // An event committed since the head was read is past the head read, not past the
+        // head: it is the head that moved. (A forged row in its place would have made that
+        // commit fail, as its sequence number would be taken.)
+        let moved = match &row {
+            Some(row) => self::head(db, tenant_id)
+                .await?
+                .is_some_and(|h| h.seq >= row.seq),
+            None => false,
+        };
+        if let Some(row) = row.filter(|_| !moved) {
             let reason = format!(
                 "event {} is past the chain head {head_seq}: it was not written by audit-service",
                 row.seq

@@ -25,7 +25,12 @@ macro_rules! both {
     )+};
 }
 
-both!(auditor_flow, tampering_is_caught, retention_keeps_proofs);
+both!(
+    auditor_flow,
+    tampering_is_caught,
+    retention_keeps_proofs,
+    verification_while_events_are_written,
+);
 
 type Hash = [u8; 32];
 
@@ -432,6 +437,10 @@ async fn auditor_flow(backend: Backend) {
         "tile/1/000",
         "tile/0/1",
         "tile/9/000",
+        // Indexes whose byte offsets overflow 64 bits.
+        "tile/0/x072/x057/x594/x037/x927/936",
+        "tile/entries/x072/x057/x594/x037/x927/936",
+        "tile/0/x018/x446/x744/x073/x709/x551/615",
     ] {
         assert_eq!(get(beyond).await.0, 404, "{beyond}");
     }
@@ -639,6 +648,50 @@ async fn retention_keeps_proofs(backend: Backend) {
     assert_eq!(entries.status(), 404);
     // And continuous verification, which starts over after the purge, stays quiet.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(failures(&audit.app).await, 0);
+    audit.app.cleanup().await;
+}
+
+/// Verifying while others write finds nothing wrong: an event committed between reading the
+/// head and reading past it is not "past the chain head".
+async fn verification_while_events_are_written(backend: Backend) {
+    let Some(audit) = auditable(backend).await else {
+        return;
+    };
+    audit.log(50).await;
+    let writing = Instant::now();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let app_url = audit.app.address.clone();
+            let client = audit.app.client.clone();
+            tokio::spawn(async move {
+                while writing.elapsed() < Duration::from_secs(4) {
+                    let inputs: Vec<Value> = (0..20).map(|i| event(&format!("w{w}-{i}"), "role.assigned")).collect();
+                    let body = json!({ "query": "mutation($i: [AuditEventInput!]!) { logAuditEvents(inputs: $i) { id } }", "variables": { "i": inputs } });
+                    let response = client.post(format!("{app_url}/graphql")).json(&body).send().await.expect("write");
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
+    let mut checks = 0;
+    while writing.elapsed() < Duration::from_secs(4) {
+        let body = audit
+            .app
+            .graphql(
+                "{ verifyAuditChain { valid reason checkedCount } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(body["data"]["verifyAuditChain"]["valid"], true, "{body}");
+        checks += 1;
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert!(checks > 3, "{checks}");
+    // Continuous verification ran through it all, and stays quiet.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(failures(&audit.app).await, 0);
     audit.app.cleanup().await;
 }
