@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::service::checkpoint::Signer;
 use crate::service::ingest::Ingestor;
 use crate::service::pubsub::Feed;
+use crate::service::tree::TileCache;
 
 /// The database, the write path, the live feed, authentication, access control, metrics and
 /// the checkpoint key of one server instance. Cheap to clone.
@@ -27,4 +28,6 @@ pub struct AppContext {
     pub exports: Arc<Semaphore>,
     /// The key checkpoints are signed with, when one is configured.
     pub signer: Option<Arc<Signer>>,
+    /// Tiles of the tenants' trees recently read for proofs.
+    pub tiles: Arc<TileCache>,
 }

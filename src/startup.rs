@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::service::checkpoint::Signer;
 use crate::service::ingest::Ingestor;
 use crate::service::pubsub::{self, Feed};
+use crate::service::tree::TileCache;
 use crate::service::{maintenance, transparency};
 
 /// Exports one instance runs at once; more wait for a slot (see `http/export.rs`).
@@ -114,6 +115,7 @@ impl Application {
             metrics,
             exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
             signer,
+            tiles: Arc::new(TileCache::new()),
         };
         let state = AppState {
             schema: build_schema(context.clone(), &SchemaConfig::from(config)),

@@ -19,6 +19,7 @@ use crate::service::query::{self, PageArgs};
 use crate::service::stats::{self, Dimension, MAX_BUCKETS};
 use crate::service::tree::Tree;
 use crate::service::{chain, checkpoint};
+use entity::tree_checkpoint;
 
 #[derive(Default)]
 pub struct AuditQuery;
@@ -216,7 +217,7 @@ impl AuditProofQuery {
             return Ok(None);
         };
         let tenant_id = event.tenant_id;
-        let size = signed_size(context, &tenant_id, tree_size, "treeSize").await?;
+        let (size, latest) = signed_size(context, &tenant_id, tree_size, "treeSize").await?;
         let index = event.seq as u64 - 1;
         if index >= size {
             return Err(Error::bad_input(
@@ -225,10 +226,13 @@ impl AuditProofQuery {
             )
             .into());
         }
-        let hashes = Tree::new(&context.db, &tenant_id)
+        let hashes = Tree::cached(&context.db, &tenant_id, &context.tiles)
             .inclusion(index, size)
             .await?;
-        let checkpoint = checkpoint::at(&context.db, &tenant_id, size).await?;
+        let checkpoint = match latest.tree_size as u64 == size {
+            true => Some(latest),
+            false => checkpoint::at(&context.db, &tenant_id, size).await?,
+        };
         Ok(Some(AuditInclusionProof {
             leaf_index: index.to_string(),
             tree_size: size.to_string(),
@@ -255,11 +259,11 @@ impl AuditProofQuery {
         let from = sequence_arg("fromSize", Some(from_size))?.unwrap_or_default() as u64;
         let to = sequence_arg("toSize", to_size)?;
         let _turn = budget::turn(ctx).await;
-        let to = signed_size(context, &tenant_id, to, "toSize").await?;
+        let (to, _) = signed_size(context, &tenant_id, to, "toSize").await?;
         if from > to {
             return Err(Error::bad_input("fromSize", "fromSize must not be above toSize").into());
         }
-        let hashes = Tree::new(&context.db, &tenant_id)
+        let hashes = Tree::cached(&context.db, &tenant_id, &context.tiles)
             .consistency(from, to)
             .await?;
         Ok(AuditConsistencyProof {
@@ -274,24 +278,27 @@ impl AuditProofQuery {
 /// page of events costs.
 const PROOF_COST: usize = 50;
 
-/// The tree size a proof is asked for, by default the latest checkpoint's; never beyond it.
+/// The tree size a proof is asked for, by default the latest checkpoint's, never beyond it;
+/// and that latest checkpoint.
 async fn signed_size(
     context: &AppContext,
     tenant_id: &str,
     asked: Option<i64>,
     field: &str,
-) -> Result<u64, Error> {
+) -> Result<(u64, tree_checkpoint::Model), Error> {
     let latest = checkpoint::latest(&context.db, tenant_id).await?;
-    let signed = latest.map_or(0, |c| c.tree_size);
+    let signed = latest.as_ref().map_or(0, |c| c.tree_size);
     let size = asked.unwrap_or(signed);
-    if size == 0 || size > signed {
-        let message = match signed {
-            0 => "no checkpoint was signed for this tenant yet".to_owned(),
-            _ => format!("{field} is beyond the latest checkpoint, {signed}"),
-        };
-        return Err(Error::bad_input(field, message));
+    match latest {
+        Some(latest) if size > 0 && size <= signed => Ok((size as u64, latest)),
+        _ => Err(Error::bad_input(
+            field,
+            match signed {
+                0 => "no checkpoint was signed for this tenant yet".to_owned(),
+                _ => format!("{field} is beyond the latest checkpoint, {signed}"),
+            },
+        )),
     }
-    Ok(size as u64)
 }
 
 fn verifier_key(context: &AppContext) -> String {

@@ -90,7 +90,7 @@ async fn serve(state: &AppState, tenant_id: &str, path: Option<&str>) -> Result<
         .checked_mul(TILE_WIDTH)
         .and_then(|start| start.checked_add(tile.width));
     let end = end.filter(|end| *end <= available).ok_or(Error::NotFound)?;
-    let mut tree = Tree::new(db, tenant_id);
+    let mut tree = Tree::cached(db, tenant_id, &state.context.tiles);
     let body = match tile.level {
         Some(level) => tree
             .tile_hashes(level, tile.index, tile.width as usize)

@@ -12,6 +12,10 @@
 //! tree built leaf by leaf.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use entity::tree_tile::{self, Column};
 use entity::{audit_log, chain_head};
@@ -188,12 +192,52 @@ pub fn verify_consistency(
     s_n == 0 && f_r == *old_root && s_r == *new_root
 }
 
+/// Tiles most recently read for proofs, shared by every request of the process: a tile's
+/// first hashes never change once they exist (the log only grows), so a cached prefix stays
+/// true. Holds at most [`TileCache::TILES`] tiles (8 KiB each when full).
+pub struct TileCache(Mutex<LruCache<TileKey, Arc<Vec<Hash>>>>);
+
+/// A tile of a tenant's tree: tenant, tile level, index.
+type TileKey = (String, u32, u64);
+
+impl TileCache {
+    const TILES: usize = 4096;
+
+    pub fn new() -> Self {
+        let capacity = NonZeroUsize::new(Self::TILES).unwrap_or(NonZeroUsize::MIN);
+        TileCache(Mutex::new(LruCache::new(capacity)))
+    }
+
+    fn get(&self, key: &TileKey) -> Option<Arc<Vec<Hash>>> {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+
+    /// Keeps `hashes` unless a longer prefix of the same tile is kept already.
+    fn put(&self, key: TileKey, hashes: &[Hash]) {
+        if let Ok(mut cache) = self.0.lock()
+            && cache
+                .peek(&key)
+                .is_none_or(|kept| kept.len() < hashes.len())
+        {
+            cache.put(key, Arc::new(hashes.to_vec()));
+        }
+    }
+}
+
+impl Default for TileCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// One tenant's tree as stored, read a tile at a time; tiles read once are kept for the
-/// life of the value (one proof, one checkpoint).
+/// life of the value (one proof, one checkpoint), and in the process's [`TileCache`] when
+/// it has one (to serve proofs; sealing and verification read the database itself).
 pub struct Tree<'c, C> {
     db: &'c C,
     tenant_id: &'c str,
     tiles: HashMap<(u32, u64), Vec<Hash>>,
+    shared: Option<&'c TileCache>,
 }
 
 impl<'c, C: ConnectionTrait> Tree<'c, C> {
@@ -202,6 +246,15 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
             db,
             tenant_id,
             tiles: HashMap::new(),
+            shared: None,
+        }
+    }
+
+    /// A tree that reads through, and fills, the process's tile cache.
+    pub fn cached(db: &'c C, tenant_id: &'c str, cache: &'c TileCache) -> Self {
+        Tree {
+            shared: Some(cache),
+            ..Tree::new(db, tenant_id)
         }
     }
 
@@ -283,6 +336,12 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
         {
             return Ok(hashes[..width].to_vec());
         }
+        let key = (self.tenant_id.to_owned(), level, idx);
+        if let Some(hashes) = self.shared.and_then(|cache| cache.get(&key))
+            && hashes.len() >= width
+        {
+            return Ok(hashes[..width].to_vec());
+        }
         let stored = tree_tile::Entity::find()
             .filter(Column::TenantId.eq(self.tenant_id))
             .filter(Column::Level.eq(level as i16))
@@ -314,6 +373,9 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
             }
         }
         let answer = hashes[..width].to_vec();
+        if let Some(cache) = self.shared {
+            cache.put(key, &hashes);
+        }
         self.tiles.insert((level, idx), hashes);
         Ok(answer)
     }
