@@ -48,7 +48,7 @@ impl Metrics {
         let counters = [
             (
                 "audit_sql_statements_total",
-                "SQL statements run against the database.",
+                "SQL statements run for requests and the write path (not the tree's upkeep).",
                 &self.sql_statements,
             ),
             (

@@ -45,6 +45,10 @@ impl Application {
         )
         .await?;
         let metrics = Arc::new(Metrics::default());
+        // The tree's upkeep and continuous verification run on a handle made before the
+        // statement counter is attached: `audit_sql_statements_total` counts what requests
+        // and the write path cost (their time is in `audit_tree_microseconds_total`).
+        let background = db.clone();
         metrics.watch(&mut db);
         Migrator::up(&db, None).await?;
         let cors_origins = config
@@ -73,11 +77,15 @@ impl Application {
             .map(Arc::new);
         if transparency.seal_interval_ms > 0 {
             let every = Duration::from_millis(transparency.seal_interval_ms);
-            tasks.spawn(transparency::seal(db.clone(), every, metrics.clone()));
+            tasks.spawn(transparency::seal(
+                background.clone(),
+                every,
+                metrics.clone(),
+            ));
         }
         if let Some(signer) = &signer {
             tasks.spawn(transparency::checkpoints(
-                db.clone(),
+                background.clone(),
                 signer.clone(),
                 transparency.clone(),
                 metrics.clone(),
@@ -85,7 +93,7 @@ impl Application {
         }
         let every = Duration::from_secs(transparency.verify_interval_seconds.max(1));
         tasks.spawn(transparency::verify(
-            db.clone(),
+            background,
             signer.clone(),
             every,
             metrics.clone(),

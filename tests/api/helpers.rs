@@ -54,6 +54,24 @@ macro_rules! on_both_backends {
     )+};
 }
 
+/// Runs `$name(backend)` on SQLite and on PostgreSQL, for tests that start their own
+/// server (with a configuration of their own).
+#[macro_export]
+macro_rules! with_each_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    )+};
+}
+
 /// Starts a server on `127.0.0.1:0` against its own new database. For PostgreSQL that is a
 /// new database on `TEST_DATABASE_URL`; without it the test is skipped, loudly, and in CI
 /// (`CI` set) it fails instead.

@@ -12,23 +12,7 @@ use sea_orm::ConnectionTrait;
 use crate::helpers::{Backend, TestApp, event, spawn_app, spawn_app_with};
 use crate::subscriptions::Client;
 
-/// Runs `$name(backend)` on SQLite and on PostgreSQL.
-macro_rules! both {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(crate::helpers::Backend::Sqlite).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(crate::helpers::Backend::Postgres).await;
-            }
-        }
-    )+};
-}
-
-both!(
+crate::with_each_backend!(
     deep_documents,
     poisoned_metadata,
     fan_out,

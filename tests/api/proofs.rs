@@ -10,22 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::{Backend, TestApp, event, spawn_app_with};
 
-macro_rules! both {
-    ($($name:ident),+ $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(crate::helpers::Backend::Sqlite).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(crate::helpers::Backend::Postgres).await;
-            }
-        }
-    )+};
-}
-
-both!(
+crate::with_each_backend!(
     auditor_flow,
     tampering_is_caught,
     retention_keeps_proofs,
