@@ -231,6 +231,14 @@ pub struct ServeConfig {
     pub retention: RetentionConfig,
     #[command(flatten)]
     pub transparency: TransparencyConfig,
+    /// Seconds a SIGTERM or SIGINT gives in-flight requests, queued writes and live
+    /// subscriptions to finish before the process exits anyway.
+    #[arg(
+        long = "shutdown-timeout",
+        env = "AUDIT_SHUTDOWN_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub shutdown_timeout_seconds: u64,
 }
 
 /// The tenants' Merkle trees: signed checkpoints and continuous verification.

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
 use crate::auth::Authenticator;
@@ -30,4 +31,8 @@ pub struct AppContext {
     pub signer: Option<Arc<Signer>>,
     /// Tiles of the tenants' trees recently read for proofs.
     pub tiles: Arc<TileCache>,
+    /// Turns true when the server starts shutting down.
+    pub stopping: watch::Receiver<bool>,
+    /// The WebSocket connections being served, which shutdown waits for.
+    pub connections: TaskTracker,
 }

@@ -9,8 +9,9 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
 use crate::auth::Authenticator;
@@ -34,6 +35,9 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     tasks: JoinSet<()>,
+    context: AppContext,
+    stopping: watch::Sender<bool>,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -98,6 +102,7 @@ impl Application {
             every,
             metrics.clone(),
         ));
+        let (stopping, stopping_rx) = watch::channel(false);
         let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
         if auth.is_open().await? {
             anyhow::ensure!(
@@ -124,10 +129,12 @@ impl Application {
             exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
             signer,
             tiles: Arc::new(TileCache::new()),
+            stopping: stopping_rx,
+            connections: TaskTracker::new(),
         };
         let state = AppState {
             schema: build_schema(context.clone(), &SchemaConfig::from(config)),
-            context,
+            context: context.clone(),
         };
         let router = app(state, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;
@@ -135,6 +142,9 @@ impl Application {
             listener,
             router,
             tasks,
+            context,
+            stopping,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
         })
     }
 
@@ -143,13 +153,16 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until Ctrl-C or SIGTERM, then finishes the requests in flight and stops the
-    /// background tasks.
+    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully (see `run_until`).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` completes.
+    /// Serves until `stop` completes, then shuts down within the shutdown timeout:
+    /// `/readyz` answers 503 at once and the listener stops accepting; requests in flight
+    /// finish; subscriptions complete and their connections close; the committer commits
+    /// what is queued and answers its callers; background tasks stop. Fails if that takes
+    /// longer than the timeout.
     pub async fn run_until(
         mut self,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
@@ -158,11 +171,40 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(stop)
-            .await;
-        self.tasks.shutdown().await;
-        served
+        let (signalled, on_signal) = oneshot::channel();
+        let stopping = self.stopping.clone();
+        let graceful = async move {
+            stop.await;
+            stopping.send_replace(true);
+            let _ = signalled.send(());
+        };
+        let mut server = tokio::spawn(
+            axum::serve(self.listener, service)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        );
+        tokio::select! {
+            served = &mut server => return served.map_err(std::io::Error::other)?,
+            _ = on_signal => {}
+        }
+        tracing::info!("shutting down: finishing requests, writes and subscriptions");
+        let connections = self.context.connections.clone();
+        let ingestor = self.context.ingestor.clone();
+        let finish = async move {
+            let served = server.await.map_err(std::io::Error::other)?;
+            connections.close();
+            connections.wait().await;
+            ingestor.close().await;
+            self.tasks.shutdown().await;
+            served
+        };
+        match tokio::time::timeout(self.shutdown_timeout, finish).await {
+            Ok(finished) => finished,
+            Err(_) => Err(std::io::Error::other(format!(
+                "shutdown did not finish within {:?}",
+                self.shutdown_timeout
+            ))),
+        }
     }
 }
 

@@ -86,8 +86,20 @@ impl Connection {
             WebSocketProtocols::SubscriptionsTransportWS => r#"{"type":"ka"}"#,
         };
 
+        let mut stopping = self.context.stopping.clone();
         let close = loop {
             tokio::select! {
+                // The server is shutting down: every subscription completes, then the
+                // connection closes as "going away", so that clients reconnect elsewhere.
+                () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
+                    for id in active.drain() {
+                        let complete = json!({ "type": "complete", "id": id }).to_string();
+                        if !send_within(&mut sink, Message::Text(complete.into())).await {
+                            break;
+                        }
+                    }
+                    break Some((1001, "the server is shutting down".to_owned()));
+                }
                 message = source.next() => {
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text.to_string(),

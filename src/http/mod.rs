@@ -66,6 +66,9 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
 const READY_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn ready(State(state): State<AppState>) -> Response {
+    if *state.context.stopping.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
     match tokio::time::timeout(READY_TIMEOUT, state.context.db.ping()).await {
         Ok(Ok(())) => "ready".into_response(),
         Ok(Err(err)) => {

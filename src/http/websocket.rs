@@ -47,5 +47,8 @@ pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY_BYTES)
-        .on_upgrade(move |socket| connection.serve(socket))
+        .on_upgrade(move |socket| {
+            let tracker = connection.context.connections.clone();
+            tracker.track_future(connection.serve(socket))
+        })
 }

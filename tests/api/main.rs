@@ -25,6 +25,7 @@ mod outage;
 mod pagination;
 mod proofs;
 mod schema;
+mod shutdown;
 mod stats;
 mod subscriptions;
 mod validation;

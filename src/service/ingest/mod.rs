@@ -17,13 +17,15 @@ mod write;
 
 pub use tables::USED_KEYS_POSTGRES;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use entity::audit_log;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::event::{MAX_BATCH, NewEvent};
 use super::pubsub::Feed;
@@ -35,10 +37,13 @@ const MAX_GROUP_EVENTS: usize = 5000;
 /// Jobs that may wait for the committer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 
-/// Handle to the committer task. Cheap to clone; the task ends when the last handle is gone.
+/// Handle to the committer task. Cheap to clone; the task ends when the last handle is
+/// gone, or when [`Ingestor::close`] has drained it.
 #[derive(Clone)]
 pub struct Ingestor {
     jobs: mpsc::Sender<Job>,
+    stop: CancellationToken,
+    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// Where committed events go live. PostgreSQL instances hear of them through NOTIFY (see
@@ -76,8 +81,33 @@ impl Ingestor {
     pub fn start(db: DatabaseConnection, feed: Feed, metrics: Arc<Metrics>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let feed = (db.get_database_backend() != DbBackend::Postgres).then_some(feed);
-        tokio::spawn(commit_loop(Committer { db, feed, metrics }, queue));
-        Ingestor { jobs }
+        let stop = CancellationToken::new();
+        let committer = tokio::spawn(commit_loop(
+            Committer { db, feed, metrics },
+            queue,
+            stop.clone(),
+        ));
+        Ingestor {
+            jobs,
+            stop,
+            committer: Arc::new(Mutex::new(Some(committer))),
+        }
+    }
+
+    /// Stops taking jobs, commits every job already queued and answers its caller, then
+    /// returns (at shutdown).
+    pub async fn close(&self) {
+        self.stop.cancel();
+        let committer = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(committer) = committer
+            && let Err(err) = committer.await
+        {
+            tracing::error!(error = %err, "the ingest committer failed");
+        }
     }
 
     /// Validates and stores `events` for `tenant_id`, all or nothing, and returns the stored
@@ -135,8 +165,23 @@ impl Ingestor {
     }
 }
 
-async fn commit_loop(committer: Committer, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.recv().await {
+async fn commit_loop(
+    committer: Committer,
+    mut queue: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            job = queue.recv() => job,
+            // Closed, the queue still hands out what it holds, then ends.
+            () = stop.cancelled() => {
+                queue.close();
+                queue.recv().await
+            }
+        };
+        let Some(first) = first else {
+            break;
+        };
         let mut size = first.work.size();
         let mut group = vec![first];
         while size < MAX_GROUP_EVENTS {
