@@ -64,22 +64,41 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
 
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the NOTIFY listener may be without a connection before the instance is not
+/// ready: its reconnections back off to 5 s, and live events stop while it is down.
+const LISTENER_WINDOW: Duration = Duration::from_secs(10);
 
+/// 200 `ready`, or 503 naming every check that failed: the database answers within
+/// 500 ms, the ingest committer runs, the NOTIFY listener (PostgreSQL) is connected or was
+/// within the last 10 s, and the server is not shutting down.
 async fn ready(State(state): State<AppState>) -> Response {
-    if *state.context.stopping.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    let context = &state.context;
+    let mut problems = Vec::new();
+    if *context.stopping.borrow() {
+        problems.push("shutting down".to_owned());
     }
-    match tokio::time::timeout(READY_TIMEOUT, state.context.db.ping()).await {
-        Ok(Ok(())) => "ready".into_response(),
+    match tokio::time::timeout(READY_TIMEOUT, context.db.ping()).await {
+        Ok(Ok(())) => {}
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response()
+            problems.push("database unavailable".to_owned());
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database did not answer within 500 ms",
-        )
-            .into_response(),
+        Err(_) => problems.push("database did not answer within 500 ms".to_owned()),
+    }
+    if !context.ingestor.is_running() {
+        problems.push("the ingest committer is not running".to_owned());
+    }
+    if let Some(down) = context.feed.listener_down_for()
+        && down > LISTENER_WINDOW
+    {
+        problems.push(format!(
+            "the notification listener has been disconnected for {} s",
+            down.as_secs()
+        ));
+    }
+    match problems.is_empty() {
+        true => "ready".into_response(),
+        false => (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response(),
     }
 }
 

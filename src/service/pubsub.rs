@@ -32,6 +32,9 @@ const MAX_PAYLOAD: usize = 7000;
 #[derive(Clone)]
 pub struct Feed {
     sender: broadcast::Sender<Arc<audit_log::Model>>,
+    /// Since when the NOTIFY listener has been without a connection (PostgreSQL); `None`
+    /// while it is connected, or where there is no listener.
+    listener_down: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Feed {
@@ -39,6 +42,22 @@ impl Feed {
     pub fn new(capacity: usize) -> Self {
         Feed {
             sender: broadcast::channel(capacity.max(1)).0,
+            listener_down: Arc::default(),
+        }
+    }
+
+    /// How long the NOTIFY listener has been without a connection, if it is.
+    pub fn listener_down_for(&self) -> Option<Duration> {
+        let down = self.listener_down.lock().unwrap_or_else(|e| e.into_inner());
+        down.map(|since| since.elapsed())
+    }
+
+    /// Records that the listener connected (`true`) or lost its connection (`false`).
+    fn listener_connected(&self, connected: bool) {
+        let mut down = self.listener_down.lock().unwrap_or_else(|e| e.into_inner());
+        match connected {
+            true => *down = None,
+            false => *down = down.or_else(|| Some(std::time::Instant::now())),
         }
     }
 
@@ -83,11 +102,13 @@ pub fn notifications(ranges: &[(String, i64, i64)]) -> Vec<String> {
 pub async fn listen(db: DatabaseConnection, url: String, feed: Feed) {
     let mut delivered: Option<HashMap<String, i64>> = None;
     let mut backoff = Duration::from_millis(100);
+    feed.listener_connected(false);
     loop {
         match session(&db, &url, &feed, &mut delivered).await {
             Ok(()) => tracing::warn!("notification listener lost its connection; reconnecting"),
             Err(err) => tracing::warn!(error = %err, "notification listener failed; reconnecting"),
         }
+        feed.listener_connected(false);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -130,6 +151,7 @@ async fn session(
         return Ok(());
     };
     tracing::info!("notification listener connected");
+    feed.listener_connected(true);
     while let Some(notification) = listener.try_recv().await.map_err(Error::internal)? {
         let ranges: Vec<(String, i64, i64)> = match serde_json::from_str(notification.payload()) {
             Ok(ranges) => ranges,

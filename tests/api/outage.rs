@@ -267,3 +267,65 @@ async fn postgres_stopped_and_restarted_under_write_load() {
     db.close().await.ok();
     drop(cluster);
 }
+
+/// `/readyz` names a NOTIFY listener that cannot reconnect (its database refuses new
+/// connections, while the pool's stay open), and is ready again once it has reconnected.
+#[tokio::test]
+async fn readiness_names_a_listener_that_cannot_reconnect() {
+    let Some(app) = crate::helpers::spawn_app(crate::helpers::Backend::Postgres).await else {
+        return;
+    };
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let admin = migration::connect(&admin_url, 1).await.expect("connect");
+    let name = app
+        .database_url
+        .rsplit('/')
+        .next()
+        .and_then(|rest| rest.split('?').next())
+        .expect("database name")
+        .to_owned();
+    let readyz = |want_ready: bool| {
+        let (client, url) = (app.client.clone(), format!("{}/readyz", app.address));
+        async move {
+            let started = Instant::now();
+            loop {
+                let response = client.get(&url).send().await.expect("readyz");
+                let ready = response.status() == 200;
+                let body = response.text().await.expect("body");
+                if ready == want_ready {
+                    return body;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "readyz stayed: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(readyz(true).await, "ready");
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .expect("refuse connections");
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = '{}' AND datname = '{name}'",
+            audit_service::service::pubsub::LISTENER_NAME
+        ))
+        .await
+        .expect("terminate the listener");
+    let body = readyz(false).await;
+    assert!(
+        body.contains("the notification listener has been disconnected for"),
+        "{body}"
+    );
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .expect("allow connections");
+    assert_eq!(readyz(true).await, "ready");
+    admin.close().await.ok();
+    app.cleanup().await;
+}

@@ -94,6 +94,12 @@ impl Ingestor {
         }
     }
 
+    /// Whether the committer task is running (it only ends at shutdown, or by a bug).
+    pub fn is_running(&self) -> bool {
+        let committer = self.committer.lock().unwrap_or_else(|e| e.into_inner());
+        committer.as_ref().is_some_and(|task| !task.is_finished())
+    }
+
     /// Stops taking jobs, commits every job already queued and answers its caller, then
     /// returns (at shutdown).
     pub async fn close(&self) {
