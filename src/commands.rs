@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 use crate::auth::Principal;
 use crate::config::{CheckpointKeyCommand, Cli, Command, DatabaseConfig, KeysCommand};
 use crate::graphql::types::AuditLogFilter;
+use crate::progress::Progress;
 use crate::service::checkpoint::Signer;
 use crate::service::filter::Filter;
 use crate::service::pubsub::Feed;
@@ -36,8 +37,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             connect(&database).await?;
             tracing::info!("migrations applied");
         }
-        Command::Verify { database, tenant } => {
-            return verify(&connect(&database).await?, tenant).await;
+        Command::Verify {
+            database,
+            tenant,
+            json,
+        } => {
+            return verify(&connect(&database).await?, tenant, json).await;
         }
         Command::Export {
             database,
@@ -143,26 +148,64 @@ async fn keys(db: &DatabaseConnection, action: KeysCommand) -> anyhow::Result<()
     Ok(())
 }
 
-async fn verify(db: &DatabaseConnection, tenant: Option<String>) -> anyhow::Result<ExitCode> {
-    let tenants = match tenant {
-        Some(tenant) => vec![tenant],
-        None => chain::tenants(db).await?,
+async fn verify(
+    db: &DatabaseConnection,
+    tenant: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let sizes = crate::service::tree::sizes(db).await?;
+    let tenants: Vec<(String, u64)> = match tenant {
+        Some(tenant) => {
+            let size = sizes
+                .into_iter()
+                .find(|(t, _)| *t == tenant)
+                .map_or(0, |(_, n)| n);
+            vec![(tenant, size)]
+        }
+        None => sizes,
     };
-    let mut status = ExitCode::SUCCESS;
-    for tenant in tenants {
-        let result = chain::verify(db, &tenant, None, None).await?;
-        match (result.first_invalid_sequence, result.reason) {
-            (Some(seq), Some(reason)) => {
-                println!(
+    let mut progress = Progress::new("verify", tenants.iter().map(|(_, n)| n).sum());
+    let mut results = Vec::new();
+    for (tenant, _) in tenants {
+        let result =
+            chain::verify_with_progress(db, &tenant, None, None, |n| progress.advance(n)).await?;
+        results.push((tenant, result));
+    }
+    progress.finish();
+    let valid = results.iter().all(|(_, result)| result.valid);
+    if json {
+        let tenants: Vec<_> = results
+            .iter()
+            .map(|(tenant, r)| {
+                serde_json::json!({
+                    "tenant": tenant,
+                    "valid": r.valid,
+                    "checkedCount": r.checked_count,
+                    "firstInvalidSequence": r.first_invalid_sequence.map(|s| s.to_string()),
+                    "reason": r.reason,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "valid": valid, "tenants": tenants })
+        );
+    } else {
+        for (tenant, result) in &results {
+            match (result.first_invalid_sequence, &result.reason) {
+                (Some(seq), Some(reason)) => println!(
                     "{tenant}: INVALID at sequence {seq}: {reason} ({} events checked)",
                     result.checked_count
-                );
-                status = ExitCode::FAILURE;
+                ),
+                _ => println!("{tenant}: valid ({} events checked)", result.checked_count),
             }
-            _ => println!("{tenant}: valid ({} events checked)", result.checked_count),
         }
     }
-    Ok(status)
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Writes `secret` to a new file that only its owner may read; an existing file is an error,

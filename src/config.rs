@@ -40,6 +40,9 @@ pub enum Command {
         /// Only this tenant (all tenants by default).
         #[arg(long)]
         tenant: Option<String>,
+        /// Print the result as one JSON object instead of a line per tenant.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a tenant's events, with sequence numbers and hashes, to stdout in sequence
     /// order.

@@ -15,6 +15,7 @@ mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod metrics;
+pub mod progress;
 pub mod service;
 pub mod startup;
 pub mod telemetry;

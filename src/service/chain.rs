@@ -67,6 +67,17 @@ pub async fn verify(
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<Verification> {
+    verify_with_progress(db, tenant_id, from, to, |_| {}).await
+}
+
+/// [`verify`], calling `checked` with the number of events of each batch it checked.
+pub async fn verify_with_progress(
+    db: &impl ConnectionTrait,
+    tenant_id: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    mut checked_batch: impl FnMut(u64),
+) -> Result<Verification> {
     let head = chain_head::Entity::find_by_id(tenant_id).one(db).await?;
     let (head_seq, head_hash) = head.map_or((0, GENESIS.to_vec()), |h| (h.seq, h.hash));
     let checkpoint = retention_checkpoint(db, tenant_id).await?;
@@ -116,6 +127,7 @@ pub async fn verify(
     let mut rows_in_range = BySequence::after(tenant_id, from - 1).through(to);
     while expected <= to {
         let rows = rows_in_range.next(db).await?;
+        checked_batch(rows.len() as u64);
         if rows.is_empty() {
             return Ok(Verification::broken(
                 checked,

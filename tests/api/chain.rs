@@ -17,6 +17,7 @@ on_both_backends!(
     verify_detects_a_changed_last_event,
     retention_keeps_proofs,
     the_independent_verifier_agrees,
+    verify_reports_progress_and_json,
 );
 
 const CHAIN: &str = "query($from: String, $to: String) {
@@ -424,4 +425,55 @@ async fn retention_drops_whole_partitions() {
         "{result}"
     );
     app.cleanup().await;
+}
+
+/// `audit-service verify`: plain progress lines on a pipe, a progress bar on a terminal
+/// (a pseudo-terminal from `script`), and `--json`.
+async fn verify_reports_progress_and_json(app: &TestApp) {
+    seed(app, 5).await;
+    let output = app.cli(&["verify", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let result: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(
+        result,
+        json!({ "valid": true, "tenants": [{ "tenant": "default", "valid": true,
+                "checkedCount": 5, "firstInvalidSequence": null, "reason": null }] })
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("verify: 5 events to go"), "{stderr}");
+    assert!(stderr.contains("verify: 5 events in"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no terminal codes on a pipe: {stderr:?}"
+    );
+
+    let command = format!("{} verify", env!("CARGO_BIN_EXE_audit-service"));
+    let terminal = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DATABASE_URL", &app.database_url)
+        .env("AUDIT_LOG", "warn")
+        .output()
+        .expect("script runs");
+    let screen = String::from_utf8_lossy(&terminal.stdout);
+    assert!(terminal.status.success(), "{screen}");
+    assert!(
+        screen.contains("default: valid (5 events checked)"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains('\u{1b}'),
+        "a progress bar draws on a terminal: {screen:?}"
+    );
+    assert!(!screen.contains("events to go"), "{screen:?}");
+
+    app.tamper("UPDATE audit_logs SET reason = 'x' WHERE seq = 2")
+        .await;
+    let output = app.cli(&["verify", "--json"]);
+    assert!(!output.status.success());
+    let result: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(result["valid"], false);
+    assert_eq!(
+        result["tenants"][0]["firstInvalidSequence"], "2",
+        "{result}"
+    );
 }
