@@ -15,7 +15,9 @@ pub struct Result {
     pub p99: f64,
 }
 
-/// Runs `script` with `clients` connections for `seconds` against `database_url`.
+/// Runs `script` with `clients` connections for `seconds` against `database_url`, with the
+/// extended protocol and prepared statements (`-M prepared`), as the server's driver runs
+/// its own: the simple protocol would plan every statement again, and flatter the server.
 pub fn run(
     database_url: &str,
     name: &str,
@@ -28,7 +30,7 @@ pub fn run(
     let file = dir.join(format!("{name}.sql"));
     std::fs::write(&file, script)?;
     let output = Command::new("pgbench")
-        .args(["-n", "-f"])
+        .args(["-n", "-M", "prepared", "-f"])
         .arg(&file)
         .args([
             "-c",
