@@ -93,7 +93,7 @@ async fn serve(state: &AppState, tenant_id: &str, path: Option<&str>) -> Result<
     let mut tree = Tree::cached(db, tenant_id, &state.context.tiles);
     let body = match tile.level {
         Some(level) => tree
-            .tile_hashes(level, tile.index, tile.width as usize)
+            .tile(level, tile.index, tile.width as usize)
             .await?
             .concat(),
         None => {

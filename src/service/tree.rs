@@ -281,11 +281,6 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
         Ok(proof)
     }
 
-    /// The first `width` hashes of tile `idx` at tile level `level` (tree level 8 × `level`).
-    pub async fn tile_hashes(&mut self, level: u32, idx: u64, width: usize) -> Result<Vec<Hash>> {
-        self.tile(level, idx, width).await
-    }
-
     /// The leaves `[start, end)` themselves (the events' chain hashes), or `None` when some
     /// were purged by retention.
     pub async fn leaf_data(&self, start: u64, end: u64) -> Result<Option<Vec<Vec<u8>>>> {
@@ -330,7 +325,7 @@ impl<'c, C: ConnectionTrait> Tree<'c, C> {
 
     /// The first `width` hashes of a tile: the widest stored version of it, completed from
     /// the events (level 0) or from the roots of the full tiles one level down.
-    async fn tile(&mut self, level: u32, idx: u64, width: usize) -> Result<Vec<Hash>> {
+    pub async fn tile(&mut self, level: u32, idx: u64, width: usize) -> Result<Vec<Hash>> {
         if let Some(hashes) = self.tiles.get(&(level, idx))
             && hashes.len() >= width
         {
@@ -486,6 +481,16 @@ pub async fn seal(db: &impl ConnectionTrait, tenant_id: &str, size: u64) -> Resu
     Ok(next * TILE_WIDTH)
 }
 
+/// [`seal`] until every full tile among the first `size` leaves is sealed, however long the
+/// backlog; returns how many leaves are sealed.
+pub async fn seal_all(db: &impl ConnectionTrait, tenant_id: &str, size: u64) -> Result<u64> {
+    let mut sealed = seal(db, tenant_id, size).await?;
+    while sealed + TILE_WIDTH <= size {
+        sealed = seal(db, tenant_id, size).await?;
+    }
+    Ok(sealed)
+}
+
 /// Before retention deletes the tenant's events up to sequence `through`, keeps every leaf
 /// hash among them in tiles (a partial one for the last few), so that proofs still work.
 pub async fn keep_before_purge(
@@ -493,10 +498,7 @@ pub async fn keep_before_purge(
     tenant_id: &str,
     through: u64,
 ) -> Result<()> {
-    let mut sealed = seal(db, tenant_id, through).await?;
-    while sealed + TILE_WIDTH <= through {
-        sealed = seal(db, tenant_id, through).await?;
-    }
+    let sealed = seal_all(db, tenant_id, through).await?;
     if sealed < through {
         let rest = (through - sealed) as usize;
         Tree::new(db, tenant_id)
