@@ -1,109 +1,289 @@
-//! Process counters, served at `GET /metrics` in the Prometheus text format.
+//! The instance's metrics, through the `metrics` facade into a Prometheus recorder of its own
+//! (not the process-global one: tests run several servers in one process), served at
+//! `GET /metrics` in the Prometheus text format. Label values come from small fixed sets
+//! (routes, statuses, operation types, error codes); never tenants or actors.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sea_orm::DatabaseConnection;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use sea_orm::{DatabaseConnection, DbBackend};
 
-/// Counters of one server instance.
-#[derive(Default)]
+/// Buckets of every `_seconds` histogram: 250 µs to 10 s.
+const SECONDS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets of events per ingest transaction.
+const EVENTS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+const HTTP_REQUESTS: &str = "audit_http_requests_total";
+const HTTP_DURATION: &str = "audit_http_request_duration_seconds";
+const ERRORS: &str = "audit_errors_total";
+
+/// The metrics of one server instance; the handles of unlabelled metrics are made once.
 pub struct Metrics {
-    sql_statements: AtomicU64,
-    commits: AtomicU64,
-    events: AtomicU64,
-    commit_micros: AtomicU64,
-    chain_micros: AtomicU64,
-    rollup_micros: AtomicU64,
-    /// Sum over tenants of the last sequence continuous verification checked.
-    pub verified_sequence: AtomicU64,
-    pub verification_failures: AtomicU64,
-    pub tree_micros: AtomicU64,
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    sql_statements: Counter,
+    commit_duration: Histogram,
+    chain_duration: Histogram,
+    rollup_duration: Histogram,
+    transaction_events: Histogram,
+    events: Counter,
+    queue_depth: Gauge,
+    pool_connections: Gauge,
+    pool_idle: Gauge,
+    pool_max: Gauge,
+    subscribers: Gauge,
+    pub deliveries: Counter,
+    pub lagged: Counter,
+    pub seal_duration: Histogram,
+    pub checkpoint_duration: Histogram,
+    pub verification_duration: Histogram,
+    pub verified_sequence: Gauge,
+    pub verification_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// Counts every statement `db` (and every clone made afterwards) runs.
-    pub fn watch(self: &Arc<Self>, db: &mut DatabaseConnection) {
-        let metrics = Arc::clone(self);
-        db.set_metric_callback(move |_| {
-            metrics.sql_statements.fetch_add(1, Ordering::Relaxed);
-        });
-    }
-
-    /// One ingest transaction: how long it took, how much of that went to numbering and
-    /// hashing the events (the hash chain's share of the write path), and how much to the
-    /// hourly rollup.
-    pub fn committed(&self, events: usize, total: Duration, chain: Duration, rollup: Duration) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.events.fetch_add(events as u64, Ordering::Relaxed);
-        self.commit_micros
-            .fetch_add(total.as_micros() as u64, Ordering::Relaxed);
-        self.chain_micros
-            .fetch_add(chain.as_micros() as u64, Ordering::Relaxed);
-        self.rollup_micros
-            .fetch_add(rollup.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    pub fn render(&self) -> String {
-        let counters = [
-            (
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".into()), EVENTS))
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+        let metrics = Metrics {
+            sql_statements: counter(
+                r,
                 "audit_sql_statements_total",
                 "SQL statements run for requests and the write path (not the tree's upkeep).",
-                &self.sql_statements,
             ),
-            (
-                "audit_ingest_transactions_total",
-                "Ingest (group commit) transactions.",
-                &self.commits,
+            commit_duration: histogram(
+                r,
+                "audit_ingest_commit_duration_seconds",
+                "Ingest (group commit) transactions, from the first statement to the commit.",
             ),
-            (
-                "audit_ingest_events_total",
-                "Events committed.",
-                &self.events,
+            chain_duration: histogram(
+                r,
+                "audit_ingest_chain_duration_seconds",
+                "Of each ingest transaction, the time spent numbering and hashing its events.",
             ),
-            (
-                "audit_ingest_transaction_microseconds_total",
-                "Time spent in ingest transactions.",
-                &self.commit_micros,
+            rollup_duration: histogram(
+                r,
+                "audit_ingest_rollup_duration_seconds",
+                "Of each ingest transaction, the time spent on the hourly rollup (auditLogStats).",
             ),
-            (
-                "audit_ingest_chain_microseconds_total",
-                "Of that, time spent numbering and hashing events.",
-                &self.chain_micros,
+            transaction_events: histogram(
+                r,
+                "audit_ingest_transaction_events",
+                "Events committed per ingest transaction.",
             ),
-            (
-                "audit_ingest_rollup_microseconds_total",
-                "Of that, time spent adding events to the hourly rollup (auditLogStats).",
-                &self.rollup_micros,
+            events: counter(r, "audit_ingest_events_total", "Events committed."),
+            queue_depth: gauge(
+                r,
+                "audit_ingest_queue_depth",
+                "Write requests waiting for the committer.",
             ),
-            (
+            pool_connections: gauge(
+                r,
+                "audit_db_pool_connections",
+                "Open connections of the request pool (idle and in use).",
+            ),
+            pool_idle: gauge(
+                r,
+                "audit_db_pool_idle_connections",
+                "Idle connections of the request pool.",
+            ),
+            pool_max: gauge(
+                r,
+                "audit_db_pool_max_connections",
+                "Most connections the request pool opens (AUDIT_DB_POOL_SIZE).",
+            ),
+            subscribers: gauge(
+                r,
+                "audit_live_subscribers",
+                "Live subscriptions (auditLogAdded) on this instance.",
+            ),
+            deliveries: counter(
+                r,
+                "audit_live_deliveries_total",
+                "Events delivered to live subscribers (replayed and live).",
+            ),
+            lagged: counter(
+                r,
+                "audit_live_lagged_total",
+                "Live subscribers dropped with SUBSCRIBER_LAGGED for falling behind.",
+            ),
+            seal_duration: histogram(
+                r,
+                "audit_tree_seal_duration_seconds",
+                "Passes that store the tenants' new full tree tiles.",
+            ),
+            checkpoint_duration: histogram(
+                r,
+                "audit_checkpoint_duration_seconds",
+                "Passes that sign checkpoints of the trees that grew.",
+            ),
+            verification_duration: histogram(
+                r,
+                "audit_chain_verification_duration_seconds",
+                "Rounds of continuous verification of every tenant's chain, tree and checkpoint.",
+            ),
+            verified_sequence: gauge(
+                r,
+                "audit_chain_verified_sequence",
+                "Sum over tenants of the last sequence number continuous verification checked \
+                 (tenants are not labels: there may be any number of them).",
+            ),
+            verification_failures: counter(
+                r,
                 "audit_chain_verification_failures_total",
                 "Tenants whose chain or tree continuous verification found broken.",
-                &self.verification_failures,
             ),
-            (
-                "audit_tree_microseconds_total",
-                "Time spent sealing tree tiles and signing checkpoints.",
-                &self.tree_micros,
-            ),
-        ];
-        let gauges = [(
-            "audit_chain_verified_sequence",
-            "Sum over tenants of the last sequence number continuous verification checked \
-             (tenants are not labels: there may be any number of them).",
-            &self.verified_sequence,
-        )];
-        let kinds = counters
-            .iter()
-            .map(|c| (c, "counter"))
-            .chain(gauges.iter().map(|g| (g, "gauge")));
-        kinds
-            .map(|((name, help, value), kind)| {
-                format!(
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n",
-                    value.load(Ordering::Relaxed)
-                )
-            })
-            .collect()
+            recorder,
+            handle,
+        };
+        let r = &metrics.recorder;
+        r.describe_counter(
+            HTTP_REQUESTS.into(),
+            None,
+            "HTTP requests by route, status and GraphQL operation type.".into(),
+        );
+        r.describe_histogram(
+            HTTP_DURATION.into(),
+            Some(Unit::Seconds),
+            "HTTP request latency by route and GraphQL operation type, to the response head."
+                .into(),
+        );
+        r.describe_counter(
+            ERRORS.into(),
+            None,
+            "Errors answered, by code (extensions.code): RATE_LIMITED counts rate-limit \
+             refusals, UNAVAILABLE load shedding and outages."
+                .into(),
+        );
+        let info = Key::from_parts(
+            "audit_build_info",
+            vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+        );
+        r.describe_gauge(
+            "audit_build_info".into(),
+            None,
+            "Always 1; the version is a label.".into(),
+        );
+        r.register_gauge(&info, &metadata()).set(1.0);
+        metrics
     }
+
+    /// Counts every statement `db` (and every clone made afterwards) runs.
+    pub fn watch(&self, db: &mut DatabaseConnection) {
+        let statements = self.sql_statements.clone();
+        db.set_metric_callback(move |_| statements.increment(1));
+    }
+
+    /// One ingest transaction: how long it took, and how much of that went to numbering and
+    /// hashing the events (the hash chain's share of the write path) and to the rollup.
+    pub fn committed(&self, events: usize, total: Duration, chain: Duration, rollup: Duration) {
+        self.commit_duration.record(total);
+        self.chain_duration.record(chain);
+        self.rollup_duration.record(rollup);
+        self.transaction_events.record(events as f64);
+        self.events.increment(events as u64);
+    }
+
+    /// One HTTP request: its route (the matched pattern, `other` for none), status and
+    /// GraphQL operation type (empty outside GraphQL).
+    pub fn request(&self, route: &str, status: u16, operation: &str, elapsed: Duration) {
+        let route = Label::new("route", route.to_owned());
+        let operation = Label::new("operation", operation.to_owned());
+        let key = Key::from_parts(
+            HTTP_REQUESTS,
+            vec![
+                route.clone(),
+                Label::new("status", status.to_string()),
+                operation.clone(),
+            ],
+        );
+        self.recorder
+            .register_counter(&key, &metadata())
+            .increment(1);
+        let key = Key::from_parts(HTTP_DURATION, vec![route, operation]);
+        self.recorder
+            .register_histogram(&key, &metadata())
+            .record(elapsed);
+    }
+
+    /// One error answered with `code` (HTTP, GraphQL or WebSocket).
+    pub fn error(&self, code: &str) {
+        let key = Key::from_parts(ERRORS, vec![Label::new("code", code.to_owned())]);
+        self.recorder
+            .register_counter(&key, &metadata())
+            .increment(1);
+    }
+
+    /// The Prometheus text, with the gauges that are sampled rather than kept: the pool,
+    /// the committer's queue and the live subscribers.
+    pub fn render(&self, db: &DatabaseConnection, queued: usize, subscribers: usize) -> String {
+        let (size, idle, max) = match db.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = db.get_postgres_connection_pool();
+                (
+                    pool.size(),
+                    pool.num_idle(),
+                    pool.options().get_max_connections(),
+                )
+            }
+            DbBackend::Sqlite => {
+                let pool = db.get_sqlite_connection_pool();
+                (
+                    pool.size(),
+                    pool.num_idle(),
+                    pool.options().get_max_connections(),
+                )
+            }
+            _ => (0, 0, 0),
+        };
+        self.pool_connections.set(size);
+        self.pool_idle.set(idle as f64);
+        self.pool_max.set(max);
+        self.queue_depth.set(queued as f64);
+        self.subscribers.set(subscribers as f64);
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; without it they pile up between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn metadata() -> metrics::Metadata<'static> {
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, None)
+}
+
+fn counter(recorder: &PrometheusRecorder, name: &'static str, help: &'static str) -> Counter {
+    recorder.describe_counter(name.into(), None, help.into());
+    recorder.register_counter(&Key::from_static_name(name), &metadata())
+}
+
+fn gauge(recorder: &PrometheusRecorder, name: &'static str, help: &'static str) -> Gauge {
+    recorder.describe_gauge(name.into(), None, help.into());
+    recorder.register_gauge(&Key::from_static_name(name), &metadata())
+}
+
+fn histogram(recorder: &PrometheusRecorder, name: &'static str, help: &'static str) -> Histogram {
+    let unit = name.ends_with("_seconds").then_some(Unit::Seconds);
+    recorder.describe_histogram(name.into(), unit, help.into());
+    recorder.register_histogram(&Key::from_static_name(name), &metadata())
 }

@@ -102,6 +102,7 @@ impl Application {
             every,
             metrics.clone(),
         ));
+        tasks.spawn(upkeep(metrics.clone()));
         let (stopping, stopping_rx) = watch::channel(false);
         let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
         if auth.is_open().await? {
@@ -205,6 +206,17 @@ impl Application {
                 self.shutdown_timeout
             ))),
         }
+    }
+}
+
+/// How often histogram samples are drained into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+async fn upkeep(metrics: Arc<Metrics>) {
+    let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        ticks.tick().await;
+        metrics.upkeep();
     }
 }
 

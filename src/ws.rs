@@ -184,6 +184,7 @@ impl Connection {
                         Inbound::Close(1013, err.to_string())
                     }
                     Err(Refusal::Denied(denial)) => {
+                        self.context.metrics.error(Code::Unauthenticated.as_str());
                         self.context.access.record_denial(
                             None,
                             None,
@@ -206,6 +207,7 @@ impl Connection {
                     return Inbound::Close(4409, format!("Subscriber for {id} already exists"));
                 }
                 if active.len() >= MAX_SUBSCRIPTIONS && !active.contains(&id) {
+                    self.context.metrics.error(Code::RateLimited.as_str());
                     let error = Code::RateLimited.json(&format!(
                         "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
                     ));

@@ -209,12 +209,11 @@ impl Bench {
 
         let metrics = server.metrics().await?;
         let counter = |name: &str| counter(&metrics, name);
-        let share = counter("audit_ingest_chain_microseconds_total")
-            / counter("audit_ingest_transaction_microseconds_total").max(1.0);
-        let rollup = counter("audit_ingest_rollup_microseconds_total")
-            / counter("audit_ingest_transaction_microseconds_total").max(1.0);
+        let in_transactions = counter("audit_ingest_commit_duration_seconds_sum").max(1e-9);
+        let share = counter("audit_ingest_chain_duration_seconds_sum") / in_transactions;
+        let rollup = counter("audit_ingest_rollup_duration_seconds_sum") / in_transactions;
         let per_commit = counter("audit_ingest_events_total")
-            / counter("audit_ingest_transactions_total").max(1.0);
+            / counter("audit_ingest_commit_duration_seconds_count").max(1.0);
         report.add(
             "hash chain's share of ingest transaction time",
             format!(
@@ -249,7 +248,7 @@ impl Bench {
         let ok = stats.per_second() >= 30_000.0;
         let metrics = server.metrics().await?;
         let counter = |name: &str| counter(&metrics, name);
-        let in_transaction = counter("audit_ingest_transaction_microseconds_total")
+        let in_transaction = counter("audit_ingest_commit_duration_seconds_sum") * 1e6
             / counter("audit_ingest_events_total").max(1.0);
         report.add(
             "SQLite batch ingest, 1,000-event batches, 2 clients",

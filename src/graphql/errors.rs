@@ -8,6 +8,7 @@ use async_graphql::extensions::{
 };
 use async_graphql::{Response, ServerError};
 
+use crate::context::AppContext;
 use crate::error::Code;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
@@ -34,9 +35,20 @@ impl Extension for ErrorCodes {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
+        // Over HTTP, `/metrics` counts codes at the edge; over WebSocket, here.
+        let metrics = ctx.data_opt::<AppContext>().map(|c| c.metrics.clone());
         next.run(ctx, stream)
-            .map(|mut response| {
+            .map(move |mut response| {
                 response.errors.iter_mut().for_each(label);
+                if let Some(metrics) = &metrics {
+                    let codes = response.errors.iter().filter_map(|e| {
+                        match e.extensions.as_ref()?.get("code")? {
+                            async_graphql::Value::String(code) => Some(code.as_str()),
+                            _ => None,
+                        }
+                    });
+                    codes.for_each(|code| metrics.error(code));
+                }
                 response
             })
             .boxed()

@@ -37,11 +37,24 @@ impl AuditSubscription {
                     .ok_or_else(|| Error::bad_input("after", "after is not a valid cursor"))
             })
             .transpose()?;
-        let db = ctx.data::<AppContext>()?.db.clone();
+        let context = ctx.data::<AppContext>()?;
         // Subscribe before replaying, so that nothing committed meanwhile is missed.
-        let live = ctx.data::<AppContext>()?.feed.subscribe();
+        let live = context.feed.subscribe();
         // The same leeway as when the token was accepted over HTTP.
         let deadline = principal.expires_at.map(|exp| exp + JWT_LEEWAY);
-        Ok(live::tail(db, filter, after, live, deadline).map(|event| Ok(AuditLog(event?))))
+        let metrics = context.metrics.clone();
+        let tail = live::tail(context.db.clone(), filter, after, live, deadline);
+        Ok(tail.map(move |event| match event {
+            Ok(event) => {
+                metrics.deliveries.increment(1);
+                Ok(AuditLog(event))
+            }
+            Err(err) => {
+                if matches!(err, Error::SubscriberLagged { .. }) {
+                    metrics.lagged.increment(1);
+                }
+                Err(err.into())
+            }
+        }))
     }
 }

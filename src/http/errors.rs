@@ -10,6 +10,21 @@ use crate::error::Error;
 
 use super::state::JSON;
 
+/// The codes of the errors a response carries, for `audit_errors_total` (see `track`).
+#[derive(Clone)]
+pub(super) struct ErrorCodes(pub Vec<String>);
+
+impl ErrorCodes {
+    /// The `extensions.code` of each error.
+    pub(super) fn of(errors: &[ServerError]) -> Self {
+        let code = |error: &ServerError| match error.extensions.as_ref()?.get("code")? {
+            async_graphql::Value::String(code) => Some(code.clone()),
+            _ => None,
+        };
+        ErrorCodes(errors.iter().filter_map(code).collect())
+    }
+}
+
 /// An error as async-graphql carries it, with its code; it points at no place in a
 /// document (none was parsed), so it has no `locations`.
 pub(super) fn server_error(error: Error) -> ServerError {
@@ -49,8 +64,10 @@ pub(super) fn error_response(status: StatusCode, error: Error) -> Response {
         Error::Unavailable(_) | Error::Busy => Some(1),
         _ => None,
     };
+    let code = error.code().as_str().to_owned();
     let body = json!({ "errors": [server_error(error)] });
     let mut response = (status, [(header::CONTENT_TYPE, JSON)], Json(body)).into_response();
+    response.extensions_mut().insert(ErrorCodes(vec![code]));
     if let Some(seconds) = retry_after {
         response
             .headers_mut()

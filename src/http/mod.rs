@@ -10,11 +10,14 @@ mod tlog;
 mod transport;
 mod websocket;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use async_graphql::parser::types::OperationType;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -23,7 +26,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
 
-use errors::error_response;
+use errors::{ErrorCodes, error_response};
 use state::BODY_TIMEOUT;
 pub use state::{AppState, MAX_BODY_BYTES};
 use transport::{graphql_get, graphql_post};
@@ -37,14 +40,12 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .route("/tlog/{tenant}/tile/{*path}", get(tlog::tile))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route(
-            "/metrics",
-            get(|State(state): State<AppState>| async move { state.context.metrics.render() }),
-        )
+        .route("/metrics", get(metrics))
         .merge(crate::graphiql::router())
         .merge(crate::console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
@@ -99,6 +100,49 @@ async fn ready(State(state): State<AppState>) -> Response {
     match problems.is_empty() {
         true => "ready".into_response(),
         false => (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response(),
+    }
+}
+
+/// The Prometheus text of this instance (see `metrics.rs`).
+async fn metrics(State(state): State<AppState>) -> String {
+    let context = &state.context;
+    let queued = context.ingestor.queued();
+    let subscribers = context.feed.subscribers();
+    context.metrics.render(&context.db, queued, subscribers)
+}
+
+/// Counts and times every routed request, and counts the error codes it answered with
+/// (which `transport` and `errors` leave in the response's extensions).
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |path| path.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    let metrics = &state.context.metrics;
+    let operation = response
+        .extensions()
+        .get::<OperationType>()
+        .map_or("", |op| operation_label(*op));
+    metrics.request(
+        &route,
+        response.status().as_u16(),
+        operation,
+        started.elapsed(),
+    );
+    if let Some(ErrorCodes(codes)) = response.extensions().get::<ErrorCodes>() {
+        codes.iter().for_each(|code| metrics.error(code));
+    }
+    response
+}
+
+fn operation_label(operation: OperationType) -> &'static str {
+    match operation {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
     }
 }
 

@@ -22,7 +22,7 @@ use crate::error::{Code, Error};
 use crate::graphql::{budget, limits};
 
 use super::admit::admit;
-use super::errors::{error_response, http_error, server_error};
+use super::errors::{ErrorCodes, error_response, http_error, server_error};
 use super::state::{AppState, GRAPHQL_RESPONSE_JSON, JSON};
 use super::websocket::websocket;
 
@@ -203,19 +203,26 @@ pub(super) async fn execute(
 }
 
 /// Runs an admitted request and encodes its answer.
+/// The operation's type is left in the response's extensions for `/metrics`.
 pub(super) async fn run(
     state: &AppState,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
     media: Media,
     principal: Principal,
     origin: Origin,
 ) -> Response {
-    let response = if limits::nesting(&request.query) > limits::MAX_NESTING {
-        async_graphql::Response::from_errors(vec![limits::too_deep()])
-    } else {
-        respond_to(state, request, principal, origin).await
-    };
-    encode(response, media)
+    if limits::nesting(&request.query) > limits::MAX_NESTING {
+        return encode(
+            async_graphql::Response::from_errors(vec![limits::too_deep()]),
+            media,
+        );
+    }
+    let operation = selected_operation(&mut request).map(|op| op.ty);
+    let mut response = encode(respond_to(state, request, principal, origin).await, media);
+    if let Some(operation) = operation {
+        response.extensions_mut().insert(operation);
+    }
+    response
 }
 
 /// Runs a request whose text is safe to parse.
@@ -266,6 +273,7 @@ pub(super) fn encode(mut response: async_graphql::Response, media: Media) -> Res
                 .and_then(|x| x.get("code"))
                 .is_some_and(|code| *code == async_graphql::Value::from(unavailable))
         });
+    let response_errors = ErrorCodes::of(&response.errors);
     let body = if request_error {
         serde_json::to_vec(&json!({ "errors": response.errors }))
     } else {
@@ -302,6 +310,9 @@ pub(super) fn encode(mut response: async_graphql::Response, media: Media) -> Res
         Media::GraphqlResponseJson => GRAPHQL_RESPONSE_JSON,
     };
     let mut response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    if !response_errors.0.is_empty() {
+        response.extensions_mut().insert(response_errors);
+    }
     if shed {
         response
             .headers_mut()

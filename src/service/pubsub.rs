@@ -66,6 +66,11 @@ impl Feed {
         self.sender.subscribe()
     }
 
+    /// Live subscribers on this instance.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
     /// Hands committed events to every subscriber; never waits for them.
     pub fn publish(&self, events: impl IntoIterator<Item = audit_log::Model>) {
         for event in events {

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sea_orm::DatabaseConnection;
@@ -31,9 +30,7 @@ pub async fn seal(db: DatabaseConnection, every: Duration, metrics: Arc<Metrics>
         if let Err(err) = seal_grown(&db, &mut sealed).await {
             tracing::warn!(error = %err, "sealing tree tiles failed");
         }
-        metrics
-            .tree_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        metrics.seal_duration.record(started.elapsed());
     }
 }
 
@@ -64,9 +61,7 @@ pub async fn checkpoints(
         if let Err(err) = checkpoint_grown(&db, &signer, &config.origin, &mut signed).await {
             tracing::warn!(error = %err, "signing checkpoints failed");
         }
-        metrics
-            .tree_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        metrics.checkpoint_duration.record(started.elapsed());
     }
 }
 
@@ -115,6 +110,7 @@ pub async fn verify(
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
+        let started = Instant::now();
         let sizes = match tree::sizes(&db).await {
             Ok(sizes) => sizes,
             Err(err) => {
@@ -130,9 +126,7 @@ pub async fn verify(
                     if !state.failing {
                         tracing::error!(tenant = %tenant_id, sequence = seq, %reason,
                             "continuous verification found the log broken");
-                        metrics
-                            .verification_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        metrics.verification_failures.increment(1);
                     }
                     state.failing = true;
                     state.next = None;
@@ -142,9 +136,8 @@ pub async fn verify(
             }
         }
         let verified: i64 = progress.values().map(|p| p.verified).sum();
-        metrics
-            .verified_sequence
-            .store(verified.max(0) as u64, Ordering::Relaxed);
+        metrics.verified_sequence.set(verified.max(0) as f64);
+        metrics.verification_duration.record(started.elapsed());
     }
 }
 

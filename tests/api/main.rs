@@ -21,6 +21,7 @@ mod hostile;
 mod http;
 mod limits;
 mod memory;
+mod metrics;
 mod outage;
 mod pagination;
 mod proofs;

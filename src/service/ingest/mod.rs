@@ -100,6 +100,11 @@ impl Ingestor {
         committer.as_ref().is_some_and(|task| !task.is_finished())
     }
 
+    /// Write requests waiting for the committer.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Stops taking jobs, commits every job already queued and answers its caller, then
     /// returns (at shutdown).
     pub async fn close(&self) {
