@@ -26,6 +26,8 @@ fn event() -> Model {
         ip_address: Some("203.0.113.7".into()),
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
         request_id: Some("req-8f14e45f".into()),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        chain_version: 2,
         idempotency_key: Some("create-p-1234".into()),
         prev_hash: GENESIS.to_vec(),
         hash: Vec::new(),

@@ -22,6 +22,8 @@ pub const SYSTEM_TENANT: &str = "system";
 pub struct Origin {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The trace the request belongs to (W3C `traceparent`), which events it logs link to.
+    pub trace_id: Option<String>,
 }
 
 /// Rate limits and the refusal record of one server instance.
@@ -103,6 +105,7 @@ impl Access {
             ip_address: origin.ip.clone(),
             user_agent: origin.user_agent.as_deref().map(|ua| truncate(ua, 1000)),
             request_id: None,
+            trace_id: origin.trace_id.clone(),
             idempotency_key: None,
         };
         let ingestor = self.ingestor.clone();
@@ -144,6 +147,7 @@ pub fn caller_event(
         ip_address: origin.ip.clone(),
         user_agent: origin.user_agent.as_deref().map(|ua| truncate(ua, 1000)),
         request_id: None,
+        trace_id: origin.trace_id.clone(),
         idempotency_key: None,
     }
 }

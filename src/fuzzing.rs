@@ -63,6 +63,7 @@ pub fn json(data: &[u8]) {
         ip_address: None,
         user_agent: None,
         request_id: None,
+        trace_id: None,
         idempotency_key: None,
     };
     if event.validate(Utc::now()).is_ok() {

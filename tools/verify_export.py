@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Verify an `audit-service export --format ndjson` file: the per-tenant hash chain, version 1.
+"""Verify an `audit-service export --format ndjson` file: the per-tenant hash chain, versions 1 and 2.
 
 Usage: python3 tools/verify_export.py EXPORT.ndjson
 
@@ -43,6 +43,14 @@ def jcs(v):
         return json.dumps(v, ensure_ascii=False)  # escapes exactly as JCS does
     return number(v)
 
+# The fields each version of the canonical encoding covers (docs/chain.md).
+V1_KEYS = {
+    "action", "actor_id", "actor_name", "actor_type", "chain_version", "id", "idempotency_key",
+    "ip_address", "metadata", "occurred_at", "outcome", "reason", "recorded_at", "request_id",
+    "seq", "target_id", "target_name", "target_type", "tenant_id", "user_agent",
+}
+KEYS = {1: V1_KEYS, 2: V1_KEYS | {"trace_id"}}
+
 def unique_keys(pairs):
     if len({key for key, _ in pairs}) != len(pairs):
         raise ValueError("duplicate key")
@@ -66,7 +74,9 @@ def verify(lines):
                 print(f"INVALID at seq {event['seq']}: {reason}")
                 sys.exit(1)
 
-        check(event.get("chain_version") == 1, f"chain_version is {event.get('chain_version')!r}")
+        version = event.get("chain_version")
+        check(type(version) is int and version in KEYS, f"chain_version {version!r} is not known")
+        check(set(event) == KEYS[version], f"the fields are not those of version {version}")
         check(len(claimed_prev) == 64, "prev_hash is not 32 bytes")
         if tenant is None:  # the first line: genesis, or the checkpoint left by a purge
             tenant = this_tenant

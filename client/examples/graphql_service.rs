@@ -133,6 +133,9 @@ async fn graphql(
         ip_address: Some(peer.ip().to_string()),
         user_agent: text("user-agent"),
         request_id: text("x-request-id"),
+        trace_id: text("traceparent")
+            .as_deref()
+            .and_then(Context::trace_id_of),
     });
     let response = schema.execute(request).await;
     let body = serde_json::to_string(&response).unwrap_or_default();

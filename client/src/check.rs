@@ -53,6 +53,16 @@ impl Event {
             if let Some(id) = &context.request_id {
                 check_id("context.requestId", id, MAX_KEY_LEN)?;
             }
+            if context
+                .trace_id
+                .as_deref()
+                .is_some_and(|id| !is_trace_id(id))
+            {
+                return Err(Error::invalid(
+                    "context.traceId",
+                    "context.traceId is not a W3C trace id (32 lower-case hex digits, not all zero)",
+                ));
+            }
         }
         if let Some(key) = &self.idempotency_key {
             check_id("idempotencyKey", key, MAX_KEY_LEN)?;
@@ -117,9 +127,17 @@ impl Event {
                 .request_id
                 .take()
                 .map(|id| clean_id(&id, MAX_KEY_LEN));
+            context.trace_id = context.trace_id.take().filter(|id| is_trace_id(id));
         }
         self
     }
+}
+
+/// A W3C Trace Context trace id: 32 lower-case hex digits, not all zero.
+pub(crate) fn is_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
 }
 
 /// An identifier the server accepts: no control characters, not blank, bounded.
@@ -356,6 +374,7 @@ mod tests {
             ip_address: Some("not-an-ip".into()),
             user_agent: Some("ua\0".into()),
             request_id: Some(" ".into()),
+            trace_id: Some("4BF92F3577B34DA6A3CE929D0E0E4736".into()),
         });
         assert!(event.validate().is_err());
         let event = event.sanitized();
@@ -368,6 +387,7 @@ mod tests {
             (context.ip_address, context.request_id.as_deref()),
             (None, Some("-"))
         );
+        assert_eq!(context.trace_id, None, "not a trace id: dropped");
     }
 
     #[test]

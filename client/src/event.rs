@@ -113,6 +113,20 @@ pub struct Context {
     #[cynic(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub request_id: Option<String>,
+    /// The W3C trace id (32 lower-case hex digits) of the operation; the Layer takes it
+    /// from the request's `traceparent`.
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub trace_id: Option<String>,
+}
+
+impl Context {
+    /// The trace id of a W3C `traceparent` header value (`00-<trace id>-<span id>-<flags>`),
+    /// for `trace_id`.
+    pub fn trace_id_of(traceparent: &str) -> Option<String> {
+        let id = traceparent.trim().split('-').nth(1)?;
+        crate::check::is_trace_id(id).then(|| id.to_owned())
+    }
 }
 
 /// One event to record: `AuditEventInput`, checked against `schema.graphql` at compile

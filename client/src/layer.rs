@@ -218,6 +218,10 @@ impl Seen {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             request_id: request_id.to_str().ok().map(str::to_owned),
+            trace_id: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(Context::trace_id_of),
         };
         let target_id = match &config.target {
             Some((_, IdFrom::Header(name))) => headers

@@ -33,6 +33,10 @@ pub struct Model {
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// The W3C trace id (32 lower-case hex digits) of the request that logged the event.
+    pub trace_id: Option<String>,
+    /// The canonical encoding the event was hashed with (docs/chain.md): 1 or 2.
+    pub chain_version: i16,
     pub idempotency_key: Option<String>,
     /// `hash` of the tenant's previous event (32 zero bytes before the first).
     pub prev_hash: Vec<u8>,

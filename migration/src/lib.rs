@@ -15,6 +15,7 @@ mod m20261127_000001_create_audit_logs;
 mod m20261127_000002_create_api_keys;
 mod m20261129_000003_create_audit_stats;
 mod m20261129_000004_create_audit_tree;
+mod m20261129_000005_add_trace_id;
 
 /// The PostgreSQL schema that holds audit-service's tables.
 pub const PG_SCHEMA: &str = "control_plane";
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_create_api_keys::Migration),
             Box::new(m20261129_000003_create_audit_stats::Migration),
             Box::new(m20261129_000004_create_audit_tree::Migration),
+            Box::new(m20261129_000005_add_trace_id::Migration),
         ]
     }
 }

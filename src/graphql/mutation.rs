@@ -4,8 +4,10 @@ use async_graphql::{Context, Object};
 
 use super::guards::RequireScope;
 use super::types::{AuditEventInput, AuditLog};
+use crate::access::Origin;
 use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
+use crate::service::event::NewEvent;
 
 #[derive(Default)]
 pub struct AuditMutation;
@@ -21,8 +23,9 @@ impl AuditMutation {
     ) -> async_graphql::Result<AuditLog> {
         let principal = ctx.data::<Principal>()?;
         let ingestor = &ctx.data::<AppContext>()?.ingestor;
+        let event = in_trace(ctx, input.into());
         let mut stored = ingestor
-            .ingest(&principal.tenant_id, vec![input.into()])
+            .ingest(&principal.tenant_id, vec![event])
             .await
             .map_err(|e| e.rooted_at("input", true))?;
         Ok(AuditLog(stored.remove(0)))
@@ -38,11 +41,22 @@ impl AuditMutation {
     ) -> async_graphql::Result<Vec<AuditLog>> {
         let principal = ctx.data::<Principal>()?;
         let ingestor = &ctx.data::<AppContext>()?.ingestor;
-        let events = inputs.into_iter().map(Into::into).collect();
+        let events = inputs
+            .into_iter()
+            .map(|input| in_trace(ctx, input.into()))
+            .collect();
         let stored = ingestor
             .ingest(&principal.tenant_id, events)
             .await
             .map_err(|e| e.rooted_at("inputs", false))?;
         Ok(stored.into_iter().map(AuditLog).collect())
     }
+}
+
+/// The event, linked to the request's trace unless it names a trace of its own.
+fn in_trace(ctx: &Context<'_>, mut event: NewEvent) -> NewEvent {
+    if event.trace_id.is_none() {
+        event.trace_id = ctx.data_opt::<Origin>().and_then(|o| o.trace_id.clone());
+    }
+    event
 }

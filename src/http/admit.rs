@@ -27,6 +27,7 @@ pub(super) fn origin(parts: &Parts) -> Origin {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        trace_id: crate::telemetry::trace_id(&parts.headers),
     }
 }
 

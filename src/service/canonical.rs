@@ -33,8 +33,11 @@ pub fn host_only(ip: &str) -> Cow<'_, str> {
     Cow::Owned(canonical_ip(host.to_owned()))
 }
 
-/// Version of the canonical encoding, part of every hashed event.
-pub const CHAIN_VERSION: u32 = 1;
+/// Version of the canonical encoding new events are hashed with, part of every hashed
+/// event: 2 covers `trace_id`; events hashed with version 1 keep it.
+pub const CHAIN_VERSION: i16 = 2;
+/// The versions this server reads.
+pub const KNOWN_VERSIONS: [i16; 2] = [1, 2];
 /// `prev_hash` of a tenant's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -63,7 +66,7 @@ pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     string(&mut out, e.actor_name.as_deref());
     out.extend_from_slice(b",\"actor_type\":");
     string(&mut out, Some(&e.actor_type.to_value()));
-    out.extend_from_slice(format!(",\"chain_version\":{CHAIN_VERSION},\"id\":").as_bytes());
+    let _ = write!(out, ",\"chain_version\":{},\"id\":", e.chain_version);
     let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
     string(&mut out, Some(e.id.hyphenated().encode_lower(&mut id)));
     out.extend_from_slice(b",\"idempotency_key\":");
@@ -92,6 +95,10 @@ pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     string(&mut out, e.target_type.as_deref());
     out.extend_from_slice(b",\"tenant_id\":");
     string(&mut out, Some(&e.tenant_id));
+    if e.chain_version >= 2 {
+        out.extend_from_slice(b",\"trace_id\":");
+        string(&mut out, e.trace_id.as_deref());
+    }
     out.extend_from_slice(b",\"user_agent\":");
     string(&mut out, e.user_agent.as_deref());
     out.push(b'}');
@@ -212,6 +219,8 @@ mod tests {
             ip_address: Some("10.0.0.1/32".into()),
             user_agent: None,
             request_id: None,
+            trace_id: None,
+            chain_version: 1,
             idempotency_key: Some("k".into()),
             prev_hash: vec![],
             hash: vec![],
@@ -235,6 +244,29 @@ mod tests {
             String::from_utf8(canonical_bytes(&e)).unwrap(),
             String::from_utf8(jcs).unwrap()
         );
+    }
+
+    /// Version 2 is version 1 with `trace_id` (null when there is none).
+    #[test]
+    fn version_2_covers_the_trace_id() {
+        let mut e = sample();
+        let v1 = chain_hash(&GENESIS, &e);
+        e.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        assert_eq!(
+            chain_hash(&GENESIS, &e),
+            v1,
+            "version 1 does not cover trace_id"
+        );
+        e.chain_version = 2;
+        let v2 = chain_hash(&GENESIS, &e);
+        let mut as_value: Value = serde_json::from_slice(&canonical_bytes(&e)).unwrap();
+        assert_eq!(as_value["chain_version"], 2);
+        assert_eq!(as_value["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        as_value["trace_id"] = Value::Null;
+        e.trace_id = None;
+        let jcs = serde_json_canonicalizer::to_vec(&as_value).unwrap();
+        assert_eq!(canonical_bytes(&e), jcs);
+        assert_ne!(chain_hash(&GENESIS, &e), v2);
     }
 
     #[test]

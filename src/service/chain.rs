@@ -4,7 +4,7 @@
 use entity::{chain_checkpoint, chain_head};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::canonical::{GENESIS, chain_hash};
+use super::canonical::{GENESIS, KNOWN_VERSIONS, chain_hash};
 use super::sequence::BySequence;
 use crate::error::{Error, Result};
 
@@ -146,6 +146,13 @@ pub async fn verify_with_progress(
             }
             if row.prev_hash != prev {
                 let reason = format!("event {expected} does not chain to event {}", expected - 1);
+                return Ok(Verification::broken(checked, expected, reason));
+            }
+            if !KNOWN_VERSIONS.contains(&row.chain_version) {
+                let reason = format!(
+                    "event {expected} has chain version {}, which this verifier does not know",
+                    row.chain_version
+                );
                 return Ok(Verification::broken(checked, expected, reason));
             }
             if chain_hash(&prev, &row) != row.hash {

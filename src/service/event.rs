@@ -7,7 +7,9 @@ use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::canonical::{MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash};
+use super::canonical::{
+    CHAIN_VERSION, MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash,
+};
 use crate::error::{Error, Result};
 
 /// Most events in one `logAuditEvents` call.
@@ -54,6 +56,8 @@ pub struct NewEvent {
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// A W3C trace id: 32 lower-case hex digits, not all zero.
+    pub trace_id: Option<String>,
     pub idempotency_key: Option<String>,
 }
 
@@ -90,6 +94,14 @@ impl NewEvent {
         )?;
         if let Some(id) = &self.request_id {
             check_id("context.requestId", id, MAX_KEY_LEN)?;
+        }
+        if let Some(id) = &self.trace_id
+            && !is_trace_id(id)
+        {
+            return Err(Error::bad_input(
+                "context.traceId",
+                "context.traceId is not a W3C trace id (32 lower-case hex digits, not all zero)",
+            ));
         }
         if let Some(key) = &self.idempotency_key {
             check_id("idempotencyKey", key, MAX_KEY_LEN)?;
@@ -146,6 +158,8 @@ impl NewEvent {
             ip_address: self.ip_address.map(canonical_ip),
             user_agent: self.user_agent,
             request_id: self.request_id,
+            trace_id: self.trace_id,
+            chain_version: CHAIN_VERSION,
             idempotency_key: self.idempotency_key,
             prev_hash: Vec::new(),
             hash: Vec::new(),
@@ -167,8 +181,19 @@ impl NewEvent {
         if self.occurred_at.is_none() {
             retry.occurred_at = stored.occurred_at;
         }
+        // An event stored before an upgrade keeps the version it was hashed with; and a
+        // retry usually comes in another trace, so the trace id is the stored one's.
+        retry.chain_version = stored.chain_version;
+        retry.trace_id.clone_from(&stored.trace_id);
         canonical_bytes(&retry) == canonical_bytes(stored)
     }
+}
+
+/// A W3C Trace Context trace id: 32 lower-case hex digits, not all zero.
+pub fn is_trace_id(id: &str) -> bool {
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && id.bytes().any(|b| b != b'0')
 }
 
 /// Cuts a timestamp to microseconds.

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 const PAGE: u64 = 500;
 
 /// The CSV columns, in order.
-pub const CSV_COLUMNS: [&str; 21] = [
+pub const CSV_COLUMNS: [&str; 23] = [
     "sequence",
     "id",
     "tenant_id",
@@ -40,7 +40,9 @@ pub const CSV_COLUMNS: [&str; 21] = [
     "ip_address",
     "user_agent",
     "request_id",
+    "trace_id",
     "idempotency_key",
+    "chain_version",
     "hash",
     "prev_hash",
 ];
@@ -95,7 +97,9 @@ impl ExportFormat {
                     text(&event.ip_address),
                     text(&event.user_agent),
                     text(&event.request_id),
+                    text(&event.trace_id),
                     text(&event.idempotency_key),
+                    event.chain_version.to_string(),
                     hex::encode(&event.hash),
                     hex::encode(&event.prev_hash),
                 ]

@@ -18,6 +18,7 @@ on_both_backends!(
     retention_keeps_proofs,
     the_independent_verifier_agrees,
     verify_reports_progress_and_json,
+    version_1_events_keep_verifying,
 );
 
 const CHAIN: &str = "query($from: String, $to: String) {
@@ -476,4 +477,103 @@ async fn verify_reports_progress_and_json(app: &TestApp) {
         result["tenants"][0]["firstInvalidSequence"], "2",
         "{result}"
     );
+}
+
+/// A database upgraded to chain version 2 keeps its version-1 events: the events stored
+/// before are rewritten here as version 1 (what an older server stored), then new events
+/// chain on as version 2. The server, the CLI and the independent verifier accept both;
+/// a version-2 event relabelled as version 1 breaks its hash.
+async fn version_1_events_keep_verifying(app: &TestApp) {
+    use audit_service::service::canonical::{GENESIS, chain_hash};
+    use entity::audit_log;
+    use sea_orm::{EntityTrait, QueryOrder};
+
+    seed(app, 3).await;
+    let rows = audit_log::Entity::find()
+        .order_by_asc(audit_log::Column::Seq)
+        .all(&app.db)
+        .await
+        .expect("rows");
+    assert!(
+        rows.iter().all(|r| r.chain_version == 2),
+        "new events are version 2"
+    );
+    let blob = |bytes: &[u8]| match app.backend {
+        Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(bytes)),
+        Backend::Sqlite => format!("X'{}'", hex::encode(bytes)),
+    };
+    let mut prev = GENESIS.to_vec();
+    let mut rewrite = Vec::new();
+    for mut row in rows {
+        row.chain_version = 1;
+        row.prev_hash = prev;
+        row.hash = chain_hash(&row.prev_hash, &row);
+        rewrite.push(format!(
+            "UPDATE audit_logs SET chain_version = 1, prev_hash = {}, hash = {} WHERE seq = {}",
+            blob(&row.prev_hash),
+            blob(&row.hash),
+            row.seq
+        ));
+        prev = row.hash;
+    }
+    rewrite.push(format!(
+        "UPDATE chain_heads SET hash = {} WHERE seq = 3",
+        blob(&prev)
+    ));
+    app.tamper(&rewrite.join("; ")).await;
+
+    let stored = seed(app, 2).await;
+    assert_eq!(
+        stored[0]["previousHash"],
+        hex::encode(&prev),
+        "version 2 chains on"
+    );
+    let versions = app
+        .graphql(
+            "{ auditLogs(first: 10, orderBy: OCCURRED_AT_ASC) { nodes { chainVersion } } }",
+            json!({}),
+        )
+        .await;
+    let versions: Vec<_> = versions["data"]["auditLogs"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["chainVersion"].as_i64().expect("version"))
+        .collect();
+    assert_eq!(versions, [1, 1, 1, 2, 2]);
+    assert_eq!(
+        verify(app).await,
+        json!({ "valid": true, "checkedCount": 5, "firstInvalidSequence": null, "reason": null })
+    );
+    let output = app.cli(&["verify"]);
+    assert!(output.status.success(), "{output:?}");
+
+    let export = app.cli(&["export", "--tenant", "default", "--format", "ndjson"]);
+    assert!(export.status.success());
+    let text = String::from_utf8(export.stdout).expect("utf-8");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines[2].get("trace_id"), None, "version 1 has no trace_id");
+    assert_eq!(
+        lines[3]["trace_id"],
+        Value::Null,
+        "version 2 has it, null here"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("export.ndjson");
+    std::fs::write(&path, &text).expect("write");
+    let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_export.py");
+    let output = std::process::Command::new("python3")
+        .arg(verifier)
+        .arg(&path)
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid: 5 events"));
+
+    app.tamper("UPDATE audit_logs SET chain_version = 1 WHERE seq = 4")
+        .await;
+    assert_broken_at(app, 4, "content changed").await;
 }

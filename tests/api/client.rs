@@ -305,6 +305,10 @@ async fn examples_record_exact_events(app: &TestApp) {
         .header("x-user-id", "u-7")
         .header("x-request-id", "req-1")
         .header("user-agent", "test-agent/1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .json(&json!({ "name": "Apollo" }))
         .send()
         .await
@@ -352,6 +356,27 @@ async fn examples_record_exact_events(app: &TestApp) {
                 "actor": { "type": "USER", "id": "u-8", "name": null },
                 "target": { "type": "project", "id": id }, "outcome": "FAILURE",
                 "reason": "HTTP 404", "metadata": {}, "context": context("req-3", Value::Null) }),
+        ]
+    );
+    // The Layer links the event to the request's trace, not to its own delivery's.
+    let traces = app
+        .graphql(
+            "{ auditLogs(orderBy: OCCURRED_AT_ASC) { nodes { context { traceId } } } }",
+            json!({}),
+        )
+        .await;
+    let traces: Vec<_> = traces["data"]["auditLogs"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["context"]["traceId"].clone())
+        .collect();
+    assert_eq!(
+        traces,
+        [
+            json!("4bf92f3577b34da6a3ce929d0e0e4736"),
+            Value::Null,
+            Value::Null
         ]
     );
     drop(axum);

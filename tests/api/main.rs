@@ -29,4 +29,5 @@ mod schema;
 mod shutdown;
 mod stats;
 mod subscriptions;
+mod traces;
 mod validation;

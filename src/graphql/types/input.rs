@@ -65,6 +65,9 @@ pub struct RequestContextInput {
     pub user_agent: Option<String>,
     /// The request id (at most 256 characters).
     pub request_id: Option<String>,
+    /// The W3C trace id of the operation (32 lower-case hex digits), linking the event to
+    /// its trace; by default the trace id of the request's `traceparent` header.
+    pub trace_id: Option<String>,
 }
 
 impl From<AuditEventInput> for NewEvent {
@@ -86,7 +89,8 @@ impl From<AuditEventInput> for NewEvent {
             metadata: input.metadata.map(|m| m.0),
             ip_address: context.as_ref().and_then(|c| c.ip_address.clone()),
             user_agent: context.as_ref().and_then(|c| c.user_agent.clone()),
-            request_id: context.and_then(|c| c.request_id),
+            request_id: context.as_ref().and_then(|c| c.request_id.clone()),
+            trace_id: context.and_then(|c| c.trace_id),
             idempotency_key: input.idempotency_key,
         }
     }

@@ -98,6 +98,11 @@ impl AuditLog {
     async fn previous_hash(&self) -> String {
         hex::encode(&self.0.prev_hash)
     }
+    /// The version of the canonical encoding `hash` covers: 2 for new events (it covers
+    /// `context.traceId`), 1 for events stored before traces were recorded.
+    async fn chain_version(&self) -> i32 {
+        i32::from(self.0.chain_version)
+    }
     /// Where the request came from.
     async fn context(&self) -> RequestContext {
         RequestContext {
@@ -108,6 +113,7 @@ impl AuditLog {
                 .map(|ip| host_only(ip).into_owned()),
             user_agent: self.0.user_agent.clone(),
             request_id: self.0.request_id.clone(),
+            trace_id: self.0.trace_id.clone(),
         }
     }
 }
@@ -227,6 +233,9 @@ pub struct RequestContext {
     pub user_agent: Option<String>,
     /// The request id, to correlate with other services' logs.
     pub request_id: Option<String>,
+    /// The W3C trace id of the operation: the trace its spans are in, in your tracing
+    /// backend.
+    pub trace_id: Option<String>,
 }
 
 /// A page of audit events (Relay cursor connection).

@@ -150,6 +150,7 @@ fn purge_event(tenant_id: &str, cut: &retention::Cut) -> NewEvent {
         ip_address: None,
         user_agent: None,
         request_id: None,
+        trace_id: None,
         idempotency_key: None,
     }
 }
