@@ -21,9 +21,16 @@ use crate::{graphql, telemetry};
 /// Runs what the command line asks for.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
-    if !matches!(command, Command::Schema { .. } | Command::Export { .. }) {
-        telemetry::init();
+    let telemetry =
+        (!matches!(command, Command::Schema { .. } | Command::Export { .. })).then(telemetry::init);
+    let result = run_command(command).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
     }
+    result
+}
+
+async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Schema { subgraph: false } => print!("{}", graphql::sdl()),
         Command::Schema { subgraph: true } => print!("{}", graphql::subgraph_sdl()),

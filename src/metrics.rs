@@ -28,7 +28,8 @@ const ERRORS: &str = "audit_errors_total";
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    sql_statements: Counter,
+    /// Counts the statements of a database handle (`set_metric_callback`).
+    pub sql_statements: Counter,
     commit_duration: Histogram,
     chain_duration: Histogram,
     rollup_duration: Histogram,
@@ -184,12 +185,6 @@ impl Metrics {
         );
         r.register_gauge(&info, &metadata()).set(1.0);
         metrics
-    }
-
-    /// Counts every statement `db` (and every clone made afterwards) runs.
-    pub fn watch(&self, db: &mut DatabaseConnection) {
-        let statements = self.sql_statements.clone();
-        db.set_metric_callback(move |_| statements.increment(1));
     }
 
     /// One ingest transaction: how long it took, and how much of that went to numbering and

@@ -25,6 +25,7 @@ use crate::service::ingest::Ingestor;
 use crate::service::pubsub::{self, Feed};
 use crate::service::tree::TileCache;
 use crate::service::{maintenance, transparency};
+use crate::telemetry;
 
 /// Exports one instance runs at once; more wait for a slot (see `http/export.rs`).
 const MAX_EXPORTS: usize = 4;
@@ -53,7 +54,11 @@ impl Application {
         // statement counter is attached: `audit_sql_statements_total` counts what requests
         // and the write path cost (their time is in `audit_tree_microseconds_total`).
         let background = db.clone();
-        metrics.watch(&mut db);
+        let statements = metrics.sql_statements.clone();
+        db.set_metric_callback(move |statement| {
+            statements.increment(1);
+            telemetry::statement(statement);
+        });
         Migrator::up(&db, None).await?;
         let cors_origins = config
             .cors_origins

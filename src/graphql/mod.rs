@@ -10,6 +10,7 @@ pub mod loaders;
 pub mod mutation;
 pub mod query;
 pub mod scalars;
+mod spans;
 pub mod subscription;
 pub mod types;
 
@@ -87,6 +88,7 @@ fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
     .limit_depth(config.max_depth)
     .limit_complexity(config.max_complexity)
     .extension(errors::ErrorCodes)
+    .extension(spans::Spans)
     .extension(limits::DocumentLimits {
         introspection: config.introspection,
     });

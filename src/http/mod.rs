@@ -15,16 +15,21 @@ use std::time::{Duration, Instant};
 use async_graphql::parser::types::OperationType;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
+use crate::telemetry;
 
 use errors::{ErrorCodes, error_response};
 use state::BODY_TIMEOUT;
@@ -49,7 +54,9 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
-        .layer(TraceLayer::new_for_http());
+        .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span::<Body>))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(NewRequestId));
     if !cors_origins.is_empty() {
         router = router.layer(
             CorsLayer::new()
@@ -61,6 +68,17 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         );
     }
     router
+}
+
+/// A request id (`x-request-id`) for requests that come without one: a UUID v7.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Uuid::now_v7().to_string();
+        HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
 }
 
 /// How long `/readyz` waits for the database.

@@ -6,6 +6,7 @@ use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
 use axum::extract::{FromRequestParts, WebSocketUpgrade};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
+use tracing::Instrument;
 
 use crate::ws;
 
@@ -33,6 +34,8 @@ pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::
             "offer the WebSocket subprotocol graphql-transport-ws or graphql-ws",
         );
     };
+    // The connection's operations are traced under the upgrade request.
+    let span = tracing::info_span!("websocket");
     let connection = ws::Connection {
         schema: state.schema.clone(),
         context: state.context.clone(),
@@ -49,6 +52,6 @@ pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::
         .max_message_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
             let tracker = connection.context.connections.clone();
-            tracker.track_future(connection.serve(socket))
+            tracker.track_future(connection.serve(socket).instrument(span))
         })
 }

@@ -11,8 +11,8 @@ use crate::helpers::{Backend, TestApp, event, spawn_app_with};
 use crate::subscriptions::Client;
 
 pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
-const ISSUER: &str = "https://auth.platform.test";
-const AUDIENCE: &str = "audit-service";
+pub const ISSUER: &str = "https://auth.platform.test";
+pub const AUDIENCE: &str = "audit-service";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 /// Accepts HS256 (shared secret) and RS256/ES256 (the fixture JWKS) tokens.

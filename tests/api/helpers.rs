@@ -331,3 +331,52 @@ pub async fn post_json(
         .await
         .expect("a JSON body")
 }
+
+/// The `audit-service` binary serving on a free port, its log captured in a file. Killed
+/// when dropped.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub base: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl Binary {
+    /// Starts the binary with `env` on `database_url` and waits until `/readyz` says ready.
+    pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
+            .env("DATABASE_URL", database_url)
+            .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("AUDIT_RATE_LIMIT", "0")
+            .envs(env.iter().copied())
+            .stderr(log.reopen().expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the server starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        while !client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "not ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Binary { child, base, log }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).expect("log")
+    }
+}

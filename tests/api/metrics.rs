@@ -166,6 +166,24 @@ async fn metrics_after_a_little_traffic(app: &TestApp) {
             );
         }
     }
+    // The Grafana dashboard in docs/ only charts metrics the server has.
+    let dashboard = include_str!("../../docs/grafana-dashboard.json");
+    let mut charted = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("audit_") {
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            let name = format!("audit_{name}");
+            assert!(
+                scrape.docs.contains_key(&name),
+                "the dashboard charts {name}"
+            );
+            charted += 1;
+        }
+    }
+    assert!(charted > 20, "{charted} metric references in the dashboard");
     // Every metric is documented.
     for sample in &scrape.samples {
         // A histogram's `_sum` and `_count` come apart from its buckets.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, event, new_database};
+use crate::helpers::{Backend, Binary, event, new_database};
 use crate::subscriptions::Client;
 
 crate::with_each_backend!(sigterm_loses_nothing);
@@ -29,31 +29,13 @@ async fn sigterm_loses_nothing(backend: Backend) {
     let Some((database_url, cleanup)) = new_database(backend).await else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
-        .env("DATABASE_URL", &database_url)
-        .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AUDIT_LOG", "warn")
-        .env("AUDIT_RATE_LIMIT", "0")
-        .env("AUDIT_SHUTDOWN_TIMEOUT", "20")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server starts");
-    let base = format!("http://127.0.0.1:{port}");
+    let env = [("AUDIT_LOG", "warn"), ("AUDIT_SHUTDOWN_TIMEOUT", "20")];
+    let Binary {
+        child: mut server,
+        base,
+        ..
+    } = Binary::start(&database_url, &env).await;
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while !client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(started.elapsed() < Duration::from_secs(30), "not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let mut subscriber = Client::init(&base, "graphql-transport-ws").await;
     subscriber

@@ -22,15 +22,18 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use entity::audit_log;
+use opentelemetry::trace::SpanContext;
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::event::{MAX_BATCH, NewEvent};
 use super::pubsub::Feed;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// Events per group-commit transaction; a bigger backlog is taken in the next one.
 const MAX_GROUP_EVENTS: usize = 5000;
@@ -58,6 +61,8 @@ struct Job {
     tenant_id: String,
     work: Work,
     reply: oneshot::Sender<Result<Vec<audit_log::Model>>>,
+    /// The span of the request that submitted the job, which the commit's span links to.
+    link: Option<SpanContext>,
 }
 
 enum Work {
@@ -169,6 +174,7 @@ impl Ingestor {
             tenant_id: tenant_id.to_owned(),
             work,
             reply,
+            link: telemetry::current_span_context(),
         };
         let stopped = || Error::internal("the ingest committer has stopped");
         self.jobs.send(job).await.map_err(|_| stopped())?;
@@ -209,7 +215,13 @@ async fn commit_loop(
 }
 
 impl Committer {
-    async fn commit_group(&self, group: Vec<Job>) {
+    async fn commit_group(&self, mut group: Vec<Job>) {
+        let links = group.iter_mut().filter_map(|job| job.link.take()).collect();
+        let span = telemetry::commit_span(links);
+        self.commit_jobs(group).instrument(span).await;
+    }
+
+    async fn commit_jobs(&self, group: Vec<Job>) {
         let (requests, replies): (Vec<_>, Vec<_>) = group
             .into_iter()
             .map(|job| ((job.tenant_id, job.work), job.reply))
@@ -250,6 +262,7 @@ impl Committer {
     async fn write(&self, requests: &[Request]) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
         let started = Instant::now();
         let (results, committed, spent) = write::write(&self.db, requests).await?;
+        tracing::Span::current().record("events", committed.len());
         self.metrics.committed(
             committed.len(),
             started.elapsed(),
