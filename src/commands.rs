@@ -8,7 +8,7 @@ use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
 use crate::auth::Principal;
-use crate::config::{CheckpointKeyCommand, Cli, Command, DatabaseConfig, KeysCommand};
+use crate::config::{CheckpointKeyCommand, Command, DatabaseConfig, KeysCommand, Parsed};
 use crate::graphql::types::AuditLogFilter;
 use crate::progress::Progress;
 use crate::service::checkpoint::Signer;
@@ -19,10 +19,18 @@ use crate::startup::Application;
 use crate::{graphql, telemetry};
 
 /// Runs what the command line asks for.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
+    if let Some(effective) = parsed.effective {
+        print!("{effective}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cli = parsed.cli;
     let command = cli.command.unwrap_or(Command::Serve(Box::new(cli.serve)));
-    let telemetry =
-        (!matches!(command, Command::Schema { .. } | Command::Export { .. })).then(telemetry::init);
+    let quiet = matches!(
+        command,
+        Command::Schema { .. } | Command::Export { .. } | Command::Config(_)
+    );
+    let telemetry = (!quiet).then(telemetry::init);
     let result = run_command(command).await;
     if let Some(telemetry) = telemetry {
         telemetry.shutdown();
@@ -40,6 +48,8 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
                 .run_until_stopped()
                 .await?
         }
+        // Printed by `run`, from what the parser saw.
+        Command::Config(_) => {}
         Command::Migrate(database) => {
             connect(&database).await?;
             tracing::info!("migrations applied");

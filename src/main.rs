@@ -2,10 +2,9 @@
 
 use std::process::ExitCode;
 
-use audit_service::{commands, config::Cli};
-use clap::Parser;
+use audit_service::{commands, config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    commands::run(Cli::parse()).await
+    commands::run(config::parse()?).await
 }

@@ -9,6 +9,7 @@
 mod auth;
 mod chain;
 mod client;
+mod config;
 mod console;
 mod events;
 mod explain;
