@@ -51,8 +51,14 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         // Printed by `run`, from what the parser saw.
         Command::Config(_) => {}
         Command::Migrate(database) => {
-            connect(&database).await?;
-            tracing::info!("migrations applied");
+            let db = migration::connect(database.url.expose_secret(), 2).await?;
+            let pending = Migrator::get_pending_migrations(&db).await?.len();
+            let mut progress = Progress::new("migrate", pending as u64, "migrations");
+            for _ in 0..pending {
+                Migrator::up(&db, Some(1)).await?;
+                progress.advance(1);
+            }
+            progress.finish();
         }
         Command::Verify {
             database,
@@ -71,9 +77,13 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
                 .map(|text| export_filter(&tenant, &text))
                 .transpose()?;
             let db = connect(&database).await?;
+            let head = chain::head(&db, &tenant).await?.map_or(0, |h| h.seq);
+            let mut progress = Progress::new("export", head.max(0) as u64, "events");
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            export::tenant(&db, &tenant, filter, format, &mut out).await?;
+            let reached = |seq: i64| progress.set(seq.max(0) as u64);
+            export::tenant(&db, &tenant, filter, format, &mut out, reached).await?;
             out.flush()?;
+            progress.finish();
         }
         Command::Keys { database, action } => keys(&connect(&database).await?, action).await?,
         Command::CheckpointKey {
@@ -96,8 +106,16 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
                     ingestor.purge(&tenant, before).await?.into_iter().collect()
                 }
                 None => {
-                    maintenance::apply_retention(&db, &ingestor, &retention, chrono::Utc::now())
-                        .await?
+                    let tenants = chain::tenants(&db).await?;
+                    let mut progress = Progress::new("purge", tenants.len() as u64, "tenants");
+                    let now = chrono::Utc::now();
+                    let purged =
+                        maintenance::apply_retention(&ingestor, &retention, now, tenants, || {
+                            progress.advance(1)
+                        })
+                        .await?;
+                    progress.finish();
+                    purged
                 }
             };
             for event in &events {
@@ -181,7 +199,7 @@ async fn verify(
         }
         None => sizes,
     };
-    let mut progress = Progress::new("verify", tenants.iter().map(|(_, n)| n).sum());
+    let mut progress = Progress::new("verify", tenants.iter().map(|(_, n)| n).sum(), "events");
     let mut results = Vec::new();
     for (tenant, _) in tenants {
         let result =

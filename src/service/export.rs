@@ -203,6 +203,7 @@ pub async fn tenant(
     filter: Option<Filter>,
     format: ExportFormat,
     out: &mut impl std::io::Write,
+    mut reached: impl FnMut(i64),
 ) -> Result<u64> {
     let mut events = BySequence::after(tenant_id, 0);
     if let Some(filter) = filter {
@@ -218,5 +219,6 @@ pub async fn tenant(
         out.write_all(&format.encode(&rows))
             .map_err(Error::internal)?;
         written += rows.len() as u64;
+        reached(events.position());
     }
 }

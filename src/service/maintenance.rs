@@ -46,20 +46,24 @@ pub async fn once(
         .exec(db)
         .await?;
     if !config.retention.is_empty() {
-        apply_retention(db, ingestor, config, now).await?;
+        let tenants = super::chain::tenants(db).await?;
+        apply_retention(ingestor, config, now, tenants, || {}).await?;
     }
     Ok(())
 }
 
-/// Applies a retention policy to every tenant once; returns the purge events recorded.
+/// Applies a retention policy to `tenants` once, calling `done` as each is reached; returns
+/// the purge events recorded.
 pub async fn apply_retention(
-    db: &impl ConnectionTrait,
     ingestor: &Ingestor,
     policy: &RetentionConfig,
     now: DateTime<Utc>,
+    tenants: Vec<String>,
+    mut done: impl FnMut(),
 ) -> Result<Vec<audit_log::Model>> {
     let mut recorded = Vec::new();
-    for tenant_id in super::chain::tenants(db).await? {
+    for tenant_id in tenants {
+        done();
         let Some(days) = policy.days_for(&tenant_id) else {
             continue;
         };

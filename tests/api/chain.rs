@@ -17,7 +17,7 @@ on_both_backends!(
     verify_detects_a_changed_last_event,
     retention_keeps_proofs,
     the_independent_verifier_agrees,
-    verify_reports_progress_and_json,
+    long_commands_report_progress,
     version_1_events_keep_verifying,
 );
 
@@ -430,7 +430,7 @@ async fn retention_drops_whole_partitions() {
 
 /// `audit-service verify`: plain progress lines on a pipe, a progress bar on a terminal
 /// (a pseudo-terminal from `script`), and `--json`.
-async fn verify_reports_progress_and_json(app: &TestApp) {
+async fn long_commands_report_progress(app: &TestApp) {
     seed(app, 5).await;
     let output = app.cli(&["verify", "--json"]);
     assert!(output.status.success(), "{output:?}");
@@ -466,6 +466,51 @@ async fn verify_reports_progress_and_json(app: &TestApp) {
         "a progress bar draws on a terminal: {screen:?}"
     );
     assert!(!screen.contains("events to go"), "{screen:?}");
+
+    // export, purge and migrate report progress the same way.
+    let stderr = |output: &std::process::Output| {
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let export = stderr(&app.cli(&["export", "--tenant", "default"]));
+    assert!(export.contains("export: 5 events to go"), "{export}");
+    assert!(export.contains("export: 5 events in"), "{export}");
+    let purge = stderr(&app.cli(&["purge", "--retention", "default=1"]));
+    assert!(purge.contains("purge: 1 tenants to go"), "{purge}");
+    assert!(purge.contains("purge: 1 tenants in"), "{purge}");
+    let dir = tempfile::tempdir().expect("dir");
+    let fresh = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+    let migrate = std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
+        .arg("migrate")
+        .env("DATABASE_URL", &fresh)
+        .output()
+        .expect("migrate runs");
+    let migrate = stderr(&migrate);
+    let pending = {
+        use migration::MigratorTrait;
+        migration::Migrator::migrations().len()
+    };
+    assert!(
+        migrate.contains(&format!("migrate: {pending} migrations to go")),
+        "{migrate}"
+    );
+    assert!(
+        migrate.contains(&format!("migrate: {pending} migrations in")),
+        "{migrate}"
+    );
+    let command = format!(
+        "{} export --tenant default",
+        env!("CARGO_BIN_EXE_audit-service")
+    );
+    let terminal = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DATABASE_URL", &app.database_url)
+        .output()
+        .expect("script runs");
+    let screen = String::from_utf8_lossy(&terminal.stdout);
+    assert!(terminal.status.success(), "{screen}");
+    assert!(screen.contains(r#""seq":"5""#), "{screen}");
+    assert!(screen.contains('\u{1b}'), "a progress bar: {screen:?}");
 
     app.tamper("UPDATE audit_logs SET reason = 'x' WHERE seq = 2")
         .await;
