@@ -11,6 +11,7 @@ use super::canonical::{
     CHAIN_VERSION, MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash,
 };
 use crate::error::{Error, Result};
+use crate::telemetry::is_trace_id;
 
 /// Most events in one `logAuditEvents` call.
 pub const MAX_BATCH: usize = 1000;
@@ -187,13 +188,6 @@ impl NewEvent {
         retry.trace_id.clone_from(&stored.trace_id);
         canonical_bytes(&retry) == canonical_bytes(stored)
     }
-}
-
-/// A W3C Trace Context trace id: 32 lower-case hex digits, not all zero.
-pub fn is_trace_id(id: &str) -> bool {
-    id.len() == 32
-        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && id.bytes().any(|b| b != b'0')
 }
 
 /// Cuts a timestamp to microseconds.
