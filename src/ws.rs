@@ -258,8 +258,12 @@ fn close_reason(mut reason: String) -> String {
     reason
 }
 
-/// Forgets subscriptions the server has finished.
+/// Forgets subscriptions the server has finished. Deliveries, nearly every message, are
+/// recognised by their start (async-graphql writes `type` first) and not parsed.
 fn finished(text: &str, active: &mut HashSet<String>) {
+    if text.starts_with(r#"{"type":"next""#) || text.starts_with(r#"{"type":"data""#) {
+        return;
+    }
     if let Ok(message) = serde_json::from_str::<Value>(text)
         && matches!(message["type"].as_str(), Some("complete" | "error"))
         && let Some(id) = message["id"].as_str()

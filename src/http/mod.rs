@@ -17,7 +17,7 @@ use async_graphql::parser::types::OperationType;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -64,7 +64,11 @@ pub fn app(state: AppState, cors_origins: &[HeaderValue]) -> Router {
                 .allow_methods([Method::GET, Method::POST])
                 .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::ACCEPT])
                 // An embedded viewer names its download as `/export` does.
-                .expose_headers([header::CONTENT_DISPOSITION]),
+                .expose_headers([
+                    header::CONTENT_DISPOSITION,
+                    HeaderName::from_static("server-timing"),
+                    HeaderName::from_static("x-request-id"),
+                ]),
         );
     }
     router
@@ -129,8 +133,9 @@ async fn metrics(State(state): State<AppState>) -> String {
     context.metrics.render(&context.db, queued, subscribers)
 }
 
-/// Counts and times every routed request, and counts the error codes it answered with
-/// (which `transport` and `errors` leave in the response's extensions).
+/// Counts and times every routed request, says how long it took in `Server-Timing`, and
+/// counts the error codes it answered with (which `transport` and `errors` leave in the
+/// response's extensions).
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -138,18 +143,18 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map_or("other", |path| path.as_str())
         .to_owned();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let timing = format!("app;dur={:.3}", elapsed.as_secs_f64() * 1000.0);
+    if let Ok(timing) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", timing);
+    }
     let metrics = &state.context.metrics;
     let operation = response
         .extensions()
         .get::<OperationType>()
         .map_or("", |op| operation_label(*op));
-    metrics.request(
-        &route,
-        response.status().as_u16(),
-        operation,
-        started.elapsed(),
-    );
+    metrics.request(&route, response.status().as_u16(), operation, elapsed);
     if let Some(ErrorCodes(codes)) = response.extensions().get::<ErrorCodes>() {
         codes.iter().for_each(|code| metrics.error(code));
     }

@@ -85,7 +85,15 @@ async fn metrics_after_a_little_traffic(app: &TestApp) {
         .await;
     assert_eq!(bad["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
     let missing = app.client.get(format!("{}/nope", app.address)).send().await;
-    assert_eq!(missing.expect("sent").status(), 404);
+    let missing = missing.expect("sent");
+    assert_eq!(missing.status(), 404);
+    // Every response says how long the server took.
+    let timing = missing.headers()["server-timing"].to_str().expect("ascii");
+    let ms: f64 = timing
+        .strip_prefix("app;dur=")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("server-timing: {timing}"));
+    assert!((0.0..1000.0).contains(&ms), "{timing}");
 
     let scrape = scrape(app).await;
     let graphql = [("route", "/graphql"), ("status", "200")];
