@@ -34,7 +34,7 @@ impl FederationQuery {
             id,
         };
         let loader = ctx.data::<DataLoader<AuditLoader>>()?;
-        Ok(loader.load_one(key).await?.map(AuditLog))
+        Ok(loader.load_one(key).await?.map(AuditLog::from))
     }
 
     /// `AuditActor @key(fields: "type id")`: any actor, with or without events.

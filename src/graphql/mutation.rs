@@ -28,7 +28,7 @@ impl AuditMutation {
             .ingest(&principal.tenant_id, vec![event])
             .await
             .map_err(|e| e.rooted_at("input", true))?;
-        Ok(AuditLog(stored.remove(0)))
+        Ok(AuditLog::from(stored.remove(0)))
     }
 
     /// Records 1 to 1,000 events in your tenant, all or nothing, and returns them in input
@@ -49,7 +49,7 @@ impl AuditMutation {
             .ingest(&principal.tenant_id, events)
             .await
             .map_err(|e| e.rooted_at("inputs", false))?;
-        Ok(stored.into_iter().map(AuditLog).collect())
+        Ok(stored.into_iter().map(AuditLog::from).collect())
     }
 }
 

@@ -43,7 +43,7 @@ impl AuditQuery {
         let db = &ctx.data::<AppContext>()?.db;
         let found = query::find(db, &principal.readable_tenants(), id).await?;
         budget::hold(ctx, found.as_slice()).await?;
-        Ok(found.map(AuditLog))
+        Ok(found.map(AuditLog::from))
     }
 
     /// Events matching `filter`, a page at a time (Relay cursor connection). Give `first`

@@ -29,7 +29,7 @@ pub fn tail(
     after: Option<Cursor>,
     mut live: Receiver<Arc<audit_log::Model>>,
     deadline: Option<DateTime<Utc>>,
-) -> impl Stream<Item = Result<audit_log::Model>> {
+) -> impl Stream<Item = Result<Arc<audit_log::Model>>> {
     async_stream::stream! {
         let expired = async move {
             match deadline {
@@ -71,7 +71,7 @@ pub fn tail(
                     break;
                 }
                 for row in rows {
-                    yield Ok(row);
+                    yield Ok(Arc::new(row));
                 }
             }
             replayed = Some((cursor.tenant_id, reader.position()));
@@ -90,7 +90,7 @@ pub fn tail(
                         .as_ref()
                         .is_some_and(|(tenant, seq)| *tenant == event.tenant_id && event.seq <= *seq);
                     if !seen && filter.matches(&event) {
-                        yield Ok(audit_log::Model::clone(&event));
+                        yield Ok(event);
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {

@@ -2,6 +2,8 @@
 //! of events; the audit trails of actors and targets. One module, because these types
 //! refer to one another (an event's actor has a trail of events).
 
+use std::sync::Arc;
+
 use async_graphql::{ComplexObject, Context, ID, Json, Object, SimpleObject};
 use entity::audit_log;
 use serde_json::Value;
@@ -24,7 +26,14 @@ use super::enums::{ActorType, AuditOutcome};
 use super::filter::AuditLogFilter;
 
 /// A recorded governance operation: who did what to which resource, when, and how it ended.
-pub struct AuditLog(pub audit_log::Model);
+/// Shared, not copied, between a page's `edges` and `nodes` and among live subscribers.
+pub struct AuditLog(pub Arc<audit_log::Model>);
+
+impl From<audit_log::Model> for AuditLog {
+    fn from(model: audit_log::Model) -> Self {
+        AuditLog(Arc::new(model))
+    }
+}
 
 #[Object]
 impl AuditLog {
@@ -283,16 +292,16 @@ impl AuditLogConnection {
             start_cursor: cursors.first().cloned(),
             end_cursor: cursors.last().cloned(),
         };
-        let edges = page
-            .rows
+        let rows: Vec<Arc<audit_log::Model>> = page.rows.into_iter().map(Arc::new).collect();
+        let edges = rows
             .iter()
             .zip(cursors)
             .map(|(m, cursor)| AuditLogEdge {
                 cursor,
-                node: AuditLog(m.clone()),
+                node: AuditLog(Arc::clone(m)),
             })
             .collect();
-        let nodes = page.rows.into_iter().map(AuditLog).collect();
+        let nodes = rows.into_iter().map(AuditLog).collect();
         AuditLogConnection {
             edges,
             nodes,
