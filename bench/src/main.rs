@@ -2,6 +2,7 @@
 //! same work directly against PostgreSQL in the same run, and prints a table of numbers and
 //! ratios. `bench/run.sh` builds everything and runs it all.
 
+mod broadcast;
 mod console;
 mod events;
 mod kit;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::broadcast::Broadcast;
 use crate::events::{Generator, TENANTS};
 use crate::load::{self, Graphql, new_histogram, token};
 use crate::pgbench;
@@ -477,12 +478,51 @@ impl Bench {
     /// an event to each subscriber receiving it. The target point, 1,000 subscribers at
     /// 500 events/s, and two lighter ones to show where capacity lies.
     pub async fn subscribers(&self, report: &mut Report) -> anyhow::Result<()> {
+        self.live_tail_tenants(report).await?;
         for (subscribers, per_second) in [(1000, 500), (1000, 50), (100, 500)] {
             self.live_tail(subscribers, per_second, report).await?;
         }
         Ok(())
     }
 
+    /// 1,000 subscribers over 10 tenants, half of them with an `actions` filter, and 500
+    /// events/s spread over the tenants.
+    async fn live_tail_tenants(&self, report: &mut Report) -> anyhow::Result<()> {
+        const TENANTS: u64 = 10;
+        let db = fresh_database(&self.admin_url, "audit_bench_live")?;
+        let server = Server::start(&self.bin, &db, 18186).await?;
+        let url = format!("{}/graphql", server.url.replacen("http", "ws", 1));
+        let clients: Vec<Graphql> = (0..TENANTS)
+            .map(|t| Graphql::new(&server.url, token(&format!("tenant-{t}"))))
+            .collect();
+        let load = Load {
+            subscribers: 1000,
+            per_second: 500,
+            tenants: TENANTS,
+        };
+        let ours = self
+            .fan_out(&url, load, Some(&server), move |tick| {
+                let gql = clients[(tick % TENANTS) as usize].clone();
+                tokio::spawn(async move {
+                    let input = json!({ "actor": { "type": "SERVICE", "id": "bench" }, "action": "bench.tick", "metadata": { "sentAt": chrono::Utc::now().timestamp_micros() } });
+                    let _ = gql.call(SINGLE, json!({ "input": input })).await;
+                });
+            })
+            .await?;
+        let p99 = ours.ms(99.0);
+        report.add(
+            "live tail: 1000 subscribers over 10 tenants (half filtered), 500 events/s",
+            ours.describe(),
+            String::new(),
+            None,
+            "p99 < 50 ms, nothing dropped, RSS < 150 MB",
+            Some(p99 < 50.0 && ours.delivered == ours.expected && ours.peak_rss < 143.0),
+        );
+        Ok(())
+    }
+
+    /// The live tail of `subscribers_wanted` subscribers at `per_second` events, and the raw
+    /// broadcast baseline under the same load.
     async fn live_tail(
         &self,
         subscribers_wanted: usize,
@@ -491,13 +531,78 @@ impl Bench {
     ) -> anyhow::Result<()> {
         let db = fresh_database(&self.admin_url, "audit_bench_live")?;
         let server = Server::start(&self.bin, &db, 18186).await?;
+        let url = format!("{}/graphql", server.url.replacen("http", "ws", 1));
+        let gql = Graphql::new(&server.url, token("tenant-0"));
+        let load = Load {
+            subscribers: subscribers_wanted,
+            per_second,
+            tenants: 1,
+        };
+        let ours = self
+            .fan_out(&url, load, Some(&server), move |_| {
+                let gql = gql.clone();
+                tokio::spawn(async move {
+                    let input = json!({ "actor": { "type": "SERVICE", "id": "bench" }, "action": "bench.tick", "metadata": { "sentAt": chrono::Utc::now().timestamp_micros() } });
+                    let _ = gql.call(SINGLE, json!({ "input": input })).await;
+                });
+            })
+            .await?;
+        drop(server);
+        let raw = Broadcast::start().await?;
+        let frames = Arc::new(raw);
+        let publisher = frames.clone();
+        let baseline = self
+            .fan_out(&frames.url, load, None, move |_| {
+                // The server's frame for this subscription, with the same content and size.
+                let sent = chrono::Utc::now().timestamp_micros();
+                publisher.publish(format!(
+                    r#"{{"type":"next","id":"1","payload":{{"data":{{"auditLogCreated":{{"metadata":{{"sentAt":{sent}}}}}}}}}}}"#
+                ));
+            })
+            .await?;
+        let rate = |f: &FanOut| f.delivered as f64 / self.duration.as_secs_f64();
+        let p99 = ours.ms(99.0);
+        report.add(
+            &format!("live tail: {subscribers_wanted} subscribers, {per_second} events/s"),
+            ours.describe(),
+            format!("raw broadcast: {}", baseline.describe()),
+            Some(rate(&ours) / rate(&baseline).max(1.0)),
+            if (subscribers_wanted, per_second) == (1000, 500) {
+                "p99 < 50 ms"
+            } else {
+                ""
+            },
+            Some(p99 < 50.0 && ours.delivered == ours.expected),
+        );
+        Ok(())
+    }
+
+    /// Connects `load.subscribers` graphql-transport-ws subscribers to `url` (subscriber `i`
+    /// in tenant `i % tenants`, every second one with an `actions` filter), calls `publish`
+    /// with the tick number at `per_second` for the run's duration (the event of tick `k`
+    /// goes to tenant `k % tenants`), and measures send-to-delivery latency.
+    async fn fan_out(
+        &self,
+        url: &str,
+        load: Load,
+        server: Option<&Server>,
+        publish: impl Fn(u64),
+    ) -> anyhow::Result<FanOut> {
         let latency = Arc::new(std::sync::Mutex::new(new_histogram()));
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let auth = format!("Bearer {}", token("tenant-0"));
         let mut subscribers = Vec::new();
-        for _ in 0..subscribers_wanted {
-            let mut request = format!("{}/graphql", server.url.replacen("http", "ws", 1))
-                .into_client_request()?;
+        for i in 0..load.subscribers {
+            let auth = format!(
+                "Bearer {}",
+                token(&format!("tenant-{}", i as u64 % load.tenants))
+            );
+            let query = match (load.tenants > 1, i % 2) {
+                (true, 1) => {
+                    r#"subscription { auditLogCreated(filter: { actions: ["bench.*"] }) { metadata } }"#
+                }
+                _ => "subscription { auditLogCreated { metadata } }",
+            };
+            let mut request = url.into_client_request()?;
             request
                 .headers_mut()
                 .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse()?);
@@ -509,8 +614,16 @@ impl Bench {
                         .into(),
                 ))
                 .await?;
-            socket.next().await;
-            socket.send(Message::Text(json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { auditLogCreated { metadata } }" } }).to_string().into())).await?;
+            if server.is_some() {
+                socket.next().await;
+            }
+            socket
+                .send(Message::Text(
+                    json!({ "id": "1", "type": "subscribe", "payload": { "query": query } })
+                        .to_string()
+                        .into(),
+                ))
+                .await?;
             let (latency, received) = (latency.clone(), received.clone());
             subscribers.push(tokio::spawn(async move {
                 while let Some(Ok(message)) = socket.next().await {
@@ -538,20 +651,17 @@ impl Bench {
             }));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let gql = Graphql::new(&server.url, token("tenant-0"));
-        let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+        let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / load.per_second));
         let deadline = Instant::now() + self.duration;
         let mut sent = 0u64;
         let mut peak_rss = 0f64;
         while Instant::now() < deadline {
             ticks.tick().await;
-            let gql = gql.clone();
-            tokio::spawn(async move {
-                let input = json!({ "actor": { "type": "SERVICE", "id": "bench" }, "action": "bench.tick", "metadata": { "sentAt": chrono::Utc::now().timestamp_micros() } });
-                let _ = gql.call(SINGLE, json!({ "input": input })).await;
-            });
+            publish(sent);
             sent += 1;
-            if sent.is_multiple_of(250) {
+            if let Some(server) = server
+                && sent.is_multiple_of(250)
+            {
                 peak_rss = peak_rss.max(server.rss_mib());
             }
         }
@@ -563,20 +673,47 @@ impl Bench {
             .lock()
             .map(|h| h.clone())
             .unwrap_or_else(|_| new_histogram());
-        let expected = sent * subscribers_wanted as u64;
-        let delivered = received.load(std::sync::atomic::Ordering::Relaxed);
-        let p99 = histogram.value_at_percentile(99.0) as f64 / 1000.0;
-        report.add(
-            &format!("live tail: {subscribers_wanted} subscribers, {per_second} events/s"),
-            format!(
-                "p50 {:.1} / p99 {p99:.1} ms send-to-delivery; {delivered} of {expected} deliveries; server RSS {peak_rss:.0} MiB",
-                histogram.value_at_percentile(50.0) as f64 / 1000.0
-            ),
-            String::new(),
-            None,
-            if (subscribers_wanted, per_second) == (1000, 500) { "p99 < 50 ms" } else { "" },
-            Some(p99 < 50.0 && delivered == expected),
-        );
-        Ok(())
+        Ok(FanOut {
+            histogram,
+            expected: sent * load.subscribers as u64 / load.tenants,
+            delivered: received.load(std::sync::atomic::Ordering::Relaxed),
+            peak_rss,
+        })
+    }
+}
+
+/// The shape of a fan-out run.
+#[derive(Clone, Copy)]
+struct Load {
+    subscribers: usize,
+    per_second: u64,
+    tenants: u64,
+}
+
+/// What the subscribers of one fan-out run saw.
+struct FanOut {
+    histogram: hdrhistogram::Histogram<u64>,
+    expected: u64,
+    delivered: u64,
+    peak_rss: f64,
+}
+
+impl FanOut {
+    fn ms(&self, percentile: f64) -> f64 {
+        self.histogram.value_at_percentile(percentile) as f64 / 1000.0
+    }
+
+    fn describe(&self) -> String {
+        let rss = match self.peak_rss {
+            0.0 => String::new(),
+            mib => format!("; server RSS {mib:.0} MiB"),
+        };
+        format!(
+            "p50 {:.1} / p99 {:.1} ms send-to-delivery; {} of {} deliveries{rss}",
+            self.ms(50.0),
+            self.ms(99.0),
+            self.delivered,
+            self.expected
+        )
     }
 }

@@ -1,0 +1,61 @@
+//! The raw fan-out baseline: a minimal WebSocket server that sends every published frame,
+//! serialized once, to every connection, and does nothing else. The live tail is reported as
+//! a ratio to it (same machine, same clients, frames of the same size).
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+pub struct Broadcast {
+    pub url: String,
+    frames: broadcast::Sender<Utf8Bytes>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Broadcast {
+    /// Listens on a free port of 127.0.0.1.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address: SocketAddr = listener.local_addr()?;
+        // As deep as the server's default subscriber buffer.
+        let (frames, _) = broadcast::channel(1000);
+        let sender = frames.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut frames = sender.subscribe();
+                tokio::spawn(async move {
+                    let Ok(socket) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    let (mut sink, mut source) = socket.split();
+                    // Whatever the client sends (init, subscribe, pongs) is read and dropped.
+                    tokio::spawn(async move { while source.next().await.is_some() {} });
+                    while let Ok(frame) = frames.recv().await {
+                        if sink.send(Message::Text(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Broadcast {
+            url: format!("ws://{address}"),
+            frames,
+            server,
+        })
+    }
+
+    /// Sends `frame` to every connection.
+    pub fn publish(&self, frame: String) {
+        let _ = self.frames.send(frame.into());
+    }
+}
+
+impl Drop for Broadcast {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
