@@ -14,7 +14,7 @@ use async_graphql::Data;
 use async_graphql::http::{WebSocket as Protocol, WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,6 +33,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most subscriptions one connection may have running.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
+/// Most messages sent in one write.
+const MAX_COALESCED: usize = 64;
 /// Client messages waiting for async-graphql; a client that outruns it is disconnected.
 const INBOX: usize = 1024;
 
@@ -128,9 +130,29 @@ impl Connection {
                 }
                 message = graphql.next() => match message {
                     Some(WsMessage::Text(text)) => {
-                        finished(&text, &mut active);
-                        if !send_within(&mut sink, Message::Text(text.into())).await {
+                        // What else is ready goes out in the same write.
+                        let mut batch = vec![text];
+                        let mut then = None;
+                        while batch.len() < MAX_COALESCED {
+                            match graphql.next().now_or_never() {
+                                Some(Some(WsMessage::Text(text))) => batch.push(text),
+                                Some(Some(WsMessage::Close(code, reason))) => {
+                                    then = Some(Some((code, reason)));
+                                    break;
+                                }
+                                Some(None) => {
+                                    then = Some(None);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        batch.iter().for_each(|text| finished(text, &mut active));
+                        if !send_all_within(&mut sink, batch).await {
                             break None;
+                        }
+                        if let Some(close) = then {
+                            break close;
                         }
                     }
                     Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
@@ -236,6 +258,23 @@ impl Connection {
 /// subscriptions mid-way, holding what they hold, for as long as it likes.
 async fn send_within(sink: &mut SplitSink<WebSocket, Message>, message: Message) -> bool {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(sent) => sent.is_ok(),
+        Err(_) => {
+            tracing::info!("closing a WebSocket whose client stopped reading");
+            false
+        }
+    }
+}
+
+/// Sends several messages in one write (see `send_within`).
+async fn send_all_within(sink: &mut SplitSink<WebSocket, Message>, batch: Vec<String>) -> bool {
+    let send = async {
+        for text in batch {
+            sink.feed(Message::Text(text.into())).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, send).await {
         Ok(sent) => sent.is_ok(),
         Err(_) => {
             tracing::info!("closing a WebSocket whose client stopped reading");

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 pub struct Broadcast {
@@ -27,7 +29,16 @@ impl Broadcast {
             while let Ok((stream, _)) = listener.accept().await {
                 let mut frames = sender.subscribe();
                 tokio::spawn(async move {
-                    let Ok(socket) = tokio_tungstenite::accept_async(stream).await else {
+                    // Agrees to graphql-transport-ws, as the clients ask.
+                    let agree = |_: &Request, mut response: Response| {
+                        let protocol = HeaderValue::from_static("graphql-transport-ws");
+                        response
+                            .headers_mut()
+                            .insert("Sec-WebSocket-Protocol", protocol);
+                        Ok(response)
+                    };
+                    let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, agree).await
+                    else {
                         return;
                     };
                     let (mut sink, mut source) = socket.split();

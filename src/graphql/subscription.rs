@@ -39,7 +39,7 @@ impl AuditSubscription {
             .transpose()?;
         let context = ctx.data::<AppContext>()?;
         // Subscribe before replaying, so that nothing committed meanwhile is missed.
-        let live = context.feed.subscribe();
+        let live = context.feed.subscribe(&filter.tenant_ids);
         // The same leeway as when the token was accepted over HTTP.
         let deadline = principal.expires_at.map(|exp| exp + JWT_LEEWAY);
         let metrics = context.metrics.clone();

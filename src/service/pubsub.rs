@@ -28,10 +28,14 @@ pub const LISTENER_NAME: &str = "audit-service-listener";
 /// NOTIFY payloads must stay under 8,000 bytes.
 const MAX_PAYLOAD: usize = 7000;
 
-/// The committed events of this instance, in commit order per tenant.
+/// The committed events of this instance, in commit order per tenant: a channel per tenant
+/// with subscribers, so that an event wakes only its own tenant's subscribers, and one for
+/// subscribers of several tenants.
 #[derive(Clone)]
 pub struct Feed {
-    sender: broadcast::Sender<Arc<audit_log::Model>>,
+    all: broadcast::Sender<Arc<audit_log::Model>>,
+    tenants: Arc<std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<audit_log::Model>>>>>,
+    capacity: usize,
     /// Since when the NOTIFY listener has been without a connection (PostgreSQL); `None`
     /// while it is connected, or where there is no listener.
     listener_down: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -41,7 +45,9 @@ impl Feed {
     /// A feed whose subscribers may fall at most `capacity` events behind.
     pub fn new(capacity: usize) -> Self {
         Feed {
-            sender: broadcast::channel(capacity.max(1)).0,
+            all: broadcast::channel(capacity.max(1)).0,
+            tenants: Arc::default(),
+            capacity: capacity.max(1),
             listener_down: Arc::default(),
         }
     }
@@ -61,21 +67,44 @@ impl Feed {
         }
     }
 
-    /// Events published from now on. A receiver more than `capacity` behind gets `Lagged`.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<audit_log::Model>> {
-        self.sender.subscribe()
+    /// Events published from now on: of `tenant_ids` when that is one tenant, else of every
+    /// tenant. A receiver more than `capacity` behind gets `Lagged`.
+    pub fn subscribe(&self, tenant_ids: &[String]) -> broadcast::Receiver<Arc<audit_log::Model>> {
+        match tenant_ids {
+            [tenant_id] => {
+                let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+                // Channels nobody listens to any more go (a tenant may never log again).
+                tenants.retain(|_, sender| sender.receiver_count() > 0);
+                tenants
+                    .entry(tenant_id.clone())
+                    .or_insert_with(|| broadcast::channel(self.capacity).0)
+                    .subscribe()
+            }
+            _ => self.all.subscribe(),
+        }
     }
 
     /// Live subscribers on this instance.
     pub fn subscribers(&self) -> usize {
-        self.sender.receiver_count()
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let by_tenant: usize = tenants.values().map(|s| s.receiver_count()).sum();
+        by_tenant + self.all.receiver_count()
     }
 
-    /// Hands committed events to every subscriber; never waits for them.
+    /// Hands committed events to their tenant's subscribers and to those of every tenant;
+    /// never waits for them. A tenant's channel goes once its last subscriber has.
     pub fn publish(&self, events: impl IntoIterator<Item = audit_log::Model>) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         for event in events {
-            // No subscribers is fine.
-            let _ = self.sender.send(Arc::new(event));
+            let event = Arc::new(event);
+            if let Some(sender) = tenants.get(&event.tenant_id)
+                && sender.send(event.clone()).is_err()
+            {
+                tenants.remove(&event.tenant_id);
+            }
+            if self.all.receiver_count() > 0 {
+                let _ = self.all.send(event);
+            }
         }
     }
 }
@@ -193,6 +222,10 @@ async fn deliver_through(
         }
         delivered.insert(tenant_id.to_owned(), events.position());
         feed.publish(rows);
+        // Through `last` already: no need to ask again for nothing.
+        if events.position() >= last {
+            break;
+        }
     }
     delivered.insert(tenant_id.to_owned(), last.max(after));
     Ok(())
