@@ -30,6 +30,10 @@ impl Broadcast {
                 let mut frames = sender.subscribe();
                 tokio::spawn(async move {
                     // Agrees to graphql-transport-ws, as the clients ask.
+                    #[expect(
+                        clippy::result_large_err,
+                        reason = "the callback type is tungstenite's"
+                    )]
                     let agree = |_: &Request, mut response: Response| {
                         let protocol = HeaderValue::from_static("graphql-transport-ws");
                         response
