@@ -210,19 +210,8 @@ fn batched(config: &mut audit_service::config::ServeConfig) {
 }
 
 async fn statements(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|line| line.strip_prefix("audit_sql_statements_total "))
-        .and_then(|n| n.parse().ok())
-        .expect("the statement counter")
+    let scrape = crate::metrics::scrape(app).await;
+    crate::metrics::value(&scrape, "audit_sql_statements_total", &[]) as u64
 }
 
 const ENTITIES: &str = "query($r: [_Any!]!) { _entities(representations: $r) {

@@ -11,7 +11,8 @@ use crate::subscriptions::Client;
 
 on_both_backends!(metrics_after_a_little_traffic);
 
-async fn scrape(app: &TestApp) -> Scrape {
+/// `/metrics`, parsed.
+pub async fn scrape(app: &TestApp) -> Scrape {
     let response = app
         .client
         .get(format!("{}/metrics", app.address))
@@ -34,7 +35,7 @@ fn samples<'s>(scrape: &'s Scrape, name: &str, labels: &[(&str, &str)]) -> Vec<&
 }
 
 /// The one sample's value: a counter or gauge's number, a histogram's count.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let found = samples(scrape, name, labels);
     assert_eq!(
         found.len(),

@@ -549,24 +549,8 @@ async fn tampering_is_caught(backend: Backend) {
 
 /// `audit_chain_verification_failures_total` at `/metrics`.
 async fn failures(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("audit_chain_verification_failures_total "))
-        .expect("the failure counter");
-    line.rsplit(' ')
-        .next()
-        .expect("value")
-        .parse()
-        .expect("number")
+    let scrape = crate::metrics::scrape(app).await;
+    crate::metrics::value(&scrape, "audit_chain_verification_failures_total", &[]) as u64
 }
 
 async fn retention_keeps_proofs(backend: Backend) {
