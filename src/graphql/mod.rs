@@ -88,10 +88,14 @@ fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
     .limit_depth(config.max_depth)
     .limit_complexity(config.max_complexity)
     .extension(errors::ErrorCodes)
-    .extension(spans::Spans)
     .extension(limits::DocumentLimits {
         introspection: config.introspection,
     });
+    // Every extension is a step in the resolution of every field: spans only when traced.
+    let builder = match crate::telemetry::enabled() {
+        true => builder.extension(spans::Spans),
+        false => builder,
+    };
     if config.introspection {
         builder
     } else {
