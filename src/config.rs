@@ -24,8 +24,8 @@ use secrecy::SecretString;
 pub struct Cli {
     /// A TOML file of settings, keyed by their long flag names (`listen`, `database-url`,
     /// ...). Flags and environment variables take precedence over it.
-    /// (Taken off the command line before clap sees it, so that it may come before or after
-    /// a subcommand; declared here for `--help` and `AUDIT_CONFIG`.)
+    // Taken off the command line before clap sees it (see `take_config_path`), so that it
+    // may come before or after a subcommand; declared here for `--help`.
     #[arg(long, env = "AUDIT_CONFIG", value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -368,7 +368,7 @@ pub fn parse() -> anyhow::Result<Parsed> {
     parse_from(std::env::args_os().collect())
 }
 
-pub fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Parsed> {
+fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Parsed> {
     let mut command = Cli::command();
     let mut from_file = BTreeSet::new();
     if let Some(path) = take_config_path(&mut args) {
@@ -453,7 +453,11 @@ fn set_default(command: clap::Command, key: &str, values: &[String]) -> clap::Co
         Some(id) => {
             let values: Vec<clap::builder::OsStr> =
                 values.iter().map(|v| v.clone().into()).collect();
-            command.mut_arg(id, |arg| arg.default_values(values))
+            // `--help` shows defaults: not a secret from the file.
+            let secret = SECRET.contains(&key) || URLS.contains(&key);
+            command.mut_arg(id, |arg| {
+                arg.default_values(values).hide_default_value(secret)
+            })
         }
         None => command,
     };

@@ -242,13 +242,12 @@ pub fn statement(info: &sea_orm::metric::Info<'_>) {
     if info.failed {
         attributes.push(KeyValue::new("error.type", "database"));
     }
-    let span = tracer
+    let mut span = tracer
         .span_builder("sql")
         .with_kind(SpanKind::Client)
         .with_start_time(start)
         .with_attributes(attributes)
         .start_with_context(tracer, &parent);
-    let mut span = span;
     opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
 }
 

@@ -96,6 +96,11 @@ database-url = "postgres://audit:{PASSWORD}@db.internal/platform?password={PASSW
         // What it prints is a configuration file itself.
         toml_parses(&out);
     }
+    // `--help` shows the file's values as defaults, but not its secrets.
+    let help = run(&["--config", &config, "--help"], &[]);
+    let help = String::from_utf8(help.stdout).expect("utf-8");
+    assert!(help.contains("[default: 127.0.0.1:9999]"), "{help}");
+    assert!(!help.contains(SECRET) && !help.contains(PASSWORD), "{help}");
     // AUDIT_CONFIG names the file too.
     let output = run(&["config"], &[("AUDIT_CONFIG", &config)]);
     let out = String::from_utf8(output.stdout).expect("utf-8");
