@@ -1,4 +1,5 @@
-//! Live delivery of committed events: one in-process broadcast per server instance.
+//! Live delivery of committed events: in-process broadcasts per server instance, one per
+//! tenant with subscribers and one for subscribers of several tenants.
 //!
 //! On PostgreSQL the ingest path sends one NOTIFY per transaction carrying only the tenants
 //! and sequence ranges it committed; every instance's listener loads those rows and
