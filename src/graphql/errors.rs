@@ -41,17 +41,20 @@ impl Extension for ErrorCodes {
             .map(move |mut response| {
                 response.errors.iter_mut().for_each(label);
                 if let Some(metrics) = &metrics {
-                    let codes = response.errors.iter().filter_map(|e| {
-                        match e.extensions.as_ref()?.get("code")? {
-                            async_graphql::Value::String(code) => Some(code.as_str()),
-                            _ => None,
-                        }
-                    });
+                    let codes = response.errors.iter().filter_map(code_of);
                     codes.for_each(|code| metrics.error(code));
                 }
                 response
             })
             .boxed()
+    }
+}
+
+/// An error's `extensions.code`.
+pub fn code_of(error: &ServerError) -> Option<&str> {
+    match error.extensions.as_ref()?.get("code")? {
+        async_graphql::Value::String(code) => Some(code),
+        _ => None,
     }
 }
 

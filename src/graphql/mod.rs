@@ -14,7 +14,7 @@ mod spans;
 pub mod subscription;
 pub mod types;
 
-pub use errors::label;
+pub use errors::{code_of, label};
 
 use std::time::Duration;
 

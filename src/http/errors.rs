@@ -17,11 +17,8 @@ pub(super) struct ErrorCodes(pub Vec<String>);
 impl ErrorCodes {
     /// The `extensions.code` of each error.
     pub(super) fn of(errors: &[ServerError]) -> Self {
-        let code = |error: &ServerError| match error.extensions.as_ref()?.get("code")? {
-            async_graphql::Value::String(code) => Some(code.clone()),
-            _ => None,
-        };
-        ErrorCodes(errors.iter().filter_map(code).collect())
+        let codes = errors.iter().filter_map(crate::graphql::code_of);
+        ErrorCodes(codes.map(str::to_owned).collect())
     }
 }
 

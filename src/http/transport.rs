@@ -264,16 +264,10 @@ pub(super) fn encode(mut response: async_graphql::Response, media: Media) -> Res
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
+    let response_errors = ErrorCodes::of(&response.errors);
     // Load shed or database down before anything ran: worth a retry, so 503.
     let unavailable = Code::Unavailable.as_str();
-    let shed = request_error
-        && response.errors.iter().any(|e| {
-            e.extensions
-                .as_ref()
-                .and_then(|x| x.get("code"))
-                .is_some_and(|code| *code == async_graphql::Value::from(unavailable))
-        });
-    let response_errors = ErrorCodes::of(&response.errors);
+    let shed = request_error && response_errors.0.iter().any(|code| code == unavailable);
     let body = if request_error {
         serde_json::to_vec(&json!({ "errors": response.errors }))
     } else {
