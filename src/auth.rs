@@ -54,7 +54,7 @@ impl Scope {
 }
 
 /// How a principal proved who it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Credential {
     Open,
     Jwt,
@@ -65,7 +65,7 @@ pub enum Credential {
 pub const JWT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The caller of a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Principal {
     /// The caller's identity (`sub` of a token, `api-key:<name>` of a key).
     pub subject: String,

@@ -40,6 +40,7 @@ pub struct Metrics {
     pool_idle: Gauge,
     pool_max: Gauge,
     subscribers: Gauge,
+    executions: Gauge,
     pub deliveries: Counter,
     pub lagged: Counter,
     pub seal_duration: Histogram,
@@ -114,7 +115,12 @@ impl Metrics {
             subscribers: gauge(
                 r,
                 "audit_live_subscribers",
-                "Live subscriptions (auditLogAdded) on this instance.",
+                "Live subscriptions (auditLogCreated) on this instance.",
+            ),
+            executions: gauge(
+                r,
+                "audit_live_executions",
+                "Executions of live subscriptions receiving events; subscribers of the same subscription share one.",
             ),
             deliveries: counter(
                 r,
@@ -229,7 +235,12 @@ impl Metrics {
 
     /// The Prometheus text, with the gauges that are sampled rather than kept: the pool,
     /// the committer's queue and the live subscribers.
-    pub fn render(&self, db: &DatabaseConnection, queued: usize, subscribers: usize) -> String {
+    pub fn render(
+        &self,
+        db: &DatabaseConnection,
+        queued: usize,
+        (subscribers, executions): (usize, usize),
+    ) -> String {
         let (size, idle, max) = match db.get_database_backend() {
             DbBackend::Postgres => {
                 let pool = db.get_postgres_connection_pool();
@@ -254,6 +265,7 @@ impl Metrics {
         self.pool_max.set(max);
         self.queue_depth.set(queued as f64);
         self.subscribers.set(subscribers as f64);
+        self.executions.set(executions as f64);
         self.handle.render()
     }
 

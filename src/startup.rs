@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
+use axum::serve::ListenerExt;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
@@ -26,6 +27,7 @@ use crate::service::pubsub::{self, Feed};
 use crate::service::tree::TileCache;
 use crate::service::{maintenance, transparency};
 use crate::telemetry;
+use crate::ws::Fanout;
 
 /// Exports one instance runs at once; more wait for a slot (see `http/export.rs`).
 const MAX_EXPORTS: usize = 4;
@@ -141,6 +143,7 @@ impl Application {
         let state = AppState {
             schema: build_schema(context.clone(), &SchemaConfig::from(config)),
             context: context.clone(),
+            fanout: Fanout::new(config.subscriber_buffer, context.metrics.clone()),
         };
         let router = app(state, &cors_origins);
         let listener = TcpListener::bind(config.listen).await?;
@@ -184,8 +187,15 @@ impl Application {
             stopping.send_replace(true);
             let _ = signalled.send(());
         };
+        // Small writes (a delivery, a response) go out at once, not after the client's
+        // delayed acknowledgement of the previous one.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY not set");
+            }
+        });
         let mut server = tokio::spawn(
-            axum::serve(self.listener, service)
+            axum::serve(listener, service)
                 .with_graceful_shutdown(graceful)
                 .into_future(),
         );

@@ -1,6 +1,7 @@
 //! The raw fan-out baseline: a minimal WebSocket server that sends every published frame,
-//! serialized once, to every connection, and does nothing else. The live tail is reported as
-//! a ratio to it (same machine, same clients, frames of the same size).
+//! serialized once, to every connection of its group (the tenants of the live tail), and
+//! does nothing else. The live tail is reported as a ratio to it (same machine, same
+//! clients, frames of the same size).
 
 use std::net::SocketAddr;
 
@@ -13,21 +14,25 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 pub struct Broadcast {
     pub url: String,
-    frames: broadcast::Sender<Utf8Bytes>,
+    groups: Vec<broadcast::Sender<Utf8Bytes>>,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Broadcast {
-    /// Listens on a free port of 127.0.0.1.
-    pub async fn start() -> anyhow::Result<Self> {
+    /// Listens on a free port of 127.0.0.1; the `i`-th connection is in group `i % groups`.
+    pub async fn start(groups: u64) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address: SocketAddr = listener.local_addr()?;
         // As deep as the server's default subscriber buffer.
-        let (frames, _) = broadcast::channel(1000);
-        let sender = frames.clone();
+        let groups: Vec<_> = (0..groups.max(1))
+            .map(|_| broadcast::channel(1000).0)
+            .collect();
+        let senders = groups.clone();
         let server = tokio::spawn(async move {
+            let mut accepted = 0;
             while let Ok((stream, _)) = listener.accept().await {
-                let mut frames = sender.subscribe();
+                let mut frames = senders[accepted % senders.len()].subscribe();
+                accepted += 1;
                 tokio::spawn(async move {
                     // Agrees to graphql-transport-ws, as the clients ask.
                     #[expect(
@@ -58,14 +63,15 @@ impl Broadcast {
         });
         Ok(Broadcast {
             url: format!("ws://{address}"),
-            frames,
+            groups,
             server,
         })
     }
 
-    /// Sends `frame` to every connection.
-    pub fn publish(&self, frame: String) {
-        let _ = self.frames.send(frame.into());
+    /// Sends `frame` to every connection of `group`.
+    pub fn publish(&self, group: u64, frame: String) {
+        let sender = &self.groups[group as usize % self.groups.len()];
+        let _ = sender.send(frame.into());
     }
 }
 

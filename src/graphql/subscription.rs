@@ -45,10 +45,7 @@ impl AuditSubscription {
         let metrics = context.metrics.clone();
         let tail = live::tail(context.db.clone(), filter, after, live, deadline);
         Ok(tail.map(move |event| match event {
-            Ok(event) => {
-                metrics.deliveries.increment(1);
-                Ok(AuditLog(event))
-            }
+            Ok(event) => Ok(AuditLog(event)),
             Err(err) => {
                 if matches!(err, Error::SubscriberLagged { .. }) {
                     metrics.lagged.increment(1);

@@ -129,8 +129,8 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> String {
     let context = &state.context;
     let queued = context.ingestor.queued();
-    let subscribers = context.feed.subscribers();
-    context.metrics.render(&context.db, queued, subscribers)
+    let live = (state.fanout.subscribers(), context.feed.subscribers());
+    context.metrics.render(&context.db, queued, live)
 }
 
 /// Counts and times every routed request, says how long it took in `Server-Timing`, and

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::context::AppContext;
 use crate::graphql::AppSchema;
+use crate::ws::Fanout;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -18,4 +19,6 @@ pub const JSON: &str = "application/json; charset=utf-8";
 pub struct AppState {
     pub schema: AppSchema,
     pub context: AppContext,
+    /// The live subscriptions of the WebSocket connections.
+    pub fanout: Fanout,
 }

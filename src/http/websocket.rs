@@ -43,6 +43,7 @@ pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::
     let connection = ws::Connection {
         schema: state.schema.clone(),
         context: state.context.clone(),
+        fanout: state.fanout.clone(),
         protocol,
         upgrade_authorization: parts
             .headers

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use entity::audit_log;
+use futures_util::StreamExt;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::broadcast;
@@ -85,7 +86,7 @@ impl Feed {
         }
     }
 
-    /// Live subscribers on this instance.
+    /// Receivers of this instance's feed: the executions of live subscriptions.
     pub fn subscribers(&self) -> usize {
         let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         let by_tenant: usize = tenants.values().map(|s| s.receiver_count()).sum();
@@ -177,9 +178,8 @@ async fn session(
             *delivered = Some(heads.into_iter().map(|h| (h.tenant_id, h.seq)).collect());
         }
         Some(delivered) => {
-            for head in heads {
-                deliver_through(db, feed, delivered, &head.tenant_id, head.seq).await?;
-            }
+            let heads = heads.into_iter().map(|h| (h.tenant_id, h.seq));
+            deliver(db, feed, delivered, heads.collect()).await;
         }
     }
     let Some(delivered) = delivered.as_mut() else {
@@ -187,49 +187,99 @@ async fn session(
     };
     tracing::info!("notification listener connected");
     feed.listener_connected(true);
-    while let Some(notification) = listener.try_recv().await.map_err(Error::internal)? {
-        let ranges: Vec<(String, i64, i64)> = match serde_json::from_str(notification.payload()) {
-            Ok(ranges) => ranges,
-            Err(err) => {
-                tracing::warn!(error = %err, "ignoring a malformed notification");
-                continue;
+    // Notifications are read as they come, and what they announce is delivered as fast as
+    // the database allows: the notifications that arrive during one delivery are merged
+    // into the next (one read per tenant), so a burst of commits never queues up here.
+    let announced: std::sync::Mutex<HashMap<String, i64>> = Default::default();
+    let wake = tokio::sync::Notify::new();
+    let receive = async {
+        while let Some(notification) = listener.try_recv().await.map_err(Error::internal)? {
+            let ranges: Vec<(String, i64, i64)> = match serde_json::from_str(notification.payload())
+            {
+                Ok(ranges) => ranges,
+                Err(err) => {
+                    tracing::warn!(error = %err, "ignoring a malformed notification");
+                    continue;
+                }
+            };
+            let mut announced = announced.lock().unwrap_or_else(|e| e.into_inner());
+            for (tenant_id, _first, last) in ranges {
+                let through = announced.entry(tenant_id).or_insert(last);
+                *through = last.max(*through);
             }
-        };
-        for (tenant_id, _first, last) in ranges {
-            // One tenant's failure must not stop the others' deliveries; its events are
-            // tried again with its next notification or reconnection.
-            if let Err(err) = deliver_through(db, feed, delivered, &tenant_id, last).await {
-                tracing::warn!(tenant = %tenant_id, error = %err, "could not deliver a tenant's events");
-            }
+            wake.notify_one();
         }
+        Ok(())
+    };
+    let deliver = async {
+        loop {
+            wake.notified().await;
+            let through = std::mem::take(&mut *announced.lock().unwrap_or_else(|e| e.into_inner()));
+            deliver(db, feed, delivered, through).await;
+        }
+    };
+    // Delivery never ends; reading ends when the connection does.
+    tokio::select! {
+        received = receive => received,
+        () = deliver => Ok(()),
     }
-    Ok(())
 }
 
-/// Publishes a tenant's events after the last one delivered, up to `last`.
-async fn deliver_through(
+/// Publishes each tenant's events after the last one delivered, up to the sequence number
+/// `through` gives it; a few tenants at once.
+async fn deliver(
     db: &DatabaseConnection,
     feed: &Feed,
     delivered: &mut HashMap<String, i64>,
+    through: HashMap<String, i64>,
+) {
+    const AT_ONCE: usize = 4;
+    let tenants: Vec<_> = through
+        .into_iter()
+        .map(|(tenant_id, last)| {
+            let after = delivered.get(&tenant_id).copied().unwrap_or(0);
+            async move {
+                let (position, result) = deliver_through(db, feed, &tenant_id, after, last).await;
+                (tenant_id, position, result)
+            }
+        })
+        .collect();
+    let mut tenants = futures_util::stream::iter(tenants).buffer_unordered(AT_ONCE);
+    while let Some((tenant_id, position, result)) = tenants.next().await {
+        // One tenant's failure must not stop the others' deliveries; its events are tried
+        // again with its next notification or reconnection.
+        if let Err(err) = result {
+            tracing::warn!(tenant = %tenant_id, error = %err, "could not deliver a tenant's events");
+        }
+        delivered.insert(tenant_id, position);
+    }
+}
+
+/// Publishes a tenant's events after sequence number `after`, up to `last`: the position
+/// reached, and what stopped it short.
+async fn deliver_through(
+    db: &DatabaseConnection,
+    feed: &Feed,
     tenant_id: &str,
+    after: i64,
     last: i64,
-) -> Result<()> {
-    let after = delivered.get(tenant_id).copied().unwrap_or(0);
+) -> (i64, Result<()>) {
     let mut events = BySequence::after(tenant_id, after).through(last);
     loop {
-        let rows = events.next(db).await?;
+        let rows = match events.next(db).await {
+            Ok(rows) => rows,
+            Err(err) => return (events.position(), Err(err)),
+        };
         if rows.is_empty() {
             break;
         }
-        delivered.insert(tenant_id.to_owned(), events.position());
         feed.publish(rows);
         // Through `last` already: no need to ask again for nothing.
         if events.position() >= last {
             break;
         }
     }
-    delivered.insert(tenant_id.to_owned(), last.max(after));
-    Ok(())
+    (last.max(after), Ok(()))
 }
 
 #[cfg(test)]

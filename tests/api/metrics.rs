@@ -51,13 +51,22 @@ pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn metrics_after_a_little_traffic(app: &TestApp) {
+    // Two subscribers of the same subscription share its execution.
     let mut subscriber = Client::init(&app.address, "graphql-transport-ws").await;
-    subscriber
-        .subscribe("live", "subscription { auditLogCreated { id } }", json!({}))
-        .await;
-    // Subscribed once the gauge says so; events committed before would not be delivered.
+    let mut other = Client::init(&app.address, "graphql-ws").await;
+    for client in [&mut subscriber, &mut other] {
+        client
+            .subscribe("live", "subscription { auditLogCreated { id } }", json!({}))
+            .await;
+    }
+    // Subscribed once the gauges say so; events committed before would not be delivered.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while value(&scrape(app).await, "audit_live_subscribers", &[]) < 1.0 {
+    loop {
+        let scrape = scrape(app).await;
+        let executions = value(&scrape, "audit_live_executions", &[]);
+        if value(&scrape, "audit_live_subscribers", &[]) == 2.0 && executions == 1.0 {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the subscription never started"
@@ -73,6 +82,7 @@ async fn metrics_after_a_little_traffic(app: &TestApp) {
     app.log_batch(json!(batch)).await;
     for _ in 0..7 {
         assert_eq!(subscriber.receive().await["type"], "next");
+        assert_eq!(other.receive().await["type"], "data");
     }
     let query = app
         .graphql("{ auditLogs(first: 3) { nodes { id } } }", json!({}))
@@ -147,8 +157,9 @@ async fn metrics_after_a_little_traffic(app: &TestApp) {
         "{open} open, {idle} idle"
     );
 
-    assert_eq!(value(&scrape, "audit_live_subscribers", &[]), 1.0);
-    assert_eq!(value(&scrape, "audit_live_deliveries_total", &[]), 7.0);
+    assert_eq!(value(&scrape, "audit_live_subscribers", &[]), 2.0);
+    assert_eq!(value(&scrape, "audit_live_executions", &[]), 1.0);
+    assert_eq!(value(&scrape, "audit_live_deliveries_total", &[]), 14.0);
     assert_eq!(
         value(&scrape, "audit_errors_total", &[("code", "BAD_USER_INPUT")]),
         1.0

@@ -1,23 +1,30 @@
 //! GraphQL over WebSocket on `/graphql`: `graphql-transport-ws` (the graphql-ws library)
 //! and the legacy `graphql-ws` (subscriptions-transport-ws).
 //!
-//! async-graphql speaks both protocols; this loop adds what it leaves out: authentication
-//! at `connection_init` (from its payload's `authorization`, or the upgrade request's
-//! header), closing a connection that sends no `connection_init` within 10 seconds (4408),
-//! keep-alive messages, and at most 100 active subscriptions per connection.
+//! async-graphql's protocol handler answers `connection_init`, pings and malformed
+//! messages; this loop adds authentication at `connection_init` (from its payload's
+//! `authorization`, or the upgrade request's header), closing a connection that sends no
+//! `connection_init` within 10 seconds (4408), keep-alive messages, and runs the operations
+//! itself (`fanout`), at most 100 per connection, so that subscribers of the same live
+//! subscription share its execution.
 
-use std::collections::HashSet;
+mod fanout;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_graphql::Data;
 use async_graphql::http::{WebSocket as Protocol, WebSocketProtocols, WsMessage};
+use async_graphql::{Data, Request};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{BoxStream, SplitSink};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
+
+pub use fanout::Fanout;
+use fanout::Payload;
 
 use crate::access::Origin;
 use crate::auth::{Principal, Refusal};
@@ -42,15 +49,21 @@ const INBOX: usize = 1024;
 pub struct Connection {
     pub schema: AppSchema,
     pub context: AppContext,
+    pub fanout: Fanout,
     pub protocol: WebSocketProtocols,
     pub upgrade_authorization: Option<String>,
     pub origin: Origin,
 }
 
+/// The operations a connection runs, by id; each ends with `None`.
+type Operations = StreamMap<String, BoxStream<'static, Option<Payload>>>;
+
 /// What the loop does with a message from the client.
 enum Inbound {
     Forward(String),
     Reply(String),
+    Start(String, Box<Request>),
+    Stop(String),
     Close(u16, String),
 }
 
@@ -80,7 +93,9 @@ impl Connection {
         let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(init_deadline);
         let mut initialized = false;
-        let mut active: HashSet<String> = HashSet::new();
+        // The operations running, by id; each ends with `None`.
+        let mut operations = Operations::new();
+        let mut principal = None;
         let mut keepalive =
             tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         let ping = match self.protocol {
@@ -94,9 +109,9 @@ impl Connection {
                 // The server is shutting down: every subscription completes, then the
                 // connection closes as "going away", so that clients reconnect elsewhere.
                 () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
-                    for id in active.drain() {
-                        let complete = json!({ "type": "complete", "id": id }).to_string();
-                        if !send_within(&mut sink, Message::Text(complete.into())).await {
+                    let ids: Vec<String> = operations.keys().cloned().collect();
+                    for id in &ids {
+                        if !send_within(&mut sink, Message::Text(complete(id).into())).await {
                             break;
                         }
                     }
@@ -109,7 +124,10 @@ impl Connection {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
                     };
-                    let inbound = self.inbound(text, &mut initialized, &mut active, &admitted).await;
+                    let inbound = self
+                        .inbound(text, &mut initialized, &mut principal, &admitted)
+                        .await;
+                    let inbound = self.admit(inbound, &operations);
                     match inbound {
                         // Never wait here: async-graphql drains the inbox only when this loop
                         // polls it, so waiting for room would deadlock.
@@ -125,34 +143,48 @@ impl Connection {
                                 break None;
                             }
                         }
+                        Inbound::Start(id, request) => {
+                            let Some(principal) = &principal else {
+                                break Some(match self.protocol {
+                                    WebSocketProtocols::GraphQLWS => (4401, "Unauthorized".to_owned()),
+                                    WebSocketProtocols::SubscriptionsTransportWS => (1011, "The handshake is not completed.".to_owned()),
+                                });
+                            };
+                            let payloads = self.fanout.execute(&self.schema, *request, principal, &self.origin);
+                            operations.insert(id, payloads.map(Some).chain(futures_util::stream::once(async { None })).boxed());
+                        }
+                        Inbound::Stop(id) => {
+                            if operations.remove(&id).is_some()
+                                && !send_within(&mut sink, Message::Text(complete(&id).into())).await
+                            {
+                                break None;
+                            }
+                        }
                         Inbound::Close(code, reason) => break Some((code, reason)),
+                    }
+                }
+                Some(first) = operations.next() => {
+                    // What else is ready goes out in the same write.
+                    let mut batch = Vec::new();
+                    let mut next = Some(first);
+                    while let Some((id, payload)) = next {
+                        if payload.is_none() {
+                            operations.remove(&id);
+                        }
+                        batch.push(self.frame(&id, payload));
+                        next = match batch.len() < MAX_COALESCED {
+                            true => operations.next().now_or_never().flatten(),
+                            false => None,
+                        };
+                    }
+                    if !send_all_within(&mut sink, batch).await {
+                        break None;
                     }
                 }
                 message = graphql.next() => match message {
                     Some(WsMessage::Text(text)) => {
-                        // What else is ready goes out in the same write.
-                        let mut batch = vec![text];
-                        let mut then = None;
-                        while batch.len() < MAX_COALESCED {
-                            match graphql.next().now_or_never() {
-                                Some(Some(WsMessage::Text(text))) => batch.push(text),
-                                Some(Some(WsMessage::Close(code, reason))) => {
-                                    then = Some(Some((code, reason)));
-                                    break;
-                                }
-                                Some(None) => {
-                                    then = Some(None);
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        batch.iter().for_each(|text| finished(text, &mut active));
-                        if !send_all_within(&mut sink, batch).await {
+                        if !send_within(&mut sink, Message::Text(text.into())).await {
                             break None;
-                        }
-                        if let Some(close) = then {
-                            break close;
                         }
                     }
                     Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
@@ -176,13 +208,27 @@ impl Connection {
         send_within(&mut sink, Message::Close(frame)).await;
     }
 
-    /// Authenticates `connection_init` and keeps count of subscriptions; everything else
+    /// A `next` message (`data` in the legacy protocol), or `complete` when `payload` is
+    /// `None`.
+    fn frame(&self, id: &str, payload: Option<Payload>) -> String {
+        let Some(payload) = payload else {
+            return complete(id);
+        };
+        let kind = match self.protocol {
+            WebSocketProtocols::GraphQLWS => "next",
+            WebSocketProtocols::SubscriptionsTransportWS => "data",
+        };
+        let id = Value::from(id);
+        format!(r#"{{"type":"{kind}","id":{id},"payload":{payload}}}"#)
+    }
+
+    /// Authenticates `connection_init` and checks operations before they start; the rest
     /// goes to async-graphql as it is.
     async fn inbound(
         &self,
         text: String,
         initialized: &mut bool,
-        active: &mut HashSet<String>,
+        admitted_principal: &mut Option<Principal>,
         admitted: &Mutex<Option<Principal>>,
     ) -> Inbound {
         let Ok(message) = serde_json::from_str::<Value>(&text) else {
@@ -197,6 +243,7 @@ impl Connection {
                     .or(self.upgrade_authorization.as_deref());
                 match self.context.auth.authenticate(authorization).await {
                     Ok(principal) => {
+                        *admitted_principal = Some(principal.clone());
                         *admitted.lock().unwrap_or_else(|e| e.into_inner()) = Some(principal);
                         Inbound::Forward(text)
                     }
@@ -224,32 +271,42 @@ impl Connection {
                     }
                 }
             }
+            // A payload that is not a request is async-graphql's to refuse.
             (Some("subscribe" | "start"), Some(id)) => {
-                if active.contains(&id) && self.protocol == WebSocketProtocols::GraphQLWS {
-                    return Inbound::Close(4409, format!("Subscriber for {id} already exists"));
+                match serde_json::from_value::<Request>(message["payload"].clone()) {
+                    Ok(request) => Inbound::Start(id, Box::new(request)),
+                    Err(_) => Inbound::Forward(text),
                 }
-                if active.len() >= MAX_SUBSCRIPTIONS && !active.contains(&id) {
-                    self.context.metrics.error(Code::RateLimited.as_str());
-                    let error = Code::RateLimited.json(&format!(
-                        "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
-                    ));
-                    let payload = match self.protocol {
-                        WebSocketProtocols::GraphQLWS => json!([error]),
-                        WebSocketProtocols::SubscriptionsTransportWS => error,
-                    };
-                    return Inbound::Reply(
-                        json!({ "id": id, "type": "error", "payload": payload }).to_string(),
-                    );
-                }
-                active.insert(id);
-                Inbound::Forward(text)
             }
-            (Some("complete" | "stop"), Some(id)) => {
-                active.remove(&id);
-                Inbound::Forward(text)
-            }
+            (Some("complete" | "stop"), Some(id)) => Inbound::Stop(id),
             _ => Inbound::Forward(text),
         }
+    }
+
+    /// Refuses an operation whose id is in use (graphql-transport-ws), or one more than a
+    /// connection may run.
+    fn admit(&self, inbound: Inbound, operations: &Operations) -> Inbound {
+        let Inbound::Start(id, _) = &inbound else {
+            return inbound;
+        };
+        let running = operations.contains_key(id);
+        if running && self.protocol == WebSocketProtocols::GraphQLWS {
+            return Inbound::Close(4409, format!("Subscriber for {id} already exists"));
+        }
+        if operations.len() >= MAX_SUBSCRIPTIONS && !running {
+            self.context.metrics.error(Code::RateLimited.as_str());
+            let error = Code::RateLimited.json(&format!(
+                "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+            ));
+            let payload = match self.protocol {
+                WebSocketProtocols::GraphQLWS => json!([error]),
+                WebSocketProtocols::SubscriptionsTransportWS => error,
+            };
+            return Inbound::Reply(
+                json!({ "id": id, "type": "error", "payload": payload }).to_string(),
+            );
+        }
+        inbound
     }
 }
 
@@ -297,16 +354,6 @@ fn close_reason(mut reason: String) -> String {
     reason
 }
 
-/// Forgets subscriptions the server has finished. Deliveries, nearly every message, are
-/// recognised by their start (async-graphql writes `type` first) and not parsed.
-fn finished(text: &str, active: &mut HashSet<String>) {
-    if text.starts_with(r#"{"type":"next""#) || text.starts_with(r#"{"type":"data""#) {
-        return;
-    }
-    if let Ok(message) = serde_json::from_str::<Value>(text)
-        && matches!(message["type"].as_str(), Some("complete" | "error"))
-        && let Some(id) = message["id"].as_str()
-    {
-        active.remove(id);
-    }
+fn complete(id: &str) -> String {
+    json!({ "type": "complete", "id": id }).to_string()
 }
