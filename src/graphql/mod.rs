@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod budget;
+pub mod documents;
 mod errors;
 pub mod federation;
 pub mod guards;

@@ -162,7 +162,7 @@ pub(super) fn selected_operation(
     request: &mut async_graphql::Request,
 ) -> Option<&OperationDefinition> {
     let name = request.operation_name.clone();
-    let document = request.parsed_query().ok()?;
+    let document = crate::graphql::documents::parsed(request).ok()?;
     let operation = match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op),
         (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
@@ -175,19 +175,22 @@ pub(super) fn selected_operation(
 /// A required variable the request leaves out. That is a request error, but async-graphql
 /// only notices when execution reaches the variable.
 pub(super) fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
-    let variables = request.variables.clone();
-    let operation = selected_operation(request)?;
-    operation
+    let required: Vec<async_graphql::Name> = selected_operation(request)?
         .variable_definitions
         .iter()
-        .find_map(|definition| {
-            let definition = &definition.node;
-            let given = variables
-                .get(&definition.name.node)
-                .is_some_and(|value| *value != async_graphql::Value::Null);
-            let required = !definition.var_type.node.nullable && definition.default_value.is_none();
-            (required && !given).then(|| definition.name.node.to_string())
+        .map(|definition| &definition.node)
+        .filter(|definition| {
+            !definition.var_type.node.nullable && definition.default_value.is_none()
         })
+        .map(|definition| definition.name.node.clone())
+        .collect();
+    required
+        .into_iter()
+        .find(|name| {
+            let given = request.variables.get(name);
+            given.is_none_or(|value| *value == async_graphql::Value::Null)
+        })
+        .map(|name| name.to_string())
 }
 
 pub(super) async fn execute(

@@ -93,6 +93,15 @@ impl Feed {
         by_tenant + self.all.receiver_count()
     }
 
+    /// Whether anyone here would receive the tenant's events.
+    fn listened_to(&self, tenant_id: &str) -> bool {
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let by_tenant = tenants
+            .get(tenant_id)
+            .is_some_and(|s| s.receiver_count() > 0);
+        by_tenant || self.all.receiver_count() > 0
+    }
+
     /// Hands committed events to their tenant's subscribers and to those of every tenant;
     /// never waits for them. A tenant's channel goes once its last subscriber has.
     pub fn publish(&self, events: impl IntoIterator<Item = audit_log::Model>) {
@@ -264,6 +273,11 @@ async fn deliver_through(
     after: i64,
     last: i64,
 ) -> (i64, Result<()>) {
+    // Events committed before anyone subscribed are owed to nobody: a subscriber that
+    // resumes reads them from the database after subscribing.
+    if !feed.listened_to(tenant_id) {
+        return (last.max(after), Ok(()));
+    }
     let mut events = BySequence::after(tenant_id, after).through(last);
     loop {
         let rows = match events.next(db).await {

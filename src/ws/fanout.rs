@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 use crate::access::Origin;
 use crate::auth::{Principal, Scope};
 use crate::error::{Code, Error};
-use crate::graphql::AppSchema;
+use crate::graphql::{AppSchema, documents};
 use crate::metrics::Metrics;
 
 /// A response, serialized: the `payload` of a `next` message.
@@ -83,11 +83,11 @@ impl Fanout {
     pub fn execute(
         &self,
         schema: &AppSchema,
-        request: Request,
+        mut request: Request,
         principal: &Principal,
         origin: &Origin,
     ) -> BoxStream<'static, Payload> {
-        let kind = kind(&request, principal);
+        let kind = kind(&mut request, principal);
         let request = request.data(principal.clone()).data(origin.clone());
         match kind {
             Kind::Other => schema.execute_stream(request).map(serialize).boxed(),
@@ -231,11 +231,13 @@ enum Kind {
 
 /// What `request` is: a live subscription without `after` of a principal that may read,
 /// whose root selects only fields, can be shared.
-fn kind(request: &Request, principal: &Principal) -> Kind {
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+fn kind(request: &mut Request, principal: &Principal) -> Kind {
+    let shareable = principal.has(Scope::Read) && request.extensions.is_empty();
+    let operation_name = request.operation_name.clone();
+    let Ok(document) = documents::parsed(request) else {
         return Kind::Other;
     };
-    let operation = match (&document.operations, &request.operation_name) {
+    let operation = match (&document.operations, &operation_name) {
         (DocumentOperations::Single(operation), _) => operation,
         (DocumentOperations::Multiple(operations), Some(name)) => {
             match operations.get(name.as_str()) {
@@ -258,7 +260,7 @@ fn kind(request: &Request, principal: &Principal) -> Kind {
             Selection::Field(field) => field.node.get_argument("after").is_none(),
             _ => false,
         });
-    match plain && principal.has(Scope::Read) && request.extensions.is_empty() {
+    match plain && shareable {
         true => Kind::Shared,
         false => Kind::Subscription,
     }
