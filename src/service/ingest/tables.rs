@@ -26,49 +26,93 @@ pub(super) struct Head {
     pub recorded_at: Option<DateTime<Utc>>,
 }
 
-/// Locks the tenant's head row until commit (creating it empty) and returns it. A write
-/// statement, so SQLite takes its write lock here rather than failing to upgrade a read
-/// lock later.
-pub(super) async fn lock_head(txn: &DatabaseTransaction, tenant_id: &str) -> Result<Head> {
+/// Locks the heads of `tenant_ids` (sorted) until commit, creating missing ones empty, and
+/// returns them by tenant. A write statement, so SQLite takes its write lock here rather
+/// than failing to upgrade a read lock later. On PostgreSQL one statement locks them all,
+/// in the same (byte) order as every other writer, so that none deadlock.
+pub(super) async fn lock_heads(
+    txn: &DatabaseTransaction,
+    tenant_ids: &[&str],
+) -> Result<HashMap<String, Head>> {
     let backend = txn.get_database_backend();
-    let sql = match backend {
+    let statements = match backend {
         DbBackend::Postgres => {
-            "INSERT INTO chain_heads (tenant_id, seq, hash) VALUES ($1, 0, $2) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
-             RETURNING seq, hash, recorded_at"
+            let sql = "INSERT INTO chain_heads (tenant_id, seq, hash) \
+                 SELECT t, 0, $2 FROM jsonb_array_elements_text($1::jsonb) AS t \
+                 ORDER BY t COLLATE \"C\" \
+                 ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
+                 RETURNING tenant_id, seq, hash, recorded_at";
+            let tenants = serde_json::json!(tenant_ids);
+            vec![Statement::from_sql_and_values(
+                backend,
+                sql,
+                [tenants.into(), GENESIS.to_vec().into()],
+            )]
         }
         _ => {
-            "INSERT INTO chain_heads (tenant_id, seq, hash) VALUES (?, 0, ?) \
-             ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
-             RETURNING seq, hash, recorded_at"
+            let sql = "INSERT INTO chain_heads (tenant_id, seq, hash) VALUES (?, 0, ?) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
+                 RETURNING tenant_id, seq, hash, recorded_at";
+            let values = |t: &&str| [(*t).into(), GENESIS.to_vec().into()];
+            tenant_ids
+                .iter()
+                .map(|t| Statement::from_sql_and_values(backend, sql, values(t)))
+                .collect()
         }
     };
-    let values = [tenant_id.into(), GENESIS.to_vec().into()];
-    let row = txn
-        .query_one_raw(Statement::from_sql_and_values(backend, sql, values))
-        .await?
-        .ok_or_else(|| Error::internal("chain head upsert returned no row"))?;
-    Ok(Head {
-        seq: row.try_get("", "seq")?,
-        hash: row.try_get("", "hash")?,
-        recorded_at: row.try_get("", "recorded_at")?,
-    })
+    let mut heads = HashMap::with_capacity(tenant_ids.len());
+    for statement in statements {
+        for row in txn.query_all_raw(statement).await? {
+            let head = Head {
+                seq: row.try_get("", "seq")?,
+                hash: row.try_get("", "hash")?,
+                recorded_at: row.try_get("", "recorded_at")?,
+            };
+            heads.insert(row.try_get("", "tenant_id")?, head);
+        }
+    }
+    if heads.len() != tenant_ids.len() {
+        return Err(Error::internal("chain head upsert returned too few rows"));
+    }
+    Ok(heads)
 }
 
-pub(super) async fn move_head(
-    txn: &DatabaseTransaction,
-    tenant_id: &str,
-    head: &Head,
-) -> Result<()> {
+/// Moves the heads of the tenants written to: one statement on PostgreSQL.
+pub(super) async fn move_heads(txn: &DatabaseTransaction, moved: &[(&str, &Head)]) -> Result<()> {
     use entity::chain_head::{Column as Head, Entity};
-    let update = Query::update()
-        .table(Entity)
-        .value(Head::Seq, head.seq)
-        .value(Head::Hash, head.hash.clone())
-        .value(Head::RecordedAt, head.recorded_at)
-        .and_where(Expr::col(Head::TenantId).eq(tenant_id))
-        .to_owned();
-    txn.execute(&update).await?;
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let sql = "UPDATE chain_heads AS h \
+             SET seq = v.seq, hash = decode(v.hash, 'hex'), recorded_at = v.recorded_at \
+             FROM jsonb_to_recordset($1::jsonb) \
+             AS v(tenant_id text, seq bigint, hash text, recorded_at timestamptz) \
+             WHERE h.tenant_id = v.tenant_id";
+        let heads: Vec<_> = moved
+            .iter()
+            .map(|(tenant_id, head)| {
+                serde_json::json!({
+                    "tenant_id": tenant_id,
+                    "seq": head.seq,
+                    "hash": hex::encode(&head.hash),
+                    "recorded_at": head.recorded_at,
+                })
+            })
+            .collect();
+        let values = [serde_json::Value::from(heads).into()];
+        txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
+            .await?;
+        return Ok(());
+    }
+    for (tenant_id, head) in moved {
+        let update = Query::update()
+            .table(Entity)
+            .value(Head::Seq, head.seq)
+            .value(Head::Hash, head.hash.clone())
+            .value(Head::RecordedAt, head.recorded_at)
+            .and_where(Expr::col(Head::TenantId).eq(*tenant_id))
+            .to_owned();
+        txn.execute(&update).await?;
+    }
     Ok(())
 }
 

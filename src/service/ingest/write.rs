@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Transac
 use serde_json::json;
 
 use super::tables::{
-    Head, ROWS_PER_INSERT, count_events, insert, load_keyed, lock_head, move_head, remember_keys,
+    Head, ROWS_PER_INSERT, count_events, insert, load_keyed, lock_heads, move_heads, remember_keys,
 };
 use super::{Request, Work};
 use crate::error::{Error, Result};
@@ -40,14 +40,16 @@ pub(super) async fn write(
 
     // Sorted, so that every writer locks tenants in the same order and none deadlock.
     // Per tenant: the sequence when locked, and the head as it moves.
+    let mut tenant_ids: Vec<&str> = requests.iter().map(|(t, _)| t.as_str()).collect();
+    tenant_ids.sort_unstable();
+    tenant_ids.dedup();
+    let mut locked = lock_heads(&txn, &tenant_ids).await?;
     let mut heads = BTreeMap::new();
-    for (tenant_id, _) in requests {
-        heads.entry(tenant_id.as_str()).or_insert((0, None));
-    }
-    for (tenant_id, (first, head)) in heads.iter_mut() {
-        let locked = lock_head(&txn, tenant_id).await?;
-        *first = locked.seq;
-        *head = Some(locked);
+    for tenant_id in tenant_ids {
+        let head = locked
+            .remove(tenant_id)
+            .ok_or_else(|| Error::internal("chain head not locked"))?;
+        heads.insert(tenant_id, (head.seq, head));
     }
     let mut known = load_keyed(&txn, requests).await?;
 
@@ -57,7 +59,7 @@ pub(super) async fn write(
     for (tenant_id, work) in requests {
         let head = heads
             .get_mut(tenant_id.as_str())
-            .and_then(|(_, head)| head.as_mut())
+            .map(|(_, head)| head)
             .ok_or_else(|| Error::internal("chain head not locked"))?;
         let events = match work {
             Work::Log(events) => Cow::Borrowed(events),
@@ -103,13 +105,15 @@ pub(super) async fn write(
     count_events(&txn, &rows).await?;
     let rollup = counting.elapsed();
     let mut ranges = Vec::new();
+    let mut moved = Vec::new();
     for (tenant_id, (first, head)) in &heads {
-        if let Some(head) = head
-            && head.seq > *first
-        {
-            move_head(&txn, tenant_id, head).await?;
+        if head.seq > *first {
+            moved.push((*tenant_id, head));
             ranges.push((tenant_id.to_string(), first + 1, head.seq));
         }
+    }
+    if !moved.is_empty() {
+        move_heads(&txn, &moved).await?;
     }
     if txn.get_database_backend() == DbBackend::Postgres {
         // One NOTIFY per transaction, not per event: NOTIFY serializes commits.
