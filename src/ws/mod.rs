@@ -10,11 +10,10 @@
 
 mod fanout;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_graphql::Request;
 use async_graphql::http::{WebSocket as Protocol, WebSocketProtocols, WsMessage};
-use async_graphql::{Data, Request};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{BoxStream, SplitSink};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -38,7 +37,7 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long a client may take to accept a message before it is disconnected.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most subscriptions one connection may have running.
+/// Most operations (subscriptions) one connection may have running.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// Most messages sent in one write.
 const MAX_COALESCED: usize = 64;
@@ -72,28 +71,16 @@ impl Connection {
     pub async fn serve(self, socket: WebSocket) {
         let (mut sink, mut source) = socket.split();
         let (to_protocol, from_client) = mpsc::channel::<String>(INBOX);
-        // Filled in when the client's credential is accepted, before async-graphql sees
-        // `connection_init`.
-        let admitted: Arc<Mutex<Option<Principal>>> = Arc::default();
-        let for_init = admitted.clone();
-        let origin = self.origin.clone();
+        // It sees `connection_init` only once the credential is accepted, and runs no
+        // operation: it answers `connection_init`, pings and malformed messages.
         let mut graphql = Protocol::new(
             self.schema.clone(),
             ReceiverStream::new(from_client),
             self.protocol,
-        )
-        .on_connection_init(move |_payload| async move {
-            let principal = for_init.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let principal = principal.ok_or_else(|| async_graphql::Error::new("Forbidden"))?;
-            let mut data = Data::default();
-            data.insert(principal);
-            data.insert(origin);
-            Ok(data)
-        });
+        );
         let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(init_deadline);
         let mut initialized = false;
-        // The operations running, by id; each ends with `None`.
         let mut operations = Operations::new();
         let mut principal = None;
         let mut keepalive =
@@ -125,7 +112,7 @@ impl Connection {
                         Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
                     };
                     let inbound = self
-                        .inbound(text, &mut initialized, &mut principal, &admitted)
+                        .inbound(text, &mut initialized, &mut principal)
                         .await;
                     let inbound = self.admit(inbound, &operations);
                     match inbound {
@@ -228,8 +215,7 @@ impl Connection {
         &self,
         text: String,
         initialized: &mut bool,
-        admitted_principal: &mut Option<Principal>,
-        admitted: &Mutex<Option<Principal>>,
+        admitted: &mut Option<Principal>,
     ) -> Inbound {
         let Ok(message) = serde_json::from_str::<Value>(&text) else {
             return Inbound::Forward(text);
@@ -243,8 +229,7 @@ impl Connection {
                     .or(self.upgrade_authorization.as_deref());
                 match self.context.auth.authenticate(authorization).await {
                     Ok(principal) => {
-                        *admitted_principal = Some(principal.clone());
-                        *admitted.lock().unwrap_or_else(|e| e.into_inner()) = Some(principal);
+                        *admitted = Some(principal);
                         Inbound::Forward(text)
                     }
                     Err(Refusal::Failed(err)) => {
