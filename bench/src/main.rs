@@ -11,6 +11,7 @@ mod pgbench;
 mod proofs;
 mod scenarios;
 mod server;
+mod sqlite;
 
 use clap::{Parser, Subcommand};
 

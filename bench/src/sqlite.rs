@@ -1,0 +1,61 @@
+//! The raw SQLite baseline: the same event rows inserted straight into a migrated database
+//! file (same schema, WAL, `synchronous = FULL` as the server), 1,000 rows per prepared
+//! multi-row INSERT and transaction, on one connection (SQLite has one writer).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+
+const COLUMNS: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, recorded_at, \
+    actor_type, actor_id, action, target_type, target_id, outcome, metadata, ip_address, \
+    request_id, prev_hash, hash) VALUES ";
+const PER_ROW: usize = 16;
+
+/// Rows per second inserted for `duration` into the migrated database at `path`.
+pub async fn insert_rate(
+    path: &Path,
+    rows_per_batch: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let mut db = SqliteConnection::connect_with(&options).await?;
+    let placeholders = vec![format!("({})", vec!["?"; PER_ROW].join(", ")); rows_per_batch];
+    let sql = format!("{COLUMNS}{}", placeholders.join(", "));
+    let mut seq = 0i64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let now = chrono::Utc::now();
+        let mut txn = db.begin().await?;
+        // Built from constants above.
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for _ in 0..rows_per_batch {
+            seq += 1;
+            let n = seq as usize;
+            insert = insert
+                .bind(uuid::Uuid::now_v7())
+                .bind("raw")
+                .bind(seq)
+                .bind(now)
+                .bind(now)
+                .bind("user")
+                .bind(format!("actor-{}", n % 5000))
+                .bind(format!("resource{}.updated", n % 40))
+                .bind("project")
+                .bind(format!("t-{}", n % 20000))
+                .bind("success")
+                .bind(format!(r#"{{"env":"prod","n":{n}}}"#))
+                .bind("10.1.2.3")
+                .bind(format!("req-{n}"))
+                .bind(vec![0u8; 32])
+                .bind(vec![0xabu8; 32]);
+        }
+        insert.execute(&mut *txn).await?;
+        txn.commit().await?;
+    }
+    Ok(seq as f64 / started.elapsed().as_secs_f64())
+}
