@@ -201,7 +201,7 @@ async fn session(
     // into the next (one read per tenant), so a burst of commits never queues up here.
     let announced: std::sync::Mutex<HashMap<String, i64>> = Default::default();
     let wake = tokio::sync::Notify::new();
-    let receive = async {
+    let receiving = async {
         while let Some(notification) = listener.try_recv().await.map_err(Error::internal)? {
             let ranges: Vec<(String, i64, i64)> = match serde_json::from_str(notification.payload())
             {
@@ -220,7 +220,7 @@ async fn session(
         }
         Ok(())
     };
-    let deliver = async {
+    let delivering = async {
         loop {
             wake.notified().await;
             let through = std::mem::take(&mut *announced.lock().unwrap_or_else(|e| e.into_inner()));
@@ -229,8 +229,8 @@ async fn session(
     };
     // Delivery never ends; reading ends when the connection does.
     tokio::select! {
-        received = receive => received,
-        () = deliver => Ok(()),
+        received = receiving => received,
+        () = delivering => Ok(()),
     }
 }
 
