@@ -10,6 +10,8 @@ use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, Statement,
 };
+use serde::Serialize;
+use uuid::Uuid;
 
 use super::{Request, Work};
 use crate::error::{Error, Result};
@@ -137,16 +139,18 @@ pub(super) async fn load_keyed(
     for (tenant_id, keys) in keys.into_iter().filter(|(_, k)| !k.is_empty()) {
         let used = match txn.get_database_backend() {
             DbBackend::Postgres => {
-                let keys = serde_json::to_string(&keys).map_err(Error::internal)?;
-                let values = [tenant_id.into(), keys.into()];
-                idempotency_key::Entity::find()
-                    .from_raw_sql(Statement::from_sql_and_values(
+                let mut used = Vec::new();
+                for keys in json_arrays(keys)? {
+                    let values = [tenant_id.into(), keys.into()];
+                    let statement = Statement::from_sql_and_values(
                         DbBackend::Postgres,
                         USED_KEYS_POSTGRES,
                         values,
-                    ))
-                    .all(txn)
-                    .await?
+                    );
+                    let find = idempotency_key::Entity::find().from_raw_sql(statement);
+                    used.extend(find.all(txn).await?);
+                }
+                used
             }
             _ => {
                 idempotency_key::Entity::find()
@@ -173,6 +177,23 @@ pub(super) async fn load_keyed(
     Ok(known)
 }
 
+/// `remember_keys` on PostgreSQL, the keys as JSON arrays (see `INSERT_POSTGRES`).
+const REMEMBER_KEYS_POSTGRES: &str = "INSERT INTO idempotency_keys \
+     (tenant_id, key, event_id, seq, created_at) \
+     SELECT tenant_id, key, event_id, seq, $2 FROM json_to_recordset($1::json) \
+     AS k(tenant_id text, key text, event_id uuid, seq bigint) \
+     ON CONFLICT (tenant_id, key) DO UPDATE \
+     SET event_id = excluded.event_id, seq = excluded.seq, created_at = excluded.created_at";
+
+/// A key as `REMEMBER_KEYS_POSTGRES` reads it.
+#[derive(Serialize)]
+struct JsonKey<'a> {
+    tenant_id: &'a str,
+    key: &'a str,
+    event_id: Uuid,
+    seq: i64,
+}
+
 /// Remembers the idempotency keys of new events (replacing a key whose event is gone).
 pub(super) async fn remember_keys(
     txn: &DatabaseTransaction,
@@ -180,10 +201,25 @@ pub(super) async fn remember_keys(
     now: DateTime<Utc>,
 ) -> Result<()> {
     use idempotency_key::Column as Key;
-    let keyed: Vec<_> = rows
+    let keyed = rows
         .iter()
-        .filter(|r| r.idempotency_key.is_some())
-        .collect();
+        .filter_map(|r| Some((r, r.idempotency_key.as_deref()?)));
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let keys = keyed.map(|(row, key)| JsonKey {
+            tenant_id: &row.tenant_id,
+            key,
+            event_id: row.id,
+            seq: row.seq,
+        });
+        for json in json_arrays(keys)? {
+            let values = [json.into(), now.into()];
+            let statement = Statement::from_sql_and_values(backend, REMEMBER_KEYS_POSTGRES, values);
+            txn.execute_raw(statement).await?;
+        }
+        return Ok(());
+    }
+    let keyed: Vec<_> = keyed.collect();
     for chunk in keyed.chunks(ROWS_PER_INSERT) {
         let mut insert = Query::insert();
         insert
@@ -200,11 +236,11 @@ pub(super) async fn remember_keys(
                     .update_columns([Key::EventId, Key::Seq, Key::CreatedAt])
                     .to_owned(),
             );
-        for row in chunk {
+        for (row, key) in chunk {
             insert
                 .values([
                     row.tenant_id.clone().into(),
-                    row.idempotency_key.clone().into(),
+                    (*key).into(),
                     row.id.into(),
                     row.seq.into(),
                     now.into(),
@@ -216,37 +252,153 @@ pub(super) async fn remember_keys(
     Ok(())
 }
 
+/// The most bytes of JSON one statement carries. sqlx 0.9.0 leaves Nagle's algorithm on
+/// (launchbadge/sqlx#4335, fixed upstream after that release), so a message that leaves in
+/// more than one write waits for PostgreSQL's delayed ACK, 40 ms on Linux; over TLS, every
+/// 16 KiB record is a write of its own. Under one record, a statement leaves in one write.
+const MAX_STATEMENT_JSON: usize = 15 * 1024;
+
+/// `items` as JSON arrays of at most `MAX_STATEMENT_JSON` bytes each (an item larger than
+/// that alone).
+fn json_arrays<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Vec<String>> {
+    let mut arrays = Vec::new();
+    let mut array = String::from("[");
+    for value in items {
+        let item = serde_json::to_string(&value).map_err(Error::internal)?;
+        if array.len() > 1 && array.len() + item.len() + 2 > MAX_STATEMENT_JSON {
+            array.push(']');
+            arrays.push(std::mem::replace(&mut array, String::from("[")));
+        }
+        if array.len() > 1 {
+            array.push(',');
+        }
+        array.push_str(&item);
+    }
+    if array.len() > 1 {
+        array.push(']');
+        arrays.push(array);
+    }
+    Ok(arrays)
+}
+
+/// The columns every insert writes, in order.
+const COLUMNS: [Column; 23] = [
+    Column::Id,
+    Column::TenantId,
+    Column::Seq,
+    Column::OccurredAt,
+    Column::RecordedAt,
+    Column::ActorType,
+    Column::ActorId,
+    Column::ActorName,
+    Column::Action,
+    Column::TargetType,
+    Column::TargetId,
+    Column::TargetName,
+    Column::Outcome,
+    Column::Reason,
+    Column::Metadata,
+    Column::IpAddress,
+    Column::UserAgent,
+    Column::RequestId,
+    Column::TraceId,
+    Column::ChainVersion,
+    Column::IdempotencyKey,
+    Column::PrevHash,
+    Column::Hash,
+];
+
+/// The insert on PostgreSQL: the rows travel as a JSON array, so the statement has one
+/// parameter and one text (prepared once per connection) whatever the number of rows,
+/// where a multi-row `VALUES` binds 23 parameters a row and has a text per row count.
+const INSERT_POSTGRES: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, \
+     recorded_at, actor_type, actor_id, actor_name, action, target_type, target_id, \
+     target_name, outcome, reason, metadata, ip_address, user_agent, request_id, trace_id, \
+     chain_version, idempotency_key, prev_hash, hash) \
+     SELECT id, tenant_id, seq, occurred_at, recorded_at, actor_type, actor_id, actor_name, \
+     action, target_type, target_id, target_name, outcome, reason, metadata, ip_address, \
+     user_agent, request_id, trace_id, chain_version, idempotency_key, \
+     decode(prev_hash, 'hex'), decode(hash, 'hex') \
+     FROM json_to_recordset($1::json) AS r(id uuid, tenant_id text, seq bigint, \
+     occurred_at timestamptz, recorded_at timestamptz, actor_type text, actor_id text, \
+     actor_name text, action text, target_type text, target_id text, target_name text, \
+     outcome text, reason text, metadata jsonb, ip_address inet, user_agent text, \
+     request_id text, trace_id text, chain_version smallint, idempotency_key text, \
+     prev_hash text, hash text)";
+
+/// A row as `INSERT_POSTGRES` reads it.
+#[derive(Serialize)]
+struct JsonRow<'a> {
+    id: Uuid,
+    tenant_id: &'a str,
+    seq: i64,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    actor_type: String,
+    actor_id: &'a str,
+    actor_name: Option<&'a str>,
+    action: &'a str,
+    target_type: Option<&'a str>,
+    target_id: Option<&'a str>,
+    target_name: Option<&'a str>,
+    outcome: String,
+    reason: Option<&'a str>,
+    metadata: &'a serde_json::Value,
+    ip_address: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    request_id: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    chain_version: i16,
+    idempotency_key: Option<&'a str>,
+    prev_hash: String,
+    hash: String,
+}
+
+impl<'a> From<&'a audit_log::Model> for JsonRow<'a> {
+    fn from(row: &'a audit_log::Model) -> Self {
+        JsonRow {
+            id: row.id,
+            tenant_id: &row.tenant_id,
+            seq: row.seq,
+            occurred_at: row.occurred_at,
+            recorded_at: row.recorded_at,
+            actor_type: row.actor_type.to_value(),
+            actor_id: &row.actor_id,
+            actor_name: row.actor_name.as_deref(),
+            action: &row.action,
+            target_type: row.target_type.as_deref(),
+            target_id: row.target_id.as_deref(),
+            target_name: row.target_name.as_deref(),
+            outcome: row.outcome.to_value(),
+            reason: row.reason.as_deref(),
+            metadata: &row.metadata.0,
+            ip_address: row.ip_address.as_deref(),
+            user_agent: row.user_agent.as_deref(),
+            request_id: row.request_id.as_deref(),
+            trace_id: row.trace_id.as_deref(),
+            chain_version: row.chain_version,
+            idempotency_key: row.idempotency_key.as_deref(),
+            prev_hash: hex::encode(&row.prev_hash),
+            hash: hex::encode(&row.hash),
+        }
+    }
+}
+
+/// Inserts `rows` (at most `ROWS_PER_INSERT`): in one statement on SQLite, in statements of
+/// at most `MAX_STATEMENT_JSON` on PostgreSQL.
 pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model]) -> Result<()> {
-    let postgres = txn.get_database_backend() == DbBackend::Postgres;
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        for json in json_arrays(rows.iter().map(JsonRow::from))? {
+            let insert = Statement::from_sql_and_values(backend, INSERT_POSTGRES, [json.into()]);
+            txn.execute_raw(insert).await?;
+        }
+        return Ok(());
+    }
     let mut insert = Query::insert();
-    insert.into_table(audit_log::Entity).columns([
-        Column::Id,
-        Column::TenantId,
-        Column::Seq,
-        Column::OccurredAt,
-        Column::RecordedAt,
-        Column::ActorType,
-        Column::ActorId,
-        Column::ActorName,
-        Column::Action,
-        Column::TargetType,
-        Column::TargetId,
-        Column::TargetName,
-        Column::Outcome,
-        Column::Reason,
-        Column::Metadata,
-        Column::IpAddress,
-        Column::UserAgent,
-        Column::RequestId,
-        Column::TraceId,
-        Column::ChainVersion,
-        Column::IdempotencyKey,
-        Column::PrevHash,
-        Column::Hash,
-    ]);
+    insert.into_table(audit_log::Entity).columns(COLUMNS);
     for row in rows {
-        let ip = Expr::val(row.ip_address.clone());
-        let values: Vec<Expr> = vec![
+        let values: [Expr; 23] = [
             Expr::val(row.id),
             Expr::val(row.tenant_id.clone()),
             Expr::val(row.seq),
@@ -262,7 +414,7 @@ pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model])
             Expr::val(row.outcome.to_value()),
             Expr::val(row.reason.clone()),
             Expr::val(row.metadata.clone()),
-            if postgres { ip.cast_as("inet") } else { ip },
+            Expr::val(row.ip_address.clone()),
             Expr::val(row.user_agent.clone()),
             Expr::val(row.request_id.clone()),
             Expr::val(row.trace_id.clone()),
@@ -332,13 +484,36 @@ pub(super) async fn count_events(
             },
         )
         .collect();
-    let json = serde_json::to_string(&buckets).map_err(Error::internal)?;
     let backend = txn.get_database_backend();
     let sql = match backend {
         DbBackend::Postgres => COUNT_EVENTS_POSTGRES,
         _ => COUNT_EVENTS_SQLITE,
     };
-    txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
-        .await?;
+    for json in json_arrays(buckets)? {
+        txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
+            .await?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_STATEMENT_JSON, json_arrays};
+
+    #[test]
+    fn json_arrays_stay_under_the_statement_bound() {
+        let item = "x".repeat(1000);
+        let arrays = json_arrays(std::iter::repeat_n(&item, 200)).unwrap();
+        assert_eq!(arrays.len(), 14);
+        let mut items = 0;
+        for array in &arrays {
+            assert!(array.len() <= MAX_STATEMENT_JSON, "{}", array.len());
+            items += serde_json::from_str::<Vec<String>>(array).unwrap().len();
+        }
+        assert_eq!(items, 200);
+        let large = "y".repeat(MAX_STATEMENT_JSON);
+        let arrays = json_arrays([&item, &large, &item]).unwrap();
+        assert_eq!(arrays.len(), 3);
+        assert!(json_arrays(Vec::<String>::new()).unwrap().is_empty());
+    }
 }
