@@ -14,10 +14,12 @@ const COLUMNS: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, 
     request_id, prev_hash, hash) VALUES ";
 const PER_ROW: usize = 16;
 
-/// Rows per second inserted for `duration` into the migrated database at `path`.
+/// Rows per second inserted for `duration` into the migrated database at `path`, once it
+/// holds `rows_before` rows (topped up the same way, untimed).
 pub async fn insert_rate(
     path: &Path,
     rows_per_batch: usize,
+    rows_before: u64,
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
@@ -26,9 +28,19 @@ pub async fn insert_rate(
     let mut db = SqliteConnection::connect_with(&options).await?;
     let placeholders = vec![format!("({})", vec!["?"; PER_ROW].join(", ")); rows_per_batch];
     let sql = format!("{COLUMNS}{}", placeholders.join(", "));
-    let mut seq = 0i64;
-    let started = Instant::now();
-    while started.elapsed() < duration {
+    let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_logs")
+        .fetch_one(&mut db)
+        .await?;
+    let mut started = Instant::now();
+    let mut timed_from = None;
+    loop {
+        if timed_from.is_none() && seq as u64 >= rows_before {
+            timed_from = Some(seq);
+            started = Instant::now();
+        }
+        if timed_from.is_some() && started.elapsed() >= duration {
+            break;
+        }
         let now = chrono::Utc::now();
         let mut txn = db.begin().await?;
         // Built from constants above.
@@ -57,5 +69,6 @@ pub async fn insert_rate(
         insert.execute(&mut *txn).await?;
         txn.commit().await?;
     }
-    Ok(seq as f64 / started.elapsed().as_secs_f64())
+    let timed = seq - timed_from.unwrap_or_default();
+    Ok(timed as f64 / started.elapsed().as_secs_f64())
 }
