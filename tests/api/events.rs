@@ -10,6 +10,7 @@ on_both_backends!(
     a_batch_keeps_input_order_and_gap_free_sequences,
     concurrent_writers_get_gap_free_sequences,
     idempotent_retries_return_the_original,
+    a_large_keyed_batch_is_stored_and_retried_whole,
     a_reused_key_with_other_content_is_a_conflict,
     sql_looking_strings_are_stored_verbatim,
     an_unknown_id_is_null,
@@ -185,6 +186,56 @@ async fn idempotent_retries_return_the_original(app: &TestApp) {
     assert_eq!(batch[1], batch[2]);
     assert_eq!(batch[1]["sequence"], "2");
     assert_eq!(app.stored_rows().await, 2);
+}
+
+/// On PostgreSQL a batch this size travels in several statements (rows, keys and rollup
+/// buckets in JSON arrays of at most 15 KiB), one event alone exceeding that bound.
+async fn a_large_keyed_batch_is_stored_and_retried_whole(app: &TestApp) {
+    let inputs: Vec<Value> = (0..400)
+        .map(|i| {
+            let mut input = event(&format!("u{i}"), &format!("resource{}.updated", i % 50));
+            input["idempotencyKey"] = json!(format!("order-{i:04}-{}", "k".repeat(40)));
+            input["metadata"] =
+                json!({ "i": i, "note": "x".repeat(if i == 200 { 20_000 } else { 60 }) });
+            input
+        })
+        .collect();
+    let stored = app.log_batch(json!(inputs)).await;
+    let stored = stored.as_array().expect("list").clone();
+    assert_eq!(stored.len(), 400);
+    for (i, e) in stored.iter().enumerate() {
+        assert_eq!(e["sequence"], (i + 1).to_string());
+        assert_eq!(e["metadata"]["i"], i);
+    }
+    assert_eq!(app.stored_rows().await, 400);
+    let read = app
+        .graphql(
+            &format!("query($id: ID!) {{ auditLog(id: $id) {{ {EVENT_FIELDS} }} }}"),
+            json!({ "id": stored[200]["id"] }),
+        )
+        .await;
+    assert_eq!(read["data"]["auditLog"], stored[200], "{read}");
+
+    // The retry, and a new event behind it, find every key whatever statement held it.
+    let mut retry = inputs.clone();
+    retry.push(event("u400", "resource0.updated"));
+    let again = app.log_batch(json!(retry)).await;
+    assert_eq!(again.as_array().map(|a| a[..400].to_vec()), Some(stored));
+    assert_eq!(again[400]["sequence"], "401");
+    assert_eq!(app.stored_rows().await, 401);
+    let stats = app
+        .graphql(
+            "{ auditLogStats(groupBy: [ACTION]) { action count } }",
+            json!({}),
+        )
+        .await;
+    let buckets = stats["data"]["auditLogStats"].as_array().cloned();
+    let buckets = buckets.unwrap_or_default();
+    let counts = buckets
+        .iter()
+        .map(|b| b["count"].as_i64().unwrap_or_default());
+    assert_eq!(buckets.len(), 50, "{stats}");
+    assert_eq!(counts.sum::<i64>(), 401, "{stats}");
 }
 
 async fn a_reused_key_with_other_content_is_a_conflict(app: &TestApp) {
