@@ -188,7 +188,7 @@ async fn idempotent_retries_return_the_original(app: &TestApp) {
     assert_eq!(app.stored_rows().await, 2);
 }
 
-/// On PostgreSQL a batch this size travels in several statements (rows, keys and rollup
+/// On PostgreSQL a batch this size is written in several statements (rows, keys and rollup
 /// buckets in JSON arrays of at most 15 KiB), one event alone exceeding that bound.
 async fn a_large_keyed_batch_is_stored_and_retried_whole(app: &TestApp) {
     let inputs: Vec<Value> = (0..400)
@@ -216,7 +216,7 @@ async fn a_large_keyed_batch_is_stored_and_retried_whole(app: &TestApp) {
         .await;
     assert_eq!(read["data"]["auditLog"], stored[200], "{read}");
 
-    // The retry, and a new event behind it, find every key whatever statement held it.
+    // The retry, and a new event behind it: every key was stored, whichever statement held it.
     let mut retry = inputs.clone();
     retry.push(event("u400", "resource0.updated"));
     let again = app.log_batch(json!(retry)).await;
