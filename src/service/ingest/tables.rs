@@ -29,27 +29,27 @@ pub(super) struct Head {
 }
 
 /// Locks the heads of `tenant_ids` (sorted, distinct) until commit, creating missing ones
-/// empty, and returns them by tenant (the caller checks that none is missing). A write statement, so SQLite takes its write lock here rather
-/// than failing to upgrade a read lock later. On PostgreSQL one statement locks them all,
-/// in the same (byte) order as every other writer, so that none deadlock.
+/// empty, and returns them by tenant (the caller checks that none is missing). A write
+/// statement, so SQLite takes its write lock here rather than failing to upgrade a read lock
+/// later. On PostgreSQL a statement locks a whole JSON array of them, in the same (byte)
+/// order as every other writer, so that none deadlock.
 pub(super) async fn lock_heads(
     txn: &DatabaseTransaction,
     tenant_ids: &[&str],
 ) -> Result<HashMap<String, Head>> {
     let backend = txn.get_database_backend();
-    let statements = match backend {
+    let statements: Vec<Statement> = match backend {
         DbBackend::Postgres => {
             let sql = "INSERT INTO chain_heads (tenant_id, seq, hash) \
                  SELECT t, 0, $2 FROM jsonb_array_elements_text($1::jsonb) AS t \
                  ORDER BY t COLLATE \"C\" \
                  ON CONFLICT (tenant_id) DO UPDATE SET seq = chain_heads.seq \
                  RETURNING tenant_id, seq, hash, recorded_at";
-            let tenants = serde_json::json!(tenant_ids);
-            vec![Statement::from_sql_and_values(
-                backend,
-                sql,
-                [tenants.into(), GENESIS.to_vec().into()],
-            )]
+            let values = |tenants: String| [tenants.into(), GENESIS.to_vec().into()];
+            json_arrays(tenant_ids)?
+                .into_iter()
+                .map(|tenants| Statement::from_sql_and_values(backend, sql, values(tenants)))
+                .collect()
         }
         _ => {
             let sql = "INSERT INTO chain_heads (tenant_id, seq, hash) VALUES (?, 0, ?) \
@@ -76,7 +76,16 @@ pub(super) async fn lock_heads(
     Ok(heads)
 }
 
-/// Moves the heads of the tenants written to: one statement on PostgreSQL.
+/// A moved head as `move_heads` reads it on PostgreSQL.
+#[derive(Serialize)]
+struct JsonHead<'a> {
+    tenant_id: &'a str,
+    seq: i64,
+    hash: String,
+    recorded_at: Option<DateTime<Utc>>,
+}
+
+/// Moves the heads of the tenants written to: a statement per JSON array on PostgreSQL.
 pub(super) async fn move_heads(txn: &DatabaseTransaction, moved: &[(&str, &Head)]) -> Result<()> {
     use entity::chain_head::{Column as Head, Entity};
     let backend = txn.get_database_backend();
@@ -86,20 +95,16 @@ pub(super) async fn move_heads(txn: &DatabaseTransaction, moved: &[(&str, &Head)
              FROM jsonb_to_recordset($1::jsonb) \
              AS v(tenant_id text, seq bigint, hash text, recorded_at timestamptz) \
              WHERE h.tenant_id = v.tenant_id";
-        let heads: Vec<_> = moved
-            .iter()
-            .map(|(tenant_id, head)| {
-                serde_json::json!({
-                    "tenant_id": tenant_id,
-                    "seq": head.seq,
-                    "hash": hex::encode(&head.hash),
-                    "recorded_at": head.recorded_at,
-                })
-            })
-            .collect();
-        let values = [serde_json::Value::from(heads).into()];
-        txn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
-            .await?;
+        let heads = moved.iter().map(|(tenant_id, head)| JsonHead {
+            tenant_id,
+            seq: head.seq,
+            hash: hex::encode(&head.hash),
+            recorded_at: head.recorded_at,
+        });
+        for json in json_arrays(heads)? {
+            txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
+                .await?;
+        }
         return Ok(());
     }
     for (tenant_id, head) in moved {
