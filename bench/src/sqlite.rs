@@ -31,44 +31,50 @@ pub async fn insert_rate(
     let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_logs")
         .fetch_one(&mut db)
         .await?;
-    let mut started = Instant::now();
-    let mut timed_from = None;
-    loop {
-        if timed_from.is_none() && seq as u64 >= rows_before {
-            timed_from = Some(seq);
-            started = Instant::now();
-        }
-        if timed_from.is_some() && started.elapsed() >= duration {
-            break;
-        }
-        let now = chrono::Utc::now();
-        let mut txn = db.begin().await?;
-        // Built from constants above.
-        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for _ in 0..rows_per_batch {
-            seq += 1;
-            let n = seq as usize;
-            insert = insert
-                .bind(uuid::Uuid::now_v7())
-                .bind("raw")
-                .bind(seq)
-                .bind(now)
-                .bind(now)
-                .bind("user")
-                .bind(format!("actor-{}", n % 5000))
-                .bind(format!("resource{}.updated", n % 40))
-                .bind("project")
-                .bind(format!("t-{}", n % 20000))
-                .bind("success")
-                .bind(format!(r#"{{"env":"prod","n":{n}}}"#))
-                .bind("10.1.2.3")
-                .bind(format!("req-{n}"))
-                .bind(vec![0u8; 32])
-                .bind(vec![0xabu8; 32]);
-        }
-        insert.execute(&mut *txn).await?;
-        txn.commit().await?;
+    while (seq as u64) < rows_before {
+        insert_batch(&mut db, &sql, rows_per_batch, &mut seq).await?;
     }
-    let timed = seq - timed_from.unwrap_or_default();
-    Ok(timed as f64 / started.elapsed().as_secs_f64())
+    let timed_from = seq;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        insert_batch(&mut db, &sql, rows_per_batch, &mut seq).await?;
+    }
+    Ok((seq - timed_from) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Inserts `rows` rows with `sql` in one transaction, numbered on from `seq`.
+async fn insert_batch(
+    db: &mut SqliteConnection,
+    sql: &str,
+    rows: usize,
+    seq: &mut i64,
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let mut txn = db.begin().await?;
+    // Built from constants above.
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for _ in 0..rows {
+        *seq += 1;
+        let n = *seq as usize;
+        insert = insert
+            .bind(uuid::Uuid::now_v7())
+            .bind("raw")
+            .bind(*seq)
+            .bind(now)
+            .bind(now)
+            .bind("user")
+            .bind(format!("actor-{}", n % 5000))
+            .bind(format!("resource{}.updated", n % 40))
+            .bind("project")
+            .bind(format!("t-{}", n % 20000))
+            .bind("success")
+            .bind(format!(r#"{{"env":"prod","n":{n}}}"#))
+            .bind("10.1.2.3")
+            .bind(format!("req-{n}"))
+            .bind(vec![0u8; 32])
+            .bind(vec![0xabu8; 32]);
+    }
+    insert.execute(&mut *txn).await?;
+    txn.commit().await?;
+    Ok(())
 }
