@@ -4,7 +4,7 @@
 use std::num::NonZeroUsize;
 use std::sync::{LazyLock, Mutex};
 
-use async_graphql::parser::types::ExecutableDocument;
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition};
 use async_graphql::{Request, ServerError};
 use lru::LruCache;
 
@@ -38,6 +38,20 @@ pub fn parsed(request: &mut Request) -> Result<&ExecutableDocument, ServerError>
         }
     }
     request.parsed_query()
+}
+
+/// The operation `request` would run; `None` when the document does not parse (the
+/// executor reports that) or names no single operation.
+pub fn operation(request: &mut Request) -> Option<&OperationDefinition> {
+    let name = request.operation_name.clone();
+    let document = parsed(request).ok()?;
+    let operation = match (&document.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        _ => None,
+    };
+    operation.map(|op| &op.node)
 }
 
 #[cfg(test)]

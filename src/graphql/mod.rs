@@ -19,7 +19,9 @@ pub use errors::{code_of, label};
 
 use std::time::Duration;
 
-use async_graphql::{MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder};
+use async_graphql::{
+    MergedObject, MergedSubscription, SDLExportOptions, Schema, SchemaBuilder, ValidationMode,
+};
 
 use crate::context::AppContext;
 /// How many requests of the largest complexity may run at once; smaller ones share the
@@ -87,16 +89,7 @@ fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
     )
     .enable_federation()
     .limit_depth(config.max_depth)
-    .limit_complexity(config.max_complexity)
-    .extension(errors::ErrorCodes)
-    .extension(limits::DocumentLimits {
-        introspection: config.introspection,
-    });
-    // Every extension is a step in the resolution of every field: spans only when traced.
-    let builder = match crate::telemetry::enabled() {
-        true => builder.extension(spans::Spans),
-        false => builder,
-    };
+    .limit_complexity(config.max_complexity);
     if config.introspection {
         builder
     } else {
@@ -104,15 +97,36 @@ fn builder(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
     }
 }
 
+/// The builder with the checks every request passes: limits on documents, error codes,
+/// and spans when traced.
+fn checked(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription> {
+    let builder = builder(config)
+        .extension(errors::ErrorCodes)
+        .extension(limits::DocumentLimits {
+            introspection: config.introspection,
+        });
+    match crate::telemetry::enabled() {
+        true => builder.extension(spans::Spans),
+        false => builder,
+    }
+}
+
 /// The schema, serving the context's database, writing through its ingestor, watching its
-/// feed. Neither connects nor migrates.
+/// feed. Neither connects nor migrates. Queries, once checked and admitted, run on a
+/// second schema without extensions (see [`admission::Admission`]); it validates only
+/// what execution needs, because the first has validated the same document.
 pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
-    builder(config)
+    let executor = builder(config)
+        .validation_mode(ValidationMode::Fast)
+        .data(context.clone())
+        .finish();
+    checked(config)
         .extension(admission::Admission::new(
             config.max_complexity,
             CONCURRENT_COMPLEXITY_LIMITS,
             context.db.clone(),
             config.batch_window,
+            executor,
         ))
         .data(context)
         .finish()
@@ -121,7 +135,7 @@ pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
 /// The schema with its default limits and no data: it parses, validates and describes
 /// documents, and its resolvers fail for want of a caller.
 pub fn bare_schema() -> AppSchema {
-    builder(&SchemaConfig::default()).finish()
+    checked(&SchemaConfig::default()).finish()
 }
 
 /// The schema in SDL, as `schema.graphql` holds it.

@@ -6,7 +6,7 @@
 use std::panic::AssertUnwindSafe;
 
 use async_graphql::Variables;
-use async_graphql::parser::types::{DocumentOperations, OperationDefinition, OperationType};
+use async_graphql::parser::types::OperationType;
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::request::Parts;
@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::access::Origin;
 use crate::auth::Principal;
 use crate::error::{Code, Error};
-use crate::graphql::{budget, limits};
+use crate::graphql::{budget, documents, limits};
 
 use super::admit::admit;
 use super::errors::{ErrorCodes, error_response, http_error, server_error};
@@ -144,7 +144,8 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
     };
     // Parsing recurses, so the nesting check comes first.
     let parses = limits::nesting(&request.query) <= limits::MAX_NESTING;
-    if parses && selected_operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation)
+    if parses
+        && documents::operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation)
     {
         let error = Error::bad_input("", "mutations must be sent with POST");
         let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, error);
@@ -156,26 +157,10 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
     run(&state, request, media, principal, origin).await
 }
 
-/// The operation the request would run; `None` when the document does not parse (the
-/// executor reports that) or names no single operation.
-pub(super) fn selected_operation(
-    request: &mut async_graphql::Request,
-) -> Option<&OperationDefinition> {
-    let name = request.operation_name.clone();
-    let document = crate::graphql::documents::parsed(request).ok()?;
-    let operation = match (&document.operations, name) {
-        (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
-        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
-        _ => None,
-    };
-    operation.map(|op| &op.node)
-}
-
 /// A required variable the request leaves out. That is a request error, but async-graphql
 /// only notices when execution reaches the variable.
 pub(super) fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
-    let required: Vec<async_graphql::Name> = selected_operation(request)?
+    let required: Vec<async_graphql::Name> = documents::operation(request)?
         .variable_definitions
         .iter()
         .map(|definition| &definition.node)
@@ -220,7 +205,7 @@ pub(super) async fn run(
             media,
         );
     }
-    let operation = selected_operation(&mut request).map(|op| op.ty);
+    let operation = documents::operation(&mut request).map(|op| op.ty);
     let mut response = encode(respond_to(state, request, principal, origin).await, media);
     if let Some(operation) = operation {
         response.extensions_mut().insert(operation);
