@@ -80,10 +80,12 @@ impl AuditQuery {
         } else {
             "hasNextPage"
         };
-        let want_far_side = ctx.look_ahead().field("pageInfo").field(far_flag).exists();
+        let look_ahead = ctx.look_ahead();
+        let want_far_side = look_ahead.field("pageInfo").field(far_flag).exists();
         budget::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
         let db = &ctx.data::<AppContext>()?.db;
-        let page = query::page(db, &filter, &args, want_far_side).await?;
+        let columns = AuditLog::columns(&look_ahead);
+        let page = query::page(db, &filter, &args, want_far_side, columns).await?;
         budget::hold(ctx, &page.rows).await?;
         Ok(AuditLogConnection::new(
             page,

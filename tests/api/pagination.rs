@@ -5,7 +5,11 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, event};
 use crate::on_both_backends;
 
-on_both_backends!(pages_cover_everything_once_in_order, every_filter_narrows);
+on_both_backends!(
+    pages_cover_everything_once_in_order,
+    every_filter_narrows,
+    a_page_reads_what_its_selection_needs
+);
 
 const PAGE: &str = "query($first: Int, $after: String, $last: Int, $before: String, $order: AuditLogOrder, $filter: AuditLogFilter) {
   auditLogs(first: $first, after: $after, last: $last, before: $before, orderBy: $order, filter: $filter) {
@@ -254,5 +258,100 @@ async fn every_filter_narrows(app: &TestApp) {
             .collect();
         assert_eq!(got, expected, "filter {filter}");
         assert_eq!(conn["totalCount"], expected.len(), "filter {filter}");
+    }
+}
+
+/// A page whose events select only summary fields reads only their columns; any other
+/// field, however it is selected (directly, in a fragment, beside another page), reads the
+/// stored values.
+async fn a_page_reads_what_its_selection_needs(app: &TestApp) {
+    let mut input = event("u-1", "role.assigned");
+    input["actor"]["name"] = json!("Ada");
+    input["target"] = json!({ "type": "role", "id": "r-1", "name": "admin" });
+    input["outcome"] = json!("DENIED");
+    input["reason"] = json!("not an owner");
+    input["metadata"] = json!({ "k": [1, 2] });
+    input["context"] = json!({
+        "ipAddress": "10.1.2.3",
+        "userAgent": "probe/1",
+        "requestId": "req-9",
+        "traceId": "0af7651916cd43dd8448eb211c80319c",
+    });
+    let stored = app.log(input).await;
+    let full = app
+        .graphql(
+            "query($id: ID!) { auditLog(id: $id) { id tenantId cursor sequence occurredAt recordedAt actor { type id name } action target { type id name } outcome reason metadata hash previousHash chainVersion context { ipAddress userAgent requestId traceId } } }",
+            json!({ "id": stored["id"] }),
+        )
+        .await;
+    let full = &full["data"]["auditLog"];
+    assert_eq!(full["context"]["ipAddress"], "10.1.2.3", "{full}");
+    assert_eq!(full["hash"].as_str().map(str::len), Some(64), "{full}");
+
+    // Summary fields, both connection shapes: what they answer is what is stored.
+    let summary = app
+        .graphql(
+            "{ auditLogs { edges { cursor node { id tenantId cursor sequence occurredAt actor { type id name } action target { type id name } outcome metadata } } nodes { __typename id } } }",
+            json!({}),
+        )
+        .await;
+    let node = &summary["data"]["auditLogs"]["edges"][0]["node"];
+    for field in [
+        "id",
+        "tenantId",
+        "cursor",
+        "sequence",
+        "occurredAt",
+        "actor",
+        "action",
+        "target",
+        "outcome",
+        "metadata",
+    ] {
+        assert_eq!(node[field], full[field], "{field}: {summary}");
+    }
+    assert_eq!(
+        summary["data"]["auditLogs"]["edges"][0]["cursor"],
+        full["cursor"]
+    );
+
+    // Every other field reads the stored value: selected directly, through a named or an
+    // inline fragment, or in the second of two pages.
+    let others = [
+        ("recordedAt", "recordedAt"),
+        ("reason", "reason"),
+        ("hash", "hash"),
+        ("previousHash", "previousHash"),
+        ("chainVersion", "chainVersion"),
+        (
+            "context",
+            "context { ipAddress userAgent requestId traceId }",
+        ),
+    ];
+    for (field, selection) in others {
+        let queries = [
+            format!("{{ auditLogs {{ nodes {{ id {selection} }} }} }}"),
+            format!(
+                "{{ auditLogs {{ edges {{ node {{ ...F }} }} }} }} fragment F on AuditLog {{ id {selection} }}"
+            ),
+            format!("{{ auditLogs {{ nodes {{ id ... on AuditLog {{ {selection} }} }} }} }}"),
+            format!(
+                "{{ a: auditLogs {{ nodes {{ id }} }} b: auditLogs {{ nodes {{ id {selection} }} }} }}"
+            ),
+        ];
+        for query in queries {
+            let body = app.graphql(&query, json!({})).await;
+            let data = &body["data"];
+            let page = if data["b"].is_null() {
+                &data["auditLogs"]
+            } else {
+                &data["b"]
+            };
+            let node = match page["nodes"].is_null() {
+                true => &page["edges"][0]["node"],
+                false => &page["nodes"][0],
+            };
+            assert_eq!(node[field], full[field], "{query}: {body}");
+        }
     }
 }

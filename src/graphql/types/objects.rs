@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{ComplexObject, Context, ID, Json, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, ID, Json, Lookahead, Object, SimpleObject};
 use entity::audit_log;
 use serde_json::Value;
 
@@ -28,6 +28,40 @@ use super::filter::AuditLogFilter;
 /// A recorded governance operation: who did what to which resource, when, and how it ended.
 /// Shared, not copied, between a page's `edges` and `nodes` and among live subscribers.
 pub struct AuditLog(pub Arc<audit_log::Model>);
+
+impl AuditLog {
+    /// The fields a summary row answers (see `query::Columns::Summary`).
+    const SUMMARY: &[&str] = &[
+        "__typename",
+        "id",
+        "tenantId",
+        "cursor",
+        "sequence",
+        "occurredAt",
+        "actor",
+        "action",
+        "target",
+        "outcome",
+        "metadata",
+    ];
+
+    /// The columns a page of events must read for the selection of `connection`.
+    pub fn columns(connection: &Lookahead<'_>) -> query::Columns {
+        let events = [
+            connection.field("edges").field("node"),
+            connection.field("nodes"),
+        ];
+        let events: Vec<_> = events
+            .iter()
+            .flat_map(Lookahead::selection_fields)
+            .collect();
+        let mut fields = events.iter().flat_map(|event| event.selection_set());
+        match fields.all(|field| Self::SUMMARY.contains(&field.name())) {
+            true => query::Columns::Summary,
+            false => query::Columns::All,
+        }
+    }
+}
 
 impl From<audit_log::Model> for AuditLog {
     fn from(model: audit_log::Model) -> Self {
