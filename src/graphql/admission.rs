@@ -43,9 +43,10 @@ const MEMORY_FOR_EVENTS: usize = 64 * 1024 * 1024;
 ///
 /// Admitted queries run on `executor`, a schema without extensions. async-graphql sends
 /// every field of a schema that has any extension through them all (a `ResolveInfo` and a
-/// boxed future per field and extension), which cost a fifth of a page's CPU; the checks
-/// here need only the request's beginning. Mutations and subscriptions resolve few fields
-/// and large variables, and run here.
+/// boxed future per field and extension), which cost a fifth of a page's CPU, while the
+/// checks here are all done before execution starts. Mutations and subscriptions resolve
+/// few fields (and carry large variables, which the executor would need a copy of), and
+/// run on this schema.
 #[derive(Clone)]
 pub struct Admission {
     capacity: Arc<Semaphore>,
