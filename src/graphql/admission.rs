@@ -218,7 +218,8 @@ fn for_executor(request: &mut Request) -> Option<Request> {
     if documents::operation(request)?.ty != OperationType::Query {
         return None;
     }
-    let document = documents::parsed(request).ok()?.clone();
+    // `operation` has parsed the document into the request: this reads it back.
+    let document = request.parsed_query().ok()?.clone();
     let mut query = Request::new(request.query.clone()).variables(request.variables.clone());
     query.operation_name = request.operation_name.clone();
     query.data = std::mem::take(&mut request.data);
