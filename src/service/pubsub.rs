@@ -6,10 +6,12 @@
 //! broadcasts them, so subscribers on any instance see events written through any other.
 //! Sequence numbers are gap-free per tenant, so the listener loads everything after the last
 //! sequence it delivered: a lost notification, or events committed while its connection was
-//! down, are filled in from the database. On SQLite (one instance) the committer publishes
-//! directly after each commit.
+//! down, are filled in from the database. Events committed by this instance's own committer
+//! reach its listener in memory as well ([`Feed::committed`]): the listener publishes them
+//! at once, in the same order and under the same rules, without reading them back. On
+//! SQLite (one instance) the committer publishes directly after each commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,18 @@ pub struct Feed {
     /// Since when the NOTIFY listener has been without a connection (PostgreSQL); `None`
     /// while it is connected, or where there is no listener.
     listener_down: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// For the listener (PostgreSQL): per tenant, the last sequence number announced and
+    /// not delivered yet, and the rows this instance committed that it may publish without
+    /// reading them back; `wake` tells it there is something new.
+    announced: Arc<std::sync::Mutex<Announced>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Default)]
+struct Announced {
+    through: HashMap<String, i64>,
+    /// In commit order, at most `capacity` per tenant.
+    committed: HashMap<String, VecDeque<Arc<audit_log::Model>>>,
 }
 
 impl Feed {
@@ -51,6 +65,8 @@ impl Feed {
             tenants: Arc::default(),
             capacity: capacity.max(1),
             listener_down: Arc::default(),
+            announced: Arc::default(),
+            wake: Arc::default(),
         }
     }
 
@@ -104,10 +120,9 @@ impl Feed {
 
     /// Hands committed events to their tenant's subscribers and to those of every tenant;
     /// never waits for them. A tenant's channel goes once its last subscriber has.
-    pub fn publish(&self, events: impl IntoIterator<Item = audit_log::Model>) {
+    pub fn publish(&self, events: impl IntoIterator<Item = Arc<audit_log::Model>>) {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         for event in events {
-            let event = Arc::new(event);
             if let Some(sender) = tenants.get(&event.tenant_id)
                 && sender.send(event.clone()).is_err()
             {
@@ -116,6 +131,81 @@ impl Feed {
             if self.all.receiver_count() > 0 {
                 let _ = self.all.send(event);
             }
+        }
+    }
+
+    /// Announces events this instance has just committed (in commit order) to its
+    /// listener, with the rows themselves for the tenants someone here listens to.
+    pub fn committed(&self, events: Vec<audit_log::Model>) {
+        let mut listened: HashMap<String, bool> = HashMap::new();
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        for event in events {
+            announced.announce(&event.tenant_id, event.seq);
+            let listened = match listened.get(&event.tenant_id) {
+                Some(listened) => *listened,
+                None => *listened
+                    .entry(event.tenant_id.clone())
+                    .or_insert(self.listened_to(&event.tenant_id)),
+            };
+            if listened {
+                let rows = announced
+                    .committed
+                    .entry(event.tenant_id.clone())
+                    .or_default();
+                if rows.len() == self.capacity {
+                    rows.pop_front();
+                }
+                rows.push_back(Arc::new(event));
+            }
+        }
+        drop(announced);
+        self.wake.notify_one();
+    }
+
+    /// Announces what a notification names: `(tenant, first, last)` sequence ranges.
+    fn notified(&self, ranges: Vec<(String, i64, i64)>) {
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant_id, _first, last) in ranges {
+            announced.announce(&tenant_id, last);
+        }
+        drop(announced);
+        self.wake.notify_one();
+    }
+
+    /// What was announced since the last call: the last sequence number per tenant.
+    fn take_announced(&self) -> HashMap<String, i64> {
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut announced.through)
+    }
+
+    /// The tenant's committed rows that follow sequence number `after` without a gap, up
+    /// to `last`; rows up to `last` that cannot be used so are forgotten (the listener reads
+    /// them back).
+    fn take_committed(&self, tenant_id: &str, after: i64, last: i64) -> Vec<Arc<audit_log::Model>> {
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rows) = announced.committed.get_mut(tenant_id) else {
+            return Vec::new();
+        };
+        let mut run = Vec::new();
+        while let Some(row) = rows.front().filter(|row| row.seq <= last).cloned() {
+            rows.pop_front();
+            if row.seq == after + 1 + run.len() as i64 {
+                run.push(row);
+            }
+        }
+        if rows.is_empty() {
+            announced.committed.remove(tenant_id);
+        }
+        run
+    }
+}
+
+impl Announced {
+    fn announce(&mut self, tenant_id: &str, last: i64) {
+        if let Some(through) = self.through.get_mut(tenant_id) {
+            *through = last.max(*through);
+        } else {
+            self.through.insert(tenant_id.to_owned(), last);
         }
     }
 }
@@ -196,35 +286,23 @@ async fn session(
     };
     tracing::info!("notification listener connected");
     feed.listener_connected(true);
-    // Notifications are read as they come, and what they announce is delivered as fast as
-    // the database allows: the notifications that arrive during one delivery are merged
-    // into the next (one read per tenant), so a burst of commits never queues up here.
-    let announced: std::sync::Mutex<HashMap<String, i64>> = Default::default();
-    let wake = tokio::sync::Notify::new();
+    // Notifications are read as they come, and what they and this instance's committer
+    // announce is delivered as fast as the database allows: what is announced during one
+    // delivery is merged into the next (one read per tenant), so a burst of commits never
+    // queues up here.
     let receiving = async {
         while let Some(notification) = listener.try_recv().await.map_err(Error::internal)? {
-            let ranges: Vec<(String, i64, i64)> = match serde_json::from_str(notification.payload())
-            {
-                Ok(ranges) => ranges,
-                Err(err) => {
-                    tracing::warn!(error = %err, "ignoring a malformed notification");
-                    continue;
-                }
-            };
-            let mut announced = announced.lock().unwrap_or_else(|e| e.into_inner());
-            for (tenant_id, _first, last) in ranges {
-                let through = announced.entry(tenant_id).or_insert(last);
-                *through = last.max(*through);
+            match serde_json::from_str(notification.payload()) {
+                Ok(ranges) => feed.notified(ranges),
+                Err(err) => tracing::warn!(error = %err, "ignoring a malformed notification"),
             }
-            wake.notify_one();
         }
         Ok(())
     };
     let delivering = async {
         loop {
-            wake.notified().await;
-            let through = std::mem::take(&mut *announced.lock().unwrap_or_else(|e| e.into_inner()));
-            deliver(db, feed, delivered, through).await;
+            feed.wake.notified().await;
+            deliver(db, feed, delivered, feed.take_announced()).await;
         }
     };
     // Delivery never ends; reading ends when the connection does.
@@ -273,10 +351,16 @@ async fn deliver_through(
     after: i64,
     last: i64,
 ) -> (i64, Result<()>) {
+    let committed = feed.take_committed(tenant_id, after, last);
     // Events committed before anyone subscribed are owed to nobody: a subscriber that
     // resumes reads them from the database after subscribing.
-    if !feed.listened_to(tenant_id) {
+    if last <= after || !feed.listened_to(tenant_id) {
         return (last.max(after), Ok(()));
+    }
+    let after = after + committed.len() as i64;
+    feed.publish(committed);
+    if after == last {
+        return (last, Ok(()));
     }
     let mut events = BySequence::after(tenant_id, after).through(last);
     loop {
@@ -287,7 +371,7 @@ async fn deliver_through(
         if rows.is_empty() {
             break;
         }
-        feed.publish(rows);
+        feed.publish(rows.into_iter().map(Arc::new));
         // Through `last` already: no need to ask again for nothing.
         if events.position() >= last {
             break;
@@ -299,6 +383,61 @@ async fn deliver_through(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::event::NewEvent;
+    use entity::audit_log::{ActorType, Outcome};
+
+    fn row(tenant_id: &str, seq: i64) -> audit_log::Model {
+        let event = NewEvent {
+            actor_type: ActorType::System,
+            actor_id: "tests".to_owned(),
+            actor_name: None,
+            action: "test.committed".to_owned(),
+            target: None,
+            outcome: Outcome::Success,
+            reason: None,
+            occurred_at: None,
+            metadata: None,
+            ip_address: None,
+            user_agent: None,
+            request_id: None,
+            trace_id: None,
+            idempotency_key: None,
+        };
+        event.into_model(tenant_id, seq, chrono::Utc::now(), vec![0; 32])
+    }
+
+    fn seqs(rows: &[Arc<audit_log::Model>]) -> Vec<i64> {
+        rows.iter().map(|row| row.seq).collect()
+    }
+
+    #[test]
+    fn committed_rows_are_used_only_without_a_gap() {
+        let feed = Feed::new(3);
+        let _listening = feed.subscribe(&["a".to_owned()]);
+        feed.committed(
+            (1..=5)
+                .map(|seq| row("a", seq))
+                .chain([row("b", 1)])
+                .collect(),
+        );
+        // Announced through the last of each; only the listened-to tenant's rows are kept,
+        // and only the last `capacity` of them.
+        let announced = feed.take_announced();
+        assert_eq!(
+            announced,
+            HashMap::from([("a".to_owned(), 5), ("b".to_owned(), 1)])
+        );
+        assert!(feed.take_committed("b", 0, 1).is_empty());
+        // 1 and 2 were dropped: from 0, the rows that follow have a gap, and are forgotten
+        // up to `last`, while 5 stays for later.
+        assert!(feed.take_committed("a", 0, 4).is_empty());
+        assert_eq!(seqs(&feed.take_committed("a", 4, 5)), vec![5]);
+        feed.committed((6..=8).map(|seq| row("a", seq)).collect());
+        // Rows already delivered are skipped; the run stops at `last`.
+        assert_eq!(seqs(&feed.take_committed("a", 6, 7)), vec![7]);
+        assert_eq!(seqs(&feed.take_committed("a", 7, 9)), vec![8]);
+        assert!(feed.announced.lock().unwrap().committed.is_empty());
+    }
 
     #[test]
     fn payloads_stay_small() {

@@ -50,10 +50,11 @@ pub struct Ingestor {
 }
 
 /// Where committed events go live. PostgreSQL instances hear of them through NOTIFY (see
-/// `pubsub`); SQLite has one instance, whose committer publishes them itself.
+/// `pubsub`), and this instance's listener from the committer as well; SQLite has one
+/// instance, whose committer publishes them itself.
 struct Committer {
     db: DatabaseConnection,
-    feed: Option<Feed>,
+    feed: Feed,
     metrics: Arc<Metrics>,
 }
 
@@ -82,10 +83,10 @@ impl Work {
 
 impl Ingestor {
     /// Starts the committer on the current tokio runtime. On SQLite it publishes committed
-    /// events to `feed`; on PostgreSQL it notifies every instance's listener instead.
+    /// events to `feed`; on PostgreSQL it notifies every instance's listener, and hands
+    /// them to this instance's through `feed`.
     pub fn start(db: DatabaseConnection, feed: Feed, metrics: Arc<Metrics>) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        let feed = (db.get_database_backend() != DbBackend::Postgres).then_some(feed);
         let stop = CancellationToken::new();
         let committer = tokio::spawn(commit_loop(
             Committer { db, feed, metrics },
@@ -269,8 +270,9 @@ impl Committer {
             spent.chain,
             spent.rollup,
         );
-        if let Some(feed) = &self.feed {
-            feed.publish(committed);
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => self.feed.committed(committed),
+            _ => self.feed.publish(committed.into_iter().map(Arc::new)),
         }
         Ok(results)
     }
