@@ -215,11 +215,17 @@ impl Extension for Admitted {
 /// A query's own request for the executor: its document, variables and data (caller,
 /// budget, loader) taken from `request`, which stays to be checked and admitted.
 fn for_executor(request: &mut Request) -> Option<Request> {
-    if documents::operation(request)?.ty != OperationType::Query {
+    // The transports have parsed the document into the request (through the cache), so
+    // this reads it back; parsing recurses, so the nesting check still comes first.
+    if limits::nesting(&request.query) > limits::MAX_NESTING {
         return None;
     }
-    // `operation` has parsed the document into the request: this reads it back.
-    let document = request.parsed_query().ok()?.clone();
+    let name = request.operation_name.clone();
+    let document = request.parsed_query().ok()?;
+    if documents::select(document, name.as_deref())?.ty != OperationType::Query {
+        return None;
+    }
+    let document = document.clone();
     let mut query = Request::new(request.query.clone()).variables(request.variables.clone());
     query.operation_name = request.operation_name.clone();
     query.data = std::mem::take(&mut request.data);

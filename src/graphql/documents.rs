@@ -44,10 +44,17 @@ pub fn parsed(request: &mut Request) -> Result<&ExecutableDocument, ServerError>
 /// executor reports that) or names no single operation.
 pub fn operation(request: &mut Request) -> Option<&OperationDefinition> {
     let name = request.operation_name.clone();
-    let document = parsed(request).ok()?;
+    select(parsed(request).ok()?, name.as_deref())
+}
+
+/// The operation of `document` a request naming `name` runs, if there is one.
+pub fn select<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
     let operation = match (&document.operations, name) {
         (DocumentOperations::Single(op), _) => Some(op),
-        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name.as_str()),
+        (DocumentOperations::Multiple(ops), Some(name)) => ops.get(name),
         (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
         _ => None,
     };

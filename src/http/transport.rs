@@ -157,25 +157,28 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
     run(&state, request, media, principal, origin).await
 }
 
-/// A required variable the request leaves out. That is a request error, but async-graphql
-/// only notices when execution reaches the variable.
-pub(super) fn missing_variable(request: &mut async_graphql::Request) -> Option<String> {
-    let required: Vec<async_graphql::Name> = documents::operation(request)?
-        .variable_definitions
-        .iter()
-        .map(|definition| &definition.node)
-        .filter(|definition| {
-            !definition.var_type.node.nullable && definition.default_value.is_none()
-        })
-        .map(|definition| definition.name.node.clone())
-        .collect();
-    required
-        .into_iter()
-        .find(|name| {
-            let given = request.variables.get(name);
-            given.is_none_or(|value| *value == async_graphql::Value::Null)
-        })
-        .map(|name| name.to_string())
+/// The type of the operation `request` runs, and a required variable the request leaves
+/// out: that is a request error, but async-graphql only notices when execution reaches the
+/// variable. `None` when the document does not parse or names no single operation.
+fn inspect(request: &mut async_graphql::Request) -> Option<(OperationType, Option<String>)> {
+    let variables = std::mem::take(&mut request.variables);
+    let inspected = documents::operation(request).map(|operation| {
+        let missing = operation
+            .variable_definitions
+            .iter()
+            .map(|definition| &definition.node)
+            .filter(|definition| {
+                !definition.var_type.node.nullable && definition.default_value.is_none()
+            })
+            .find(|definition| {
+                let given = variables.get(&definition.name.node);
+                given.is_none_or(|value| *value == async_graphql::Value::Null)
+            })
+            .map(|definition| definition.name.node.to_string());
+        (operation.ty, missing)
+    });
+    request.variables = variables;
+    inspected
 }
 
 pub(super) async fn execute(
@@ -205,22 +208,24 @@ pub(super) async fn run(
             media,
         );
     }
-    let operation = documents::operation(&mut request).map(|op| op.ty);
-    let mut response = encode(respond_to(state, request, principal, origin).await, media);
+    let (operation, missing) = inspect(&mut request).unzip();
+    let answer = respond_to(state, request, missing.flatten(), principal, origin).await;
+    let mut response = encode(answer, media);
     if let Some(operation) = operation {
         response.extensions_mut().insert(operation);
     }
     response
 }
 
-/// Runs a request whose text is safe to parse.
-pub(super) async fn respond_to(
+/// Runs a request whose text is safe to parse, unless it leaves out a `missing` variable.
+async fn respond_to(
     state: &AppState,
-    mut request: async_graphql::Request,
+    request: async_graphql::Request,
+    missing: Option<String>,
     principal: Principal,
     origin: Origin,
 ) -> async_graphql::Response {
-    match missing_variable(&mut request) {
+    match missing {
         Some(name) => {
             let error =
                 Error::bad_input(format!("${name}"), format!("variable ${name} is required"));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
+use async_graphql::parser::types::{OperationType, Selection};
 use async_graphql::{Pos, Request, Response};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -233,21 +233,9 @@ enum Kind {
 /// whose root selects only fields, can be shared.
 fn kind(request: &mut Request, principal: &Principal) -> Kind {
     let shareable = principal.has(Scope::Read) && request.extensions.is_empty();
-    let operation_name = request.operation_name.clone();
-    let Ok(document) = documents::parsed(request) else {
+    let Some(operation) = documents::operation(request) else {
         return Kind::Other;
     };
-    let operation = match (&document.operations, &operation_name) {
-        (DocumentOperations::Single(operation), _) => operation,
-        (DocumentOperations::Multiple(operations), Some(name)) => {
-            match operations.get(name.as_str()) {
-                Some(operation) => operation,
-                None => return Kind::Other,
-            }
-        }
-        _ => return Kind::Other,
-    };
-    let operation = &operation.node;
     if operation.ty != OperationType::Subscription {
         return Kind::Other;
     }
