@@ -142,11 +142,8 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
-    // Parsing recurses, so the nesting check comes first.
-    let parses = limits::nesting(&request.query) <= limits::MAX_NESTING;
-    if parses
-        && documents::operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation)
-    {
+    // `documents::operation` checks the nesting before it parses.
+    if documents::operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation) {
         let error = Error::bad_input("", "mutations must be sent with POST");
         let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, error);
         response
