@@ -57,10 +57,11 @@ impl Bench {
         let raw = pgbench::run(
             &db,
             "stats",
-            "SELECT date_trunc('day', occurred_at AT TIME ZONE 'UTC') AS day, action, count(*) \
+            &["SELECT date_trunc('day', occurred_at AT TIME ZONE 'UTC') AS day, action, count(*) \
              FROM control_plane.audit_logs WHERE tenant_id = 'tenant-0' \
              AND occurred_at >= now() - interval '30 days' \
-             GROUP BY 1, 2 ORDER BY 1, 3 DESC LIMIT 1000;\n",
+             GROUP BY 1, 2 ORDER BY 1, 3 DESC LIMIT 1000;\n"
+                .to_owned()],
             1,
             self.duration.as_secs().min(10),
         )?;

@@ -1,8 +1,10 @@
 //! Realistic events: a few tenants, thousands of actors and targets, a few dozen actions,
 //! skewed the way real traffic is (Zipf), mostly recent.
 
-use rand::Rng;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde_json::{Value, json};
 
@@ -67,6 +69,55 @@ impl Generator {
             "occurredAt": occurred.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "metadata": { "env": if rng.random::<f64>() < 0.8 { "prod" } else { "staging" }, "n": rng.random_range(0..1_000_000) },
             "context": { "ipAddress": format!("10.{}.{}.{}", rng.random_range(0..256), rng.random_range(0..256), rng.random_range(1..255)), "requestId": format!("req-{}", rng.random::<u32>()) },
+        })
+    }
+}
+
+/// The events audit-bench's ingest loads send, `groups` groups of `size` events made from
+/// one fixed seed, so that the raw baselines insert the very rows the server is sent.
+pub fn fixed(groups: usize, size: usize) -> Vec<Vec<Value>> {
+    let generator = Generator::new();
+    let mut rng = SmallRng::seed_from_u64(7);
+    (0..groups)
+        .map(|_| (0..size).map(|_| generator.event(&mut rng, 1.0)).collect())
+        .collect()
+}
+
+/// The columns the server stores for one of `Generator::event`'s inputs (its others stay
+/// empty, or are the server's own: id, tenant, sequence, timestamps of recording, hashes).
+pub struct Columns {
+    pub actor_type: String,
+    pub actor_id: String,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub outcome: String,
+    pub occurred_at: DateTime<Utc>,
+    pub metadata: String,
+    pub ip_address: String,
+    pub request_id: String,
+}
+
+impl Columns {
+    pub fn of(event: &Value) -> anyhow::Result<Self> {
+        let text = |pointer: &str| {
+            event
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .with_context(|| format!("no {pointer} in a generated event"))
+        };
+        Ok(Columns {
+            actor_type: text("/actor/type")?.to_lowercase(),
+            actor_id: text("/actor/id")?,
+            action: text("/action")?,
+            target_type: text("/target/type")?,
+            target_id: text("/target/id")?,
+            outcome: text("/outcome")?.to_lowercase(),
+            occurred_at: DateTime::parse_from_rfc3339(&text("/occurredAt")?)?.to_utc(),
+            metadata: serde_json::to_string(&event["metadata"])?,
+            ip_address: text("/context/ipAddress")?,
+            request_id: text("/context/requestId")?,
         })
     }
 }

@@ -3,7 +3,9 @@
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use serde_json::{Value, json};
 
+use crate::events::Columns;
 use crate::load::new_histogram;
 
 /// What a pgbench run measured.
@@ -15,23 +17,26 @@ pub struct Result {
     pub p99: f64,
 }
 
-/// Runs `script` with `clients` connections for `seconds` against `database_url`, with the
+/// Runs `scripts` (each transaction one of them, picked at random) with `clients` connections for `seconds` against `database_url`, with the
 /// extended protocol and prepared statements (`-M prepared`), as the server's driver runs
 /// its own: the simple protocol would plan every statement again, and flatter the server.
 pub fn run(
     database_url: &str,
     name: &str,
-    script: &str,
+    scripts: &[String],
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<Result> {
     let dir = std::env::temp_dir().join(format!("audit-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("{name}.sql"));
-    std::fs::write(&file, script)?;
-    let output = Command::new("pgbench")
-        .args(["-n", "-M", "prepared", "-f"])
-        .arg(&file)
+    let mut pgbench = Command::new("pgbench");
+    pgbench.args(["-n", "-M", "prepared"]);
+    for (i, script) in scripts.iter().enumerate() {
+        let file = dir.join(format!("{name}-{i}.sql"));
+        std::fs::write(&file, script)?;
+        pgbench.arg("-f").arg(file);
+    }
+    let output = pgbench
         .args([
             "-c",
             &clients.to_string(),
@@ -89,39 +94,74 @@ pub fn run(
     })
 }
 
-/// One event row as literal SQL values, shaped like the events the bench logs.
-fn row(n: usize) -> String {
-    format!(
-        "(gen_random_uuid(), 'pgbench', {}, now(), now(), 'user', 'actor-{}', 'resource{}.updated', \
-         'project', 't-{}', 'success', '{{\"env\":\"prod\",\"n\":{n}}}', '10.1.2.3', 'req-{n}', \
+/// `text` as an SQL string literal.
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// One event row as literal SQL values: the columns the server stores for `event`, with a
+/// placeholder id, sequence and hashes.
+fn row(event: &Value, seq: usize) -> anyhow::Result<String> {
+    let c = Columns::of(event)?;
+    Ok(format!(
+        "(gen_random_uuid(), 'tenant-0', {seq}, {}, now(), {}, {}, {}, {}, {}, {}, {}, {}, {}, 2, \
          '\\x{}', '\\x{}')",
-        n + 1,
-        n % 5000,
-        n % 40,
-        n % 20000,
+        literal(&c.occurred_at.to_rfc3339()),
+        literal(&c.actor_type),
+        literal(&c.actor_id),
+        literal(&c.action),
+        literal(&c.target_type),
+        literal(&c.target_id),
+        literal(&c.outcome),
+        literal(&c.metadata),
+        literal(&c.ip_address),
+        literal(&c.request_id),
         "00".repeat(32),
         "ab".repeat(32)
-    )
+    ))
 }
 
 const COLUMNS: &str = "INSERT INTO control_plane.audit_logs (id, tenant_id, seq, occurred_at, \
     recorded_at, actor_type, actor_id, action, target_type, target_id, outcome, metadata, \
-    ip_address, request_id, prev_hash, hash) VALUES ";
+    ip_address, request_id, chain_version, prev_hash, hash)";
 
-/// One multi-row INSERT of `rows` events per transaction.
-pub fn insert_batch(rows: usize) -> String {
-    let values: Vec<String> = (0..rows).map(row).collect();
-    format!("{COLUMNS}{};\n", values.join(", "))
+/// One multi-row `INSERT ... VALUES` of `events` per transaction.
+pub fn insert_values(events: &[Value]) -> anyhow::Result<String> {
+    let values = (events.iter().enumerate())
+        .map(|(i, e)| row(e, i + 1))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(format!("{COLUMNS} VALUES {};\n", values.join(", ")))
 }
 
-/// One single-row INSERT per transaction.
-pub fn insert_one() -> String {
-    format!(
-        "\\set n random(1, 1000000000)\n{COLUMNS}{};\n",
-        row(0)
-            .replace("'req-0'", "'req-' || :n")
-            .replace(", 0, now()", ", :n, now()")
-    )
+/// One `INSERT ... SELECT` of `events` per transaction, read from a JSON literal with
+/// `json_to_recordset`, as the server's own insert reads its parameter.
+pub fn insert_select(events: &[Value]) -> anyhow::Result<String> {
+    let rows = (events.iter().enumerate())
+        .map(|(i, e)| {
+            let c = Columns::of(e)?;
+            Ok(json!({
+                "seq": i + 1, "occurred_at": c.occurred_at, "actor_type": c.actor_type,
+                "actor_id": c.actor_id, "action": c.action, "target_type": c.target_type,
+                "target_id": c.target_id, "outcome": c.outcome, "metadata": e["metadata"],
+                "ip_address": c.ip_address, "request_id": c.request_id,
+            }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rows = literal(&serde_json::to_string(&rows)?);
+    Ok(format!(
+        "{COLUMNS} SELECT gen_random_uuid(), 'tenant-0', seq, occurred_at, now(), actor_type, \
+         actor_id, action, target_type, target_id, outcome, metadata, ip_address, request_id, 2, \
+         '\\x{zero}', '\\x{ab}' FROM json_to_recordset({rows}::json) AS r(seq bigint, \
+         occurred_at timestamptz, actor_type text, actor_id text, action text, target_type text, \
+         target_id text, outcome text, metadata jsonb, ip_address inet, request_id text);\n",
+        zero = "00".repeat(32),
+        ab = "ab".repeat(32),
+    ))
+}
+
+/// A single-row INSERT of `event` per transaction.
+pub fn insert_one(event: &Value) -> anyhow::Result<String> {
+    Ok(format!("{COLUMNS} VALUES {};\n", row(event, 1)?))
 }
 
 /// The SQL of the filtered page query, with a Zipf-distributed actor as the API bench uses.

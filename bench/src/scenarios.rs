@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::broadcast::Broadcast;
-use crate::events::{Generator, TENANTS};
+use crate::events::{self, Generator, TENANTS};
 use crate::load::{self, Graphql, new_histogram, token};
 use crate::pgbench;
 use crate::server::{PeakRss, Server, counter, fresh_database, migrate, psql};
@@ -109,30 +109,27 @@ fn pg_rate(r: &pgbench::Result, per_tx: f64, unit: &str) -> String {
 }
 
 /// Request bodies made once, so the load generator spends its CPU on sending.
-fn bodies(
-    count: usize,
-    query: &str,
-    make: impl Fn(&mut SmallRng) -> Value,
-) -> Arc<Vec<bytes::Bytes>> {
-    let mut rng = SmallRng::seed_from_u64(7);
+fn bodies(query: &str, variables: impl IntoIterator<Item = Value>) -> Arc<Vec<bytes::Bytes>> {
     Arc::new(
-        (0..count)
-            .map(|_| Graphql::body(query, make(&mut rng)))
+        variables
+            .into_iter()
+            .map(|v| Graphql::body(query, v))
             .collect(),
     )
 }
+
+/// Batches in the batch load (and in its raw baselines), and events in the single load
+/// (at most 128: pgbench's limit of scripts).
+const BATCHES: usize = 8;
+const SINGLES: usize = 128;
 
 impl Bench {
     /// audit-bench's batch load: `clients` workers sending 1,000-event batches to tenant
     /// `tenant-0` for the run's duration.
     pub async fn batch_load(&self, server: &Server, clients: usize) -> load::Stats {
-        let generator = Generator::new();
         let gql = Graphql::new(&server.url, token("tenant-0"));
-        let batches = bodies(
-            8,
-            BATCH,
-            |rng| json!({ "inputs": (0..1000).map(|_| generator.event(rng, 1.0)).collect::<Vec<_>>() }),
-        );
+        let batches = events::fixed(BATCHES, 1000);
+        let batches = bodies(BATCH, batches.into_iter().map(|b| json!({ "inputs": b })));
         load::run(clients, self.duration, move |w, n| {
             let (gql, batches) = (gql.clone(), batches.clone());
             async move {
@@ -147,13 +144,9 @@ impl Bench {
     /// audit-bench's single-event load: `clients` workers each sending one event at a time
     /// to tenant `tenant-0` for the run's duration.
     pub async fn single_load(&self, server: &Server, clients: usize) -> load::Stats {
-        let generator = Generator::new();
         let gql = Graphql::new(&server.url, token("tenant-0"));
-        let singles = bodies(
-            256,
-            SINGLE,
-            |rng| json!({ "input": generator.event(rng, 1.0) }),
-        );
+        let singles = events::fixed(SINGLES, 1).into_iter().flatten();
+        let singles = bodies(SINGLE, singles.map(|e| json!({ "input": e })));
         load::run(clients, self.duration, move |w, n| {
             let (gql, singles) = (gql.clone(), singles.clone());
             async move {
@@ -173,10 +166,25 @@ impl Bench {
         migrate(&self.bin, &raw)?;
         let server = Server::start(&self.bin, &db, 18181).await?;
         let stats = self.batch_load(&server, 4).await;
+        // The raw inserts are sent the same events, as literals in their statements.
+        let batches = events::fixed(BATCHES, 1000);
+        let scripts = |form: fn(&[Value]) -> anyhow::Result<String>| {
+            batches
+                .iter()
+                .map(|b| form(b))
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
         let raw_batch = pgbench::run(
             &raw,
-            "insert_batch",
-            &pgbench::insert_batch(1000),
+            "insert_values",
+            &scripts(pgbench::insert_values)?,
+            4,
+            self.duration.as_secs(),
+        )?;
+        let raw_select = pgbench::run(
+            &raw,
+            "insert_select",
+            &scripts(pgbench::insert_select)?,
             4,
             self.duration.as_secs(),
         )?;
@@ -189,12 +197,23 @@ impl Bench {
             ">= 0.60",
             Some(ratio >= 0.6),
         );
+        let ratio = stats.per_second() / (raw_select.tps * 1000.0);
+        report.add(
+            "the same, beside a raw INSERT ... SELECT of the same rows from a JSON literal",
+            rate(&stats, "events"),
+            pg_rate(&raw_select, 1000.0, "rows"),
+            Some(ratio),
+            "",
+            None,
+        );
 
         let stats = self.single_load(&server, 64).await;
         let raw_one = pgbench::run(
             &raw,
             "insert_one",
-            &pgbench::insert_one(),
+            &(events::fixed(SINGLES, 1).iter())
+                .map(|e| pgbench::insert_one(&e[0]))
+                .collect::<anyhow::Result<Vec<_>>>()?,
             64,
             self.duration.as_secs(),
         )?;
@@ -248,6 +267,7 @@ impl Bench {
         let raw = dir.join("raw.db");
         migrate(&self.bin, &format!("sqlite://{}?mode=rwc", raw.display()))?;
         let server = Server::start(&self.bin, &sqlite, 18182).await?;
+        let batches = events::fixed(BATCHES, 1000);
         // The same rows straight into a database of the same schema, holding as many rows.
         for (table, seed) in [("empty table", 0), ("1M more rows", 1_000_000)] {
             if seed > 0 {
@@ -262,7 +282,7 @@ impl Bench {
                 / spent("audit_ingest_events_total").max(1.0);
             // The raw table holds as many rows as the server's when its measurement started.
             let rows_before = counter(&before, "audit_ingest_events_total") as u64;
-            let raw_rate = sqlite::insert_rate(&raw, 1000, rows_before, self.duration).await?;
+            let raw_rate = sqlite::insert_rate(&raw, &batches, rows_before, self.duration).await?;
             let ratio = stats.per_second() / raw_rate.max(1.0);
             report.add(
                 &format!("SQLite batch ingest, 1,000-event batches, 2 clients, {table}"),
@@ -308,7 +328,7 @@ impl Bench {
         let raw = pgbench::run(
             &db,
             "page",
-            &pgbench::page("tenant-0", 7),
+            &[pgbench::page("tenant-0", 7)],
             8,
             self.duration.as_secs(),
         )?;

@@ -1,76 +1,99 @@
-//! The raw SQLite baseline: the same event rows inserted straight into a migrated database
-//! file (same schema, WAL, `synchronous = FULL` as the server), 1,000 rows per prepared
-//! multi-row INSERT and transaction, on one connection (SQLite has one writer).
+//! The raw SQLite baseline: the rows of the server's batch load inserted straight into a
+//! migrated database file (same schema and settings as the server: WAL, `synchronous =
+//! FULL`, its page cache), 1,000 rows per prepared multi-row INSERT and transaction, on one
+//! connection (SQLite has one writer).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use chrono::SubsecRound;
+use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 
+use crate::events::Columns;
+
 const COLUMNS: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, recorded_at, \
     actor_type, actor_id, action, target_type, target_id, outcome, metadata, ip_address, \
-    request_id, prev_hash, hash) VALUES ";
-const PER_ROW: usize = 16;
+    request_id, chain_version, prev_hash, hash) VALUES ";
+const PER_ROW: usize = 17;
 
 /// Rows per second inserted for `duration` into the migrated database at `path`, once it
-/// holds `rows_before` rows (topped up the same way, untimed).
+/// holds `rows_before` rows (topped up the same way, untimed): the events of `batches`, in
+/// turn, one batch per transaction.
 pub async fn insert_rate(
     path: &Path,
-    rows_per_batch: usize,
+    batches: &[Vec<Value>],
     rows_before: u64,
     duration: Duration,
 ) -> anyhow::Result<f64> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full);
+        .synchronous(SqliteSynchronous::Full)
+        // The server's own settings (`migration::connect`).
+        .pragma("cache_size", "-32768")
+        .pragma("mmap_size", "268435456")
+        .pragma("temp_store", "memory")
+        .pragma("wal_autocheckpoint", "16384");
     let mut db = SqliteConnection::connect_with(&options).await?;
-    let placeholders = vec![format!("({})", vec!["?"; PER_ROW].join(", ")); rows_per_batch];
-    let sql = format!("{COLUMNS}{}", placeholders.join(", "));
+    let batches = (batches.iter())
+        .map(|b| {
+            b.iter()
+                .map(Columns::of)
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_logs")
         .fetch_one(&mut db)
         .await?;
+    let mut next = batches.iter().cycle();
+    let mut insert = async |db: &mut SqliteConnection, seq: &mut i64| match next.next() {
+        Some(rows) => insert_batch(db, rows, seq).await,
+        None => Ok(()),
+    };
     while (seq as u64) < rows_before {
-        insert_batch(&mut db, &sql, rows_per_batch, &mut seq).await?;
+        insert(&mut db, &mut seq).await?;
     }
     let timed_from = seq;
     let started = Instant::now();
     while started.elapsed() < duration {
-        insert_batch(&mut db, &sql, rows_per_batch, &mut seq).await?;
+        insert(&mut db, &mut seq).await?;
     }
     Ok((seq - timed_from) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Inserts `rows` rows with `sql` in one transaction, numbered on from `seq`.
+/// Inserts `rows` in one transaction, numbered on from `seq`.
 async fn insert_batch(
     db: &mut SqliteConnection,
-    sql: &str,
-    rows: usize,
+    rows: &[Columns],
     seq: &mut i64,
 ) -> anyhow::Result<()> {
-    let now = chrono::Utc::now();
+    // Whole microseconds, as the server records.
+    let now = chrono::Utc::now().trunc_subsecs(6);
+    let placeholders = vec![format!("({})", vec!["?"; PER_ROW].join(", ")); rows.len()];
+    let sql = format!("{COLUMNS}{}", placeholders.join(", "));
     let mut txn = db.begin().await?;
     // Built from constants above.
     let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for _ in 0..rows {
+    for row in rows {
         *seq += 1;
-        let n = *seq as usize;
         insert = insert
             .bind(uuid::Uuid::now_v7())
-            .bind("raw")
+            .bind("tenant-0")
             .bind(*seq)
+            .bind(row.occurred_at)
             .bind(now)
-            .bind(now)
-            .bind("user")
-            .bind(format!("actor-{}", n % 5000))
-            .bind(format!("resource{}.updated", n % 40))
-            .bind("project")
-            .bind(format!("t-{}", n % 20000))
-            .bind("success")
-            .bind(format!(r#"{{"env":"prod","n":{n}}}"#))
-            .bind("10.1.2.3")
-            .bind(format!("req-{n}"))
+            .bind(&row.actor_type)
+            .bind(&row.actor_id)
+            .bind(&row.action)
+            .bind(&row.target_type)
+            .bind(&row.target_id)
+            .bind(&row.outcome)
+            .bind(&row.metadata)
+            .bind(&row.ip_address)
+            .bind(&row.request_id)
+            .bind(2_i16)
             .bind(vec![0u8; 32])
             .bind(vec![0xabu8; 32]);
     }
