@@ -125,6 +125,9 @@ const COLUMNS: &str = "INSERT INTO control_plane.audit_logs (id, tenant_id, seq,
     recorded_at, actor_type, actor_id, action, target_type, target_id, outcome, metadata, \
     ip_address, request_id, chain_version, prev_hash, hash)";
 
+/// A raw insert's script for one batch of events.
+pub type Form = fn(&[Value]) -> anyhow::Result<String>;
+
 /// One multi-row `INSERT ... VALUES` of `events` per transaction.
 pub fn insert_values(events: &[Value]) -> anyhow::Result<String> {
     let values = (events.iter().enumerate())
