@@ -12,16 +12,20 @@ use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::events::Columns;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use crate::events::{Columns, Generator};
 
 const COLUMNS: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, recorded_at, \
     actor_type, actor_id, action, target_type, target_id, outcome, metadata, ip_address, \
     request_id, chain_version, prev_hash, hash) VALUES ";
 const PER_ROW: usize = 17;
 
-/// Rows per second inserted for `duration` into the migrated database at `path`, once it
-/// holds `rows_before` rows (topped up the same way, untimed): the events of `batches`, in
-/// turn, one batch per transaction.
+/// Rows per second inserted for `duration` into the migrated database at `path`: the
+/// events of `batches` in turn, one batch per transaction, once it holds `rows_before` rows
+/// (topped up untimed, as `Bench::seed` fills the server's: 30 days of events over the
+/// tenants).
 pub async fn insert_rate(
     path: &Path,
     batches: &[Vec<Value>],
@@ -37,35 +41,39 @@ pub async fn insert_rate(
         .pragma("temp_store", "memory")
         .pragma("wal_autocheckpoint", "16384");
     let mut db = SqliteConnection::connect_with(&options).await?;
-    let batches = (batches.iter())
-        .map(|b| {
-            b.iter()
-                .map(Columns::of)
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let columns = |events: &[Value]| {
+        events
+            .iter()
+            .map(Columns::of)
+            .collect::<anyhow::Result<_>>()
+    };
+    let batches = batches.iter().map(|b| columns(b));
+    let batches: Vec<Vec<Columns>> = batches.collect::<anyhow::Result<_>>()?;
     let mut seq: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_logs")
         .fetch_one(&mut db)
         .await?;
-    let mut next = batches.iter().cycle();
-    let mut insert = async |db: &mut SqliteConnection, seq: &mut i64| match next.next() {
-        Some(rows) => insert_batch(db, rows, seq).await,
-        None => Ok(()),
-    };
+    let generator = Generator::new();
+    let mut rng = SmallRng::seed_from_u64(0);
     while (seq as u64) < rows_before {
-        insert(&mut db, &mut seq).await?;
+        let tenant = generator.tenant(&mut rng);
+        let events: Vec<Value> = (0..1000).map(|_| generator.event(&mut rng, 30.0)).collect();
+        insert_batch(&mut db, tenant, &columns(&events)?, &mut seq).await?;
     }
     let timed_from = seq;
     let started = Instant::now();
-    while started.elapsed() < duration {
-        insert(&mut db, &mut seq).await?;
+    for rows in batches.iter().cycle() {
+        if started.elapsed() >= duration {
+            break;
+        }
+        insert_batch(&mut db, "tenant-0", rows, &mut seq).await?;
     }
     Ok((seq - timed_from) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Inserts `rows` in one transaction, numbered on from `seq`.
+/// Inserts `rows` of `tenant` in one transaction, numbered on from `seq`.
 async fn insert_batch(
     db: &mut SqliteConnection,
+    tenant: &str,
     rows: &[Columns],
     seq: &mut i64,
 ) -> anyhow::Result<()> {
@@ -80,7 +88,7 @@ async fn insert_batch(
         *seq += 1;
         insert = insert
             .bind(uuid::Uuid::now_v7())
-            .bind("tenant-0")
+            .bind(tenant)
             .bind(*seq)
             .bind(row.occurred_at)
             .bind(now)
