@@ -1,6 +1,8 @@
 //! Realistic events: a few tenants, thousands of actors and targets, a few dozen actions,
 //! skewed the way real traffic is (Zipf), mostly recent.
 
+use std::sync::LazyLock;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use rand::rngs::SmallRng;
@@ -57,10 +59,15 @@ impl Generator {
 
     /// One event input; `days` spreads `occurredAt` over the last days, most recent first.
     pub fn event(&self, rng: &mut SmallRng, days: f64) -> Value {
+        self.event_before(rng, days, Utc::now())
+    }
+
+    /// `event`, with `occurredAt` in the days before `now`.
+    fn event_before(&self, rng: &mut SmallRng, days: f64, now: DateTime<Utc>) -> Value {
         let action = self.actions.sample(rng) as u64 - 1;
         let target = self.targets.sample(rng) as u64 - 1;
         let age_secs = (rng.random::<f64>().powi(3) * days * 86_400.0) as i64;
-        let occurred = chrono::Utc::now() - chrono::Duration::seconds(age_secs + 1);
+        let occurred = now - chrono::Duration::seconds(age_secs + 1);
         json!({
             "actor": { "type": if action.is_multiple_of(7) { "SERVICE" } else { "USER" }, "id": self.actor(rng) },
             "action": format!("resource{}.{}", action % 8, VERBS[(action / 8) as usize % VERBS.len()]),
@@ -74,12 +81,15 @@ impl Generator {
 }
 
 /// The events audit-bench's ingest loads send, `groups` groups of `size` events made from
-/// one fixed seed, so that the raw baselines insert the very rows the server is sent.
+/// one fixed seed and the time the bench started, so that the raw baselines insert the very
+/// rows the server is sent.
 pub fn fixed(groups: usize, size: usize) -> Vec<Vec<Value>> {
+    static STARTED: LazyLock<DateTime<Utc>> = LazyLock::new(Utc::now);
     let generator = Generator::new();
     let mut rng = SmallRng::seed_from_u64(7);
+    let mut event = || generator.event_before(&mut rng, 1.0, *STARTED);
     (0..groups)
-        .map(|_| (0..size).map(|_| generator.event(&mut rng, 1.0)).collect())
+        .map(|_| (0..size).map(|_| event()).collect())
         .collect()
 }
 
@@ -119,5 +129,34 @@ impl Columns {
             ip_address: text("/context/ipAddress")?,
             request_id: text("/context/requestId")?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_events_repeat_and_map_to_the_stored_columns() -> anyhow::Result<()> {
+        let events = fixed(2, 3);
+        assert_eq!(
+            events,
+            fixed(2, 3),
+            "the raw baselines must get the same events"
+        );
+        assert_ne!(events[0], events[1]);
+        let event = &events[0][0];
+        let columns = Columns::of(event)?;
+        assert!(["user", "service"].contains(&columns.actor_type.as_str()));
+        assert!(["success", "failure"].contains(&columns.outcome.as_str()));
+        assert_eq!(event["actor"]["id"], columns.actor_id.as_str());
+        assert_eq!(event["context"]["requestId"], columns.request_id.as_str());
+        assert_eq!(
+            serde_json::from_str::<Value>(&columns.metadata)?,
+            event["metadata"]
+        );
+        let said = DateTime::parse_from_rfc3339(event["occurredAt"].as_str().unwrap_or(""))?;
+        assert_eq!(columns.occurred_at, said);
+        Ok(())
     }
 }
