@@ -17,9 +17,10 @@ pub struct Result {
     pub p99: f64,
 }
 
-/// Runs `scripts` (each transaction one of them, picked at random) with `clients` connections for `seconds` against `database_url`, with the
-/// extended protocol and prepared statements (`-M prepared`), as the server's driver runs
-/// its own: the simple protocol would plan every statement again, and flatter the server.
+/// Runs `scripts` (each transaction one of them, picked at random) with `clients`
+/// connections for `seconds` against `database_url`, with the extended protocol and
+/// prepared statements (`-M prepared`), as the server's driver runs its own: the simple
+/// protocol would plan every statement again, and flatter the server.
 pub fn run(
     database_url: &str,
     name: &str,
