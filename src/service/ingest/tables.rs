@@ -85,25 +85,56 @@ struct JsonHead<'a> {
     recorded_at: Option<DateTime<Utc>>,
 }
 
-/// Moves the heads of the tenants written to: a statement per JSON array on PostgreSQL.
-pub(super) async fn move_heads(txn: &DatabaseTransaction, moved: &[(&str, &Head)]) -> Result<()> {
+/// Moves the heads on PostgreSQL, and sends NOTIFY payloads in the same round trip (a
+/// data-modifying `WITH` runs whether or not the query reads it).
+const MOVE_HEADS_POSTGRES: &str = "WITH moved AS (UPDATE chain_heads AS h \
+     SET seq = v.seq, hash = decode(v.hash, 'hex'), recorded_at = v.recorded_at \
+     FROM jsonb_to_recordset($1::jsonb) \
+     AS v(tenant_id text, seq bigint, hash text, recorded_at timestamptz) \
+     WHERE h.tenant_id = v.tenant_id) \
+     SELECT pg_notify($2, payload) FROM jsonb_array_elements_text($3::jsonb) AS payload";
+
+/// Moves the heads of the tenants written to. On PostgreSQL, also sends `notifications` to
+/// `channel`: each statement moves a JSON array of heads and carries the payloads that fit
+/// beside it under `MAX_STATEMENT_JSON` (usually all of them); any left go out alone.
+pub(super) async fn move_heads(
+    txn: &DatabaseTransaction,
+    moved: &[(&str, &Head)],
+    channel: &str,
+    notifications: Vec<String>,
+) -> Result<()> {
     use entity::chain_head::{Column as Head, Entity};
     let backend = txn.get_database_backend();
     if backend == DbBackend::Postgres {
-        let sql = "UPDATE chain_heads AS h \
-             SET seq = v.seq, hash = decode(v.hash, 'hex'), recorded_at = v.recorded_at \
-             FROM jsonb_to_recordset($1::jsonb) \
-             AS v(tenant_id text, seq bigint, hash text, recorded_at timestamptz) \
-             WHERE h.tenant_id = v.tenant_id";
         let heads = moved.iter().map(|(tenant_id, head)| JsonHead {
             tenant_id,
             seq: head.seq,
             hash: hex::encode(&head.hash),
             recorded_at: head.recorded_at,
         });
-        for json in json_arrays(heads)? {
-            txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
-                .await?;
+        let mut heads = json_arrays(heads)?;
+        let mut payloads = notifications.into_iter().peekable();
+        while !heads.is_empty() || payloads.peek().is_some() {
+            let moving = heads.pop();
+            let mut room = MAX_STATEMENT_JSON - moving.as_ref().map_or(2, String::len);
+            let mut sent = Vec::new();
+            // A payload's quotes are escaped in the array: it takes at most twice its length.
+            let fits = |p: &String, room: usize, alone: bool| 2 * p.len() + 3 < room || alone;
+            while let Some(payload) =
+                payloads.next_if(|p| fits(p, room, moving.is_none() && sent.is_empty()))
+            {
+                room = room.saturating_sub(2 * payload.len() + 3);
+                sent.push(payload);
+            }
+            let moving = moving.unwrap_or_else(|| "[]".to_owned());
+            let sent = serde_json::to_string(&sent).map_err(Error::internal)?;
+            let values = [moving.into(), channel.into(), sent.into()];
+            txn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                MOVE_HEADS_POSTGRES,
+                values,
+            ))
+            .await?;
         }
         return Ok(());
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::json;
 
 use super::tables::{
@@ -113,18 +113,9 @@ pub(super) async fn write(
         }
     }
     if !moved.is_empty() {
-        move_heads(&txn, &moved).await?;
-    }
-    if txn.get_database_backend() == DbBackend::Postgres {
         // One NOTIFY per transaction, not per event: NOTIFY serializes commits.
-        for payload in pubsub::notifications(&ranges) {
-            let notify = Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [pubsub::CHANNEL.into(), payload.into()],
-            );
-            txn.execute_raw(notify).await?;
-        }
+        let notifications = pubsub::notifications(&ranges);
+        move_heads(&txn, &moved, pubsub::CHANNEL, notifications).await?;
     }
     txn.commit().await?;
     Ok((results, rows, Spent { chain, rollup }))
