@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use base64::Engine;
+use base64::prelude::BASE64_STANDARD;
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, Column};
 use entity::idempotency_key;
@@ -347,47 +349,67 @@ const COLUMNS: [Column; 23] = [
 
 /// The insert on PostgreSQL: the rows travel as a JSON array, so the statement has one
 /// parameter and one text (prepared once per connection) whatever the number of rows,
-/// where a multi-row `VALUES` binds 23 parameters a row and has a text per row count.
+/// where a multi-row `VALUES` binds 23 parameters a row and has a text per row count. The
+/// keys are short (`JsonRow` names each column's) and absent values left out: full column
+/// names and nulls made up half of a row's JSON, so a group needed twice the statements.
 const INSERT_POSTGRES: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, \
      recorded_at, actor_type, actor_id, actor_name, action, target_type, target_id, \
      target_name, outcome, reason, metadata, ip_address, user_agent, request_id, trace_id, \
      chain_version, idempotency_key, prev_hash, hash) \
-     SELECT id, tenant_id, seq, occurred_at, recorded_at, actor_type, actor_id, actor_name, \
-     action, target_type, target_id, target_name, outcome, reason, metadata, ip_address, \
-     user_agent, request_id, trace_id, chain_version, idempotency_key, \
-     decode(prev_hash, 'hex'), decode(hash, 'hex') \
-     FROM json_to_recordset($1::json) AS r(id uuid, tenant_id text, seq bigint, \
-     occurred_at timestamptz, recorded_at timestamptz, actor_type text, actor_id text, \
-     actor_name text, action text, target_type text, target_id text, target_name text, \
-     outcome text, reason text, metadata jsonb, ip_address inet, user_agent text, \
-     request_id text, trace_id text, chain_version smallint, idempotency_key text, \
-     prev_hash text, hash text)";
+     SELECT i, t, s, o, r, at, a, an, ac, tt, ti, tn, oc, re, m, ip, ua, rq, tr, v, k, \
+     decode(p, 'base64'), decode(h, 'base64') \
+     FROM json_to_recordset($1::json) AS j(i uuid, t text, s bigint, o timestamptz, \
+     r timestamptz, at text, a text, an text, ac text, tt text, ti text, tn text, oc text, \
+     re text, m jsonb, ip inet, ua text, rq text, tr text, v smallint, k text, p text, h text)";
 
 /// A row as `INSERT_POSTGRES` reads it.
 #[derive(Serialize)]
 struct JsonRow<'a> {
+    #[serde(rename = "i")]
     id: Uuid,
+    #[serde(rename = "t")]
     tenant_id: &'a str,
+    #[serde(rename = "s")]
     seq: i64,
+    #[serde(rename = "o")]
     occurred_at: DateTime<Utc>,
+    #[serde(rename = "r")]
     recorded_at: DateTime<Utc>,
+    #[serde(rename = "at")]
     actor_type: String,
+    #[serde(rename = "a")]
     actor_id: &'a str,
+    #[serde(rename = "an", skip_serializing_if = "Option::is_none")]
     actor_name: Option<&'a str>,
+    #[serde(rename = "ac")]
     action: &'a str,
+    #[serde(rename = "tt", skip_serializing_if = "Option::is_none")]
     target_type: Option<&'a str>,
+    #[serde(rename = "ti", skip_serializing_if = "Option::is_none")]
     target_id: Option<&'a str>,
+    #[serde(rename = "tn", skip_serializing_if = "Option::is_none")]
     target_name: Option<&'a str>,
+    #[serde(rename = "oc")]
     outcome: String,
+    #[serde(rename = "re", skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(rename = "m")]
     metadata: &'a serde_json::Value,
+    #[serde(rename = "ip", skip_serializing_if = "Option::is_none")]
     ip_address: Option<&'a str>,
+    #[serde(rename = "ua", skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
+    #[serde(rename = "rq", skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(rename = "tr", skip_serializing_if = "Option::is_none")]
     trace_id: Option<&'a str>,
+    #[serde(rename = "v")]
     chain_version: i16,
+    #[serde(rename = "k", skip_serializing_if = "Option::is_none")]
     idempotency_key: Option<&'a str>,
+    #[serde(rename = "p")]
     prev_hash: String,
+    #[serde(rename = "h")]
     hash: String,
 }
 
@@ -415,8 +437,8 @@ impl<'a> From<&'a audit_log::Model> for JsonRow<'a> {
             trace_id: row.trace_id.as_deref(),
             chain_version: row.chain_version,
             idempotency_key: row.idempotency_key.as_deref(),
-            prev_hash: hex::encode(&row.prev_hash),
-            hash: hex::encode(&row.hash),
+            prev_hash: BASE64_STANDARD.encode(&row.prev_hash),
+            hash: BASE64_STANDARD.encode(&row.hash),
         }
     }
 }
