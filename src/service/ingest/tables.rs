@@ -114,29 +114,11 @@ pub(super) async fn move_heads(
             hash: hex::encode(&head.hash),
             recorded_at: head.recorded_at,
         });
-        let mut heads = json_arrays(heads)?;
-        let mut payloads = notifications.into_iter().peekable();
-        while !heads.is_empty() || payloads.peek().is_some() {
-            let moving = heads.pop();
-            let mut room = MAX_STATEMENT_JSON - moving.as_ref().map_or(2, String::len);
-            let mut sent = Vec::new();
-            // A payload's quotes are escaped in the array: it takes at most twice its length.
-            let fits = |p: &String, room: usize, alone: bool| 2 * p.len() + 3 < room || alone;
-            while let Some(payload) =
-                payloads.next_if(|p| fits(p, room, moving.is_none() && sent.is_empty()))
-            {
-                room = room.saturating_sub(2 * payload.len() + 3);
-                sent.push(payload);
-            }
-            let moving = moving.unwrap_or_else(|| "[]".to_owned());
+        for (moving, sent) in statements(json_arrays(heads)?, notifications) {
             let sent = serde_json::to_string(&sent).map_err(Error::internal)?;
             let values = [moving.into(), channel.into(), sent.into()];
-            txn.execute_raw(Statement::from_sql_and_values(
-                backend,
-                MOVE_HEADS_POSTGRES,
-                values,
-            ))
-            .await?;
+            let statement = Statement::from_sql_and_values(backend, MOVE_HEADS_POSTGRES, values);
+            txn.execute_raw(statement).await?;
         }
         return Ok(());
     }
@@ -151,6 +133,33 @@ pub(super) async fn move_heads(
         txn.execute(&update).await?;
     }
     Ok(())
+}
+
+/// `MOVE_HEADS_POSTGRES`'s arguments: each JSON array of heads, with the payloads that fit
+/// beside it under `MAX_STATEMENT_JSON`, in order; payloads that fit nowhere go out alone,
+/// with no heads (`[]`).
+fn statements(heads: Vec<String>, payloads: Vec<String>) -> Vec<(String, Vec<String>)> {
+    // Quoted in the array, a payload takes at most twice its length.
+    let size = |payload: &String| 2 * payload.len() + 3;
+    let mut payloads = payloads.into_iter().peekable();
+    let mut statements = Vec::new();
+    let mut heads = heads.into_iter();
+    loop {
+        let moving = heads.next();
+        if moving.is_none() && payloads.peek().is_none() {
+            return statements;
+        }
+        let alone = moving.is_none();
+        let moving = moving.unwrap_or_else(|| "[]".to_owned());
+        let mut room = MAX_STATEMENT_JSON.saturating_sub(moving.len());
+        let mut sent = Vec::new();
+        while let Some(payload) = payloads.next_if(|p| size(p) < room || (alone && sent.is_empty()))
+        {
+            room = room.saturating_sub(size(&payload));
+            sent.push(payload);
+        }
+        statements.push((moving, sent));
+    }
 }
 
 /// A tenant's stored keys among a JSON array of keys (PostgreSQL). With one array
@@ -558,7 +567,28 @@ pub(super) async fn count_events(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_STATEMENT_JSON, json_arrays};
+    use super::{MAX_STATEMENT_JSON, json_arrays, statements};
+
+    #[test]
+    fn heads_carry_the_notifications_that_fit_beside_them() {
+        let (small, large) = ("n".repeat(100), "n".repeat(7000));
+        let heads = |n: usize| vec!["h".repeat(MAX_STATEMENT_JSON - 500); n];
+        // Usually one statement carries everything.
+        let one = statements(vec!["[]".into()], vec![small.clone()]);
+        assert_eq!(one, [("[]".to_owned(), vec![small.clone()])]);
+        // What does not fit beside the heads goes out alone, once each, in order.
+        let payloads = vec![small.clone(), large.clone(), large.clone(), small.clone()];
+        let split = statements(heads(2), payloads.clone());
+        let sent: Vec<String> = split.iter().flat_map(|(_, p)| p.clone()).collect();
+        assert_eq!(sent, payloads);
+        assert_eq!(split.iter().filter(|(h, _)| h != "[]").count(), 2);
+        for (moving, sent) in &split {
+            let json = moving.len() + serde_json::to_string(sent).unwrap().len();
+            assert!(json <= MAX_STATEMENT_JSON, "{json}");
+        }
+        assert_eq!(split.len(), 4, "two with heads, then the large payloads");
+        assert!(statements(Vec::new(), Vec::new()).is_empty());
+    }
 
     #[test]
     fn json_arrays_stay_under_the_statement_bound() {
