@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{Request, Work};
 use crate::error::{Error, Result};
 use crate::service::canonical::GENESIS;
+use crate::service::pubsub;
 use crate::service::stats::hour_start;
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
@@ -96,19 +97,23 @@ const MOVE_HEADS_POSTGRES: &str = "WITH moved AS (UPDATE chain_heads AS h \
      WHERE h.tenant_id = v.tenant_id) \
      SELECT pg_notify($2, payload) FROM jsonb_array_elements_text($3::jsonb) AS payload";
 
-/// Moves the heads of the tenants written to. On PostgreSQL, also sends `notifications` to
-/// `channel`: each statement moves a JSON array of heads and carries the payloads that fit
-/// beside it under `MAX_STATEMENT_JSON` (usually all of them); any left go out alone.
+/// Moves the heads of the tenants written to, each from the sequence it was locked at. On
+/// PostgreSQL, also announces the new sequence ranges to every instance, one NOTIFY per
+/// transaction rather than per event (NOTIFY serializes commits): each statement moves a
+/// JSON array of heads and carries the payloads that fit beside it under
+/// `MAX_STATEMENT_JSON` (usually all of them); any left go out alone.
 pub(super) async fn move_heads(
     txn: &DatabaseTransaction,
-    moved: &[(&str, &Head)],
-    channel: &str,
-    notifications: Vec<String>,
+    moved: &[(&str, i64, &Head)],
 ) -> Result<()> {
     use entity::chain_head::{Column as Head, Entity};
     let backend = txn.get_database_backend();
     if backend == DbBackend::Postgres {
-        let heads = moved.iter().map(|(tenant_id, head)| JsonHead {
+        let ranges: Vec<_> = (moved.iter())
+            .map(|(tenant_id, first, head)| (tenant_id.to_string(), first + 1, head.seq))
+            .collect();
+        let notifications = pubsub::notifications(&ranges);
+        let heads = moved.iter().map(|(tenant_id, _, head)| JsonHead {
             tenant_id,
             seq: head.seq,
             hash: hex::encode(&head.hash),
@@ -116,13 +121,13 @@ pub(super) async fn move_heads(
         });
         for (moving, sent) in statements(json_arrays(heads)?, notifications) {
             let sent = serde_json::to_string(&sent).map_err(Error::internal)?;
-            let values = [moving.into(), channel.into(), sent.into()];
+            let values = [moving.into(), pubsub::CHANNEL.into(), sent.into()];
             let statement = Statement::from_sql_and_values(backend, MOVE_HEADS_POSTGRES, values);
             txn.execute_raw(statement).await?;
         }
         return Ok(());
     }
-    for (tenant_id, head) in moved {
+    for (tenant_id, _, head) in moved {
         let update = Query::update()
             .table(Entity)
             .value(Head::Seq, head.seq)

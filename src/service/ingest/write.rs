@@ -16,7 +16,7 @@ use super::tables::{
 use super::{Request, Work};
 use crate::error::{Error, Result};
 use crate::service::event::{NewEvent, Target, micros};
-use crate::service::{pubsub, retention};
+use crate::service::retention;
 
 /// Per job, its events or its own failure.
 type JobResults = Vec<Result<Vec<audit_log::Model>>>;
@@ -104,18 +104,12 @@ pub(super) async fn write(
     let counting = Instant::now();
     count_events(&txn, &rows).await?;
     let rollup = counting.elapsed();
-    let mut ranges = Vec::new();
-    let mut moved = Vec::new();
-    for (tenant_id, (first, head)) in &heads {
-        if head.seq > *first {
-            moved.push((*tenant_id, head));
-            ranges.push((tenant_id.to_string(), first + 1, head.seq));
-        }
-    }
+    let moved: Vec<_> = (heads.iter())
+        .filter(|(_, (first, head))| head.seq > *first)
+        .map(|(tenant_id, (first, head))| (*tenant_id, *first, head))
+        .collect();
     if !moved.is_empty() {
-        // One NOTIFY per transaction, not per event: NOTIFY serializes commits.
-        let notifications = pubsub::notifications(&ranges);
-        move_heads(&txn, &moved, pubsub::CHANNEL, notifications).await?;
+        move_heads(&txn, &moved).await?;
     }
     txn.commit().await?;
     Ok((results, rows, Spent { chain, rollup }))
