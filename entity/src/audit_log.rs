@@ -145,6 +145,76 @@ impl sea_orm::sea_query::ValueType for Metadata {
     }
 }
 
+/// A stored event decoded by position, for selects that read `Column`s in order (as
+/// `Entity::find()` does): `select.into_model::<ByPosition>()`. The derived decoder looks
+/// each column up by name and, for every NULL, formats an error message that it then
+/// drops; on a page of 50 events that was a sixth of the server's instructions.
+pub struct ByPosition(pub Model);
+
+impl sea_orm::FromQueryResult for ByPosition {
+    fn from_query_result(res: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        debug_assert!(
+            pre.is_empty() && in_column_order(res),
+            "columns out of order"
+        );
+        Ok(ByPosition(Model {
+            id: get(res, 0)?,
+            tenant_id: get(res, 1)?,
+            seq: get(res, 2)?,
+            occurred_at: get(res, 3)?,
+            recorded_at: get(res, 4)?,
+            actor_type: get(res, 5)?,
+            actor_id: get(res, 6)?,
+            actor_name: optional(res, 7)?,
+            action: get(res, 8)?,
+            target_type: optional(res, 9)?,
+            target_id: optional(res, 10)?,
+            target_name: optional(res, 11)?,
+            outcome: get(res, 12)?,
+            reason: optional(res, 13)?,
+            metadata: get(res, 14)?,
+            ip_address: optional(res, 15)?,
+            user_agent: optional(res, 16)?,
+            request_id: optional(res, 17)?,
+            trace_id: optional(res, 18)?,
+            chain_version: get(res, 19)?,
+            idempotency_key: optional(res, 20)?,
+            prev_hash: get(res, 21)?,
+            hash: get(res, 22)?,
+        }))
+    }
+}
+
+fn get<T: sea_orm::TryGetable>(res: &QueryResult, index: usize) -> Result<T, DbErr> {
+    Ok(T::try_get_by_index(res, index)?)
+}
+
+fn optional<T: sea_orm::TryGetable>(res: &QueryResult, index: usize) -> Result<Option<T>, DbErr> {
+    use sea_orm::sqlx::{Row, ValueRef};
+    let null = match (res.try_as_pg_row(), res.try_as_sqlite_row()) {
+        (Some(row), _) => row.try_get_raw(index).is_ok_and(|value| value.is_null()),
+        (_, Some(row)) => row.try_get_raw(index).is_ok_and(|value| value.is_null()),
+        _ => false,
+    };
+    if null {
+        Ok(None)
+    } else {
+        get(res, index).map(Some)
+    }
+}
+
+/// Whether the result's columns are `Column`'s, in order.
+fn in_column_order(res: &QueryResult) -> bool {
+    use sea_orm::sqlx::{Column as _, Row};
+    use sea_orm::{IdenStatic, Iterable};
+    let names: Vec<&str> = match (res.try_as_pg_row(), res.try_as_sqlite_row()) {
+        (Some(row), _) => row.columns().iter().map(|c| c.name()).collect(),
+        (_, Some(row)) => row.columns().iter().map(|c| c.name()).collect(),
+        _ => return true,
+    };
+    names.iter().copied().eq(Column::iter().map(|c| c.as_str()))
+}
+
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
 pub enum Relation {}
 

@@ -3,7 +3,7 @@
 //! Every filter maps to an indexed column; pages never use OFFSET, so page 2,000 costs what
 //! page 1 costs.
 
-use entity::audit_log::{self, Column};
+use entity::audit_log::{self, ByPosition, Column};
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, Iterable, Order,
@@ -100,11 +100,20 @@ pub async fn find_many(
     tenant_ids: &[String],
     ids: Vec<Uuid>,
 ) -> Result<Vec<audit_log::Model>> {
-    Ok(audit_log::Entity::find()
+    let select = audit_log::Entity::find()
         .filter(Column::TenantId.is_in(tenant_ids.to_vec()))
-        .filter(Column::Id.is_in(ids))
-        .all(db)
-        .await?)
+        .filter(Column::Id.is_in(ids));
+    events(db, select).await
+}
+
+/// The events a select of whole rows (every `Column`, in order) reads, decoded by position
+/// (`audit_log::ByPosition`).
+pub(super) async fn events(
+    db: &impl ConnectionTrait,
+    select: Select<audit_log::Entity>,
+) -> Result<Vec<audit_log::Model>> {
+    let rows = select.into_model::<ByPosition>().all(db).await?;
+    Ok(rows.into_iter().map(|row| row.0).collect())
 }
 
 /// How many events match.
@@ -126,7 +135,7 @@ pub async fn page(
     columns: Columns,
 ) -> Result<Page> {
     let scan = Scan::new(filter, args, db.get_database_backend())?;
-    let mut rows = columns.select(scan.select()).all(db).await?;
+    let mut rows = events(db, columns.select(scan.select())).await?;
     let has_more = rows.len() as u64 > scan.size;
     rows.truncate(scan.size as usize);
     if !scan.forward {
@@ -161,7 +170,7 @@ pub async fn scan(
     if let Some(c) = after {
         select = select.filter(beyond(c, newest_first));
     }
-    Ok(ordered(select, newest_first).limit(limit).all(db).await?)
+    events(db, ordered(select, newest_first).limit(limit)).await
 }
 
 /// The SQL of a page, for EXPLAIN.

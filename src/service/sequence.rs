@@ -5,6 +5,7 @@ use entity::audit_log::{self, Column};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::filter::Filter;
+use super::query;
 use crate::error::Result;
 
 /// Rows per batch unless told otherwise.
@@ -68,11 +69,7 @@ impl BySequence {
         if let Some(filter) = &self.filter {
             select = select.filter(filter.condition(db.get_database_backend())?);
         }
-        let rows = select
-            .order_by_asc(Column::Seq)
-            .limit(self.batch)
-            .all(db)
-            .await?;
+        let rows = query::events(db, select.order_by_asc(Column::Seq).limit(self.batch)).await?;
         if let Some(last) = rows.last() {
             self.after = last.seq;
         }
