@@ -144,19 +144,34 @@ impl Graphql {
 
     /// Sends a request; fails on transport errors and GraphQL errors.
     pub async fn call(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let body: Value = self
+        Ok(self.timed_call(query, variables).await?.0)
+    }
+
+    /// `call`, with the time the server says it spent (`Server-Timing: app;dur=`).
+    pub async fn timed_call(
+        &self,
+        query: &str,
+        variables: Value,
+    ) -> anyhow::Result<(Value, Duration)> {
+        let response = self
             .client
             .post(&self.url)
             .bearer_auth(&self.token)
             .json(&json!({ "query": query, "variables": variables }))
             .send()
-            .await?
-            .json()
             .await?;
+        let server = response
+            .headers()
+            .get("server-timing")
+            .and_then(|timing| timing.to_str().ok()?.strip_prefix("app;dur="))
+            .and_then(|ms| ms.parse::<f64>().ok())
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .ok_or_else(|| anyhow::anyhow!("no Server-Timing in the response"))?;
+        let body: Value = response.json().await?;
         if !body["errors"].is_null() {
             anyhow::bail!("GraphQL errors: {}", body["errors"]);
         }
-        Ok(body["data"].clone())
+        Ok((body["data"].clone(), server))
     }
 }
 
