@@ -13,6 +13,7 @@ use crate::graphql::types::AuditLogFilter;
 use crate::progress::Progress;
 use crate::service::checkpoint::Signer;
 use crate::service::filter::Filter;
+use crate::service::memory::Memory;
 use crate::service::pubsub::Feed;
 use crate::service::{self, chain, export, ingest::Ingestor, maintenance};
 use crate::startup::Application;
@@ -81,7 +82,8 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             let mut progress = Progress::new("export", head.max(0) as u64, "events");
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let reached = |seq: i64| progress.set(seq.max(0) as u64);
-            export::tenant(&db, &tenant, filter, format, &mut out, reached).await?;
+            let memory = Memory::default();
+            export::tenant(&db, &memory, &tenant, filter, format, &mut out, reached).await?;
             out.flush()?;
             progress.finish();
         }
@@ -201,9 +203,10 @@ async fn verify(
     };
     let mut progress = Progress::new("verify", tenants.iter().map(|(_, n)| n).sum(), "events");
     let mut results = Vec::new();
+    let memory = Memory::default();
     for (tenant, _) in tenants {
-        let result =
-            chain::verify_with_progress(db, &tenant, None, None, |n| progress.advance(n)).await?;
+        let advance = |n| progress.advance(n);
+        let result = chain::verify_with_progress(db, &memory, &tenant, None, None, advance).await?;
         results.push((tenant, result));
     }
     progress.finish();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::access::Access;
@@ -12,7 +12,9 @@ use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::service::checkpoint::Signer;
 use crate::service::ingest::Ingestor;
+use crate::service::memory::Memory;
 use crate::service::pubsub::Feed;
+use crate::service::share::Shares;
 use crate::service::tree::TileCache;
 
 /// The database, the write path, the live feed, authentication, access control, metrics and
@@ -25,8 +27,11 @@ pub struct AppContext {
     pub auth: Arc<Authenticator>,
     pub access: Arc<Access>,
     pub metrics: Arc<Metrics>,
-    /// Exports running at once (each holds a page in memory and reads a page at a time).
-    pub exports: Arc<Semaphore>,
+    /// Memory for decoded events and request bodies, charged before it is spent.
+    pub memory: Memory,
+    /// Exports running at once, shared between tenants (each holds a page in memory and
+    /// reads a page at a time).
+    pub exports: Shares,
     /// The key checkpoints are signed with, when one is configured.
     pub signer: Option<Arc<Signer>>,
     /// Tiles of the tenants' trees recently read for proofs.

@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
-use axum::serve::ListenerExt;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DbBackend;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
@@ -19,18 +18,21 @@ use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::context::AppContext;
 use crate::graphql::{SchemaConfig, build_schema};
-use crate::http::{AppState, app};
+use crate::http::{AppState, Peer, TimedListener, app};
 use crate::metrics::Metrics;
 use crate::service::checkpoint::Signer;
 use crate::service::ingest::Ingestor;
+use crate::service::memory::Memory;
 use crate::service::pubsub::{self, Feed};
+use crate::service::share::Shares;
 use crate::service::tree::TileCache;
 use crate::service::{maintenance, transparency};
 use crate::telemetry;
 use crate::ws::Fanout;
 
-/// Exports one instance runs at once; more wait for a slot (see `http/export.rs`).
-const MAX_EXPORTS: usize = 4;
+/// Exports one instance runs at once, half of them at most for one tenant; more wait for a
+/// slot (see `http/export.rs`).
+const MAX_EXPORTS: u32 = 4;
 
 /// A bound, migrated server, ready to run. It owns its background tasks (the NOTIFY
 /// listener, housekeeping): they stop when it stops, or when it is dropped.
@@ -68,6 +70,7 @@ impl Application {
             .map(|origin| HeaderValue::from_str(origin))
             .collect::<Result<Vec<_>, _>>()?;
         let feed = Feed::new(config.subscriber_buffer);
+        let memory = Memory::default();
         let mut tasks = JoinSet::new();
         if db.get_database_backend() == DbBackend::Postgres {
             let url = config.database.url.expose_secret().to_owned();
@@ -105,6 +108,7 @@ impl Application {
         let every = Duration::from_secs(transparency.verify_interval_seconds.max(1));
         tasks.spawn(transparency::verify(
             background,
+            memory.clone(),
             signer.clone(),
             every,
             metrics.clone(),
@@ -134,7 +138,8 @@ impl Application {
             auth,
             access,
             metrics,
-            exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
+            memory,
+            exports: Shares::new(MAX_EXPORTS, MAX_EXPORTS / 2),
             signer,
             tiles: Arc::new(TileCache::new()),
             stopping: stopping_rx,
@@ -177,9 +182,7 @@ impl Application {
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(address = %self.listener.local_addr()?, "audit-service listening");
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let service = self.router.into_make_service_with_connect_info::<Peer>();
         let (signalled, on_signal) = oneshot::channel();
         let stopping = self.stopping.clone();
         let graceful = async move {
@@ -187,13 +190,7 @@ impl Application {
             stopping.send_replace(true);
             let _ = signalled.send(());
         };
-        // Small writes (a delivery, a response) go out at once, not after the client's
-        // delayed acknowledgement of the previous one.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "TCP_NODELAY not set");
-            }
-        });
+        let listener = TimedListener(self.listener);
         let mut server = tokio::spawn(
             axum::serve(listener, service)
                 .with_graceful_shutdown(graceful)

@@ -1,8 +1,10 @@
 //! Bounds on what one request may cost once it is valid: a share of the server's capacity
-//! for concurrent work, weighed by the request's complexity; a budget of events and bytes
-//! per response; and a share of memory for the events loaded by all requests in flight.
-//! Together with the complexity limit they keep memory bounded whatever readers send.
+//! for concurrent work, weighed by the request's complexity and shared fairly between
+//! tenants; a budget of events per response; and memory for the events it loads, charged
+//! before they are decoded (`budget`). Together with the complexity limit they keep memory
+//! bounded whatever readers send.
 
+use std::any::TypeId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,26 +18,26 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
 use futures_util::stream::BoxStream;
 use sea_orm::DatabaseConnection;
-use tokio::sync::Semaphore;
 
 use super::AppSchema;
-use super::budget::{Budget, QUEUE_WAIT};
+use super::budget::Budget;
 use super::loaders::{AuditLoader, MAX_BATCH};
 use super::{documents, limits};
+use crate::auth::Principal;
 use crate::error::Error;
+use crate::service::memory::Memory;
 use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
+use crate::service::share::Shares;
 use crate::service::stats::MAX_BUCKETS;
 
 /// Most entity representations in one request.
 pub const MAX_REPRESENTATIONS: usize = 1000;
-/// Memory for the events of all requests in flight, in bytes. A response holds its events
-/// several times over on the way out (rows, resolved values, JSON), so this is a quarter
-/// of what reads may take.
-const MEMORY_FOR_EVENTS: usize = 64 * 1024 * 1024;
+/// How long a request waits for capacity before it is shed with `UNAVAILABLE`.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 /// The server's capacity for concurrent work, in complexity points: queries and mutations
-/// hold their complexity's worth while they run. Subscriptions are bounded per connection
-/// instead.
+/// hold their complexity's worth while they run, and one tenant's at most half of it.
+/// Subscriptions are bounded per connection instead.
 ///
 /// Every request (and subscription) also gets its own budget and its own [`AuditLoader`],
 /// which loads against that budget: a request's keys are batched only with its own, so one
@@ -49,9 +51,8 @@ const MEMORY_FOR_EVENTS: usize = 64 * 1024 * 1024;
 /// run on this schema.
 #[derive(Clone)]
 pub struct Admission {
-    capacity: Arc<Semaphore>,
-    total: u32,
-    memory: Arc<Semaphore>,
+    capacity: Shares,
+    memory: Memory,
     max_complexity: usize,
     db: DatabaseConnection,
     /// How long a loader batch waits for more keys after its first.
@@ -60,22 +61,22 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Room for `concurrent` requests of `max_complexity` at once; queries run on
-    /// `executor`, which checks nothing of its own.
+    /// Room for `concurrent` requests of `max_complexity` at once, loading into `memory`;
+    /// queries run on `executor`, which checks nothing of its own.
     pub fn new(
         max_complexity: usize,
         concurrent: usize,
         db: DatabaseConnection,
+        memory: Memory,
         batch_window: Duration,
         executor: AppSchema,
     ) -> Self {
         let total = max_complexity.saturating_mul(concurrent);
         let total = u32::try_from(total).unwrap_or(u32::MAX).max(1);
         Admission {
-            capacity: Arc::new(Semaphore::new(total as usize)),
-            total,
+            capacity: Shares::new(total, total / 2),
             max_complexity,
-            memory: Arc::new(Semaphore::new(MEMORY_FOR_EVENTS >> 10)),
+            memory,
             db,
             batch_window,
             executor,
@@ -90,6 +91,7 @@ impl ExtensionFactory for Admission {
             representations: AtomicUsize::new(0),
             complexity: AtomicUsize::new(0),
             streaming: AtomicBool::new(false),
+            tenant_id: Mutex::default(),
             query: Mutex::new(None),
         })
     }
@@ -103,6 +105,8 @@ struct Admitted {
     complexity: AtomicUsize,
     /// Set when the request is a subscription (before it is prepared).
     streaming: AtomicBool,
+    /// The caller's tenant, whose shares the request uses.
+    tenant_id: Mutex<String>,
     /// A query's request, once checked here, for the executor.
     query: Mutex<Option<Request>>,
 }
@@ -115,10 +119,10 @@ impl Extension for Admitted {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        let budget = Arc::new(Budget::new(
-            self.admission.memory.clone(),
-            self.streaming.load(Ordering::Relaxed),
-        ));
+        let tenant_id = tenant_of(&request);
+        let streaming = self.streaming.load(Ordering::Relaxed);
+        let budget = Arc::new(Budget::new(&self.admission.memory, &tenant_id, streaming));
+        *self.tenant_id.lock().unwrap_or_else(|e| e.into_inner()) = tenant_id;
         let loader = AuditLoader {
             db: self.admission.db.clone(),
             budget: budget.clone(),
@@ -191,25 +195,38 @@ impl Extension for Admitted {
         next: NextExecute<'_>,
     ) -> Response {
         let complexity = self.complexity.load(Ordering::Relaxed);
-        let weight = u32::try_from(complexity)
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.admission.total);
-        let capacity = self.admission.capacity.clone();
-        let permit = tokio::time::timeout(QUEUE_WAIT, capacity.acquire_many_owned(weight)).await;
-        match permit {
-            Ok(Ok(_permit)) => {
+        let weight = u32::try_from(complexity).unwrap_or(u32::MAX);
+        let tenant_id = self
+            .tenant_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let capacity = &self.admission.capacity;
+        match capacity.acquire(&tenant_id, weight, QUEUE_WAIT).await {
+            Ok(_permit) => {
                 let query = self.query.lock().unwrap_or_else(|e| e.into_inner()).take();
                 match query {
                     Some(query) => self.admission.executor.execute(query).await,
                     None => next.run(ctx, operation_name).await,
                 }
             }
-            _ => {
+            Err(_) => {
                 let error = async_graphql::Error::from(Error::Busy);
                 Response::from_errors(vec![error.into_server_error(Default::default())])
             }
         }
     }
+}
+
+/// The tenant of the request's caller (the transports add the `Principal`); requests
+/// without one share the empty tenant's.
+fn tenant_of(request: &Request) -> String {
+    request
+        .data
+        .get(&TypeId::of::<Principal>())
+        .and_then(|data| data.downcast_ref::<Principal>())
+        .map(|principal| principal.tenant_id.clone())
+        .unwrap_or_default()
 }
 
 /// A query's own request for the executor: its document, variables and data (caller,

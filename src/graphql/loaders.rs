@@ -109,9 +109,9 @@ impl Loader<EventKey> for AuditLoader {
         let mut found = HashMap::new();
         for (tenant_ids, ids) in by_tenants {
             let turn = self.budget.turn().await;
-            let rows = query::find_many(&self.db, &tenant_ids, ids).await?;
+            let meter = self.budget.meter();
+            let rows = query::find_many(&self.db, &tenant_ids, ids, &meter).await?;
             drop(turn);
-            self.budget.hold(&rows).await?;
             for row in rows {
                 let key = EventKey {
                     tenant_ids: tenant_ids.clone(),
@@ -131,22 +131,23 @@ impl Loader<TrailKey> for AuditLoader {
     async fn load(&self, keys: &[TrailKey]) -> Result<HashMap<TrailKey, Self::Value>, Self::Error> {
         let mut found = HashMap::new();
         for ((args, _), subjects) in batches(keys.iter()) {
-            // A statement loads at most about `LOAD_CHUNK_ROWS` events, and each chunk is
-            // held against the request's budget before the next is loaded.
+            // A statement loads at most about `LOAD_CHUNK_ROWS` events, each charged to the
+            // request's budget before it is decoded.
             let per_chunk = (LOAD_CHUNK_ROWS / args.limit.max(1) as usize).max(1);
             for chunk in subjects.chunks(per_chunk) {
                 let turn = self.budget.turn().await;
+                let meter = self.budget.meter();
                 let pages = trail::pages(
                     &self.db,
                     chunk,
                     &args.filter,
                     args.after.as_ref(),
                     args.limit,
+                    &meter,
                 )
                 .await?;
                 drop(turn);
                 for (subject, rows) in pages {
-                    self.budget.hold(&rows).await?;
                     found.insert(
                         TrailKey {
                             subject,

@@ -125,6 +125,7 @@ pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
             config.max_complexity,
             CONCURRENT_COMPLEXITY_LIMITS,
             context.db.clone(),
+            context.memory.clone(),
             config.batch_window,
             executor,
         ))

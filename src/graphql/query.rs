@@ -41,8 +41,8 @@ impl AuditQuery {
         let id = Uuid::parse_str(&id)
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let db = &ctx.data::<AppContext>()?.db;
-        let found = query::find(db, &principal.readable_tenants(), id).await?;
-        budget::hold(ctx, found.as_slice()).await?;
+        let meter = budget::meter(ctx)?;
+        let found = query::find(db, &principal.readable_tenants(), id, &meter).await?;
         Ok(found.map(AuditLog::from))
     }
 
@@ -85,8 +85,8 @@ impl AuditQuery {
         budget::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
         let db = &ctx.data::<AppContext>()?.db;
         let columns = AuditLog::columns(&look_ahead);
-        let page = query::page(db, &filter, &args, want_far_side, columns).await?;
-        budget::hold(ctx, &page.rows).await?;
+        let meter = budget::meter(ctx)?;
+        let page = query::page(db, &filter, &args, want_far_side, columns, &meter).await?;
         Ok(AuditLogConnection::new(
             page,
             Count::Query(Box::new(filter)),
@@ -175,8 +175,9 @@ impl AuditQuery {
             )
             .into());
         }
-        let db = &ctx.data::<AppContext>()?.db;
-        Ok(chain::verify(db, &tenant_id, from, to).await?.into())
+        let context = ctx.data::<AppContext>()?;
+        let verified = chain::verify(&context.db, &context.memory, &tenant_id, from, to).await?;
+        Ok(verified.into())
     }
 }
 
@@ -215,7 +216,9 @@ impl AuditProofQuery {
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let tree_size = sequence_arg("treeSize", tree_size)?;
         let _turn = budget::turn(ctx).await;
-        let Some(event) = query::find(&context.db, &principal.readable_tenants(), id).await? else {
+        let tenants = principal.readable_tenants();
+        let meter = budget::meter(ctx)?;
+        let Some(event) = query::find(&context.db, &tenants, id, &meter).await? else {
             return Ok(None);
         };
         let tenant_id = event.tenant_id;

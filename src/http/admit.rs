@@ -1,8 +1,6 @@
 //! Who is asking, and whether they may: authentication before any work, with the
 //! request's origin kept for the record of refusals.
 
-use std::net::SocketAddr;
-
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,6 +11,7 @@ use crate::auth::{Principal, Refusal};
 use crate::error::Error;
 
 use super::errors::{error_response, status_of};
+use super::listener::Peer;
 use super::state::AppState;
 
 /// Where a request came from: the peer address and its User-Agent.
@@ -20,8 +19,8 @@ pub(super) fn origin(parts: &Parts) -> Origin {
     Origin {
         ip: parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip().to_string()),
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(Peer(peer))| peer.ip().to_string()),
         user_agent: parts
             .headers
             .get(header::USER_AGENT)

@@ -1,7 +1,9 @@
 //! `GET /export`: what a filter matches, streamed as NDJSON or CSV under the same
-//! credentials and scopes as `auditLogs`, and recorded in the caller's tenant.
+//! credentials and scopes as `auditLogs`, and recorded in the caller's tenant. Exports take
+//! slots shared fairly between tenants, and one whose client stops reading is dropped.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,6 +14,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::access::{Origin, caller_event};
 use crate::auth::{Principal, Scope};
@@ -29,6 +33,11 @@ use super::state::AppState;
 
 /// How long an export waits for one of the instance's export slots before it is refused.
 const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// How long a client may leave a part of the body unread before the export is dropped
+/// (and its slot and memory given back).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest filter an export's record holds; a longer one is cut there.
+const RECORDED_FILTER_BYTES: usize = 16 * 1024;
 
 /// The query string of `/export`.
 #[derive(Deserialize)]
@@ -86,8 +95,8 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         Ok(filter) => filter,
         Err(err) => return error_response(status_of(&err), err),
     };
-    let slot = tokio::time::timeout(SLOT_WAIT, state.context.exports.clone().acquire_owned()).await;
-    let Ok(Ok(slot)) = slot else {
+    let exports = &state.context.exports;
+    let Ok(slot) = exports.acquire(&principal.tenant_id, 1, SLOT_WAIT).await else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, Error::Busy);
     };
 
@@ -97,10 +106,21 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         principal: Arc::new(principal),
         origin,
     };
+    // The filter as text: as JSON it would nest two levels deeper than it may itself.
+    let mut filter_text = asked.filter_json.to_string();
+    let cut = filter_text.len() > RECORDED_FILTER_BYTES;
+    if cut {
+        let mut end = RECORDED_FILTER_BYTES;
+        while !filter_text.is_char_boundary(end) {
+            end -= 1;
+        }
+        filter_text.truncate(end);
+    }
     let metadata = json!({
         "format": asked.format.extension(),
         "orderBy": if asked.order == PageOrder::OldestFirst { "OCCURRED_AT_ASC" } else { "OCCURRED_AT_DESC" },
-        "filter": asked.filter_json,
+        "filter": filter_text,
+        "filterCut": cut,
     });
     let requested = match record.write("audit.export.requested", metadata).await {
         Ok(id) => id,
@@ -114,30 +134,57 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         rows: 0,
         complete: false,
     };
-    let pages = export::pages(state.context.db.clone(), filter, asked.order);
-    let body = async_stream::stream! {
-        // Moved in whole, so that they are dropped with the body, not with this handler.
+    let context = &state.context;
+    let pages = export::pages(
+        context.db.clone(),
+        context.memory.clone(),
+        finished.record.principal.tenant_id.clone(),
+        filter,
+        asked.order,
+    );
+    // The export runs on a task of its own and hands the body one encoded page at a time:
+    // a client that stops reading stops it within `SEND_TIMEOUT`, slot and all, rather
+    // than leaving it suspended for as long as the connection lasts.
+    let (sender, receiver) = mpsc::channel::<Bytes>(1);
+    let complete = Arc::new(AtomicBool::new(false));
+    let completed = complete.clone();
+    tokio::spawn(async move {
         let (mut finished, _slot) = (finished, slot);
-        yield Ok::<_, std::io::Error>(Bytes::from(format.header()));
+        let send = |bytes: Vec<u8>| sender.send_timeout(Bytes::from(bytes), SEND_TIMEOUT);
+        if send(format.header()).await.is_err() {
+            return;
+        }
         let mut pages = std::pin::pin!(pages);
         while let Some(page) = pages.next().await {
-            match page {
+            let bytes = match page {
                 Ok(rows) => {
                     finished.rows += rows.len() as u64;
-                    yield Ok(Bytes::from(format.encode(&rows)));
+                    format.encode(&rows)
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "export failed part-way");
-                    yield Ok(Bytes::from(format.failure()));
-                    // And the response ends without its last chunk, so that an HTTP
-                    // client sees the failure too.
-                    yield Err(std::io::Error::other("the export failed part-way"));
+                    let _ = send(format.failure()).await;
                     return;
                 }
+            };
+            if send(bytes).await.is_err() {
+                tracing::info!("dropping an export whose client stopped reading");
+                return;
             }
         }
         finished.complete = true;
-    };
+        completed.store(true, Ordering::Release);
+    });
+    // A body that ends before the export did ends without its last chunk, so that an HTTP
+    // client sees the failure too.
+    let end = futures_util::stream::once(async move {
+        match complete.load(Ordering::Acquire) {
+            true => None,
+            false => Some(Err(std::io::Error::other("the export ended part-way"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = ReceiverStream::new(receiver).map(Ok).chain(end);
     let file_name = format!(
         "attachment; filename=\"audit-export-{}.{}\"",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),

@@ -5,6 +5,7 @@
 mod admit;
 mod errors;
 mod export;
+mod listener;
 mod state;
 mod tlog;
 mod transport;
@@ -32,6 +33,7 @@ use crate::error::Error;
 use crate::telemetry;
 
 use errors::{ErrorCodes, error_response};
+pub use listener::{Peer, TimedListener, WRITE_TIMEOUT};
 use state::BODY_TIMEOUT;
 pub use state::{AppState, MAX_BODY_BYTES};
 use transport::{graphql_get, graphql_post};

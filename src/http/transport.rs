@@ -20,6 +20,7 @@ use crate::access::Origin;
 use crate::auth::Principal;
 use crate::error::{Code, Error};
 use crate::graphql::{budget, documents, limits};
+use crate::service::memory::json_size;
 
 use super::admit::admit;
 use super::errors::{ErrorCodes, error_response, http_error, server_error};
@@ -89,7 +90,26 @@ pub(super) async fn graphql_post(
         }
         Err(rejection) => return http_error(rejection.status(), &rejection.body_text()),
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    let (principal, origin) = match admit(&state, &parts).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return http_error(StatusCode::BAD_REQUEST, "the body is not UTF-8");
+    };
+    // Decoded, a body of small JSON values takes many times its length: that memory is
+    // the caller's to wait for, before it is spent.
+    let decoded = json_size(text);
+    let _held = match state
+        .context
+        .memory
+        .reserve(&principal.tenant_id, decoded)
+        .await
+    {
+        Ok(held) => held,
+        Err(err) => return error_response(StatusCode::SERVICE_UNAVAILABLE, err),
+    };
+    let request: async_graphql::Request = match serde_json::from_str(text) {
         Ok(request) => request,
         Err(err) => {
             return http_error(
@@ -98,7 +118,7 @@ pub(super) async fn graphql_post(
             );
         }
     };
-    execute(&state, request, media, &parts).await
+    run(&state, request, media, principal, origin).await
 }
 
 /// The query string of a GraphQL GET request (async-graphql's parser expects
@@ -118,9 +138,23 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
         return websocket(state, &mut parts).await;
     }
     let media = negotiate(&parts.headers);
+    let (principal, origin) = match admit(&state, &parts).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
     let params = match Query::<GetParams>::try_from_uri(&parts.uri) {
         Ok(Query(params)) => params,
         Err(err) => return http_error(StatusCode::BAD_REQUEST, &err.body_text()),
+    };
+    let decoded = params.variables.as_deref().map_or(0, json_size);
+    let _held = match state
+        .context
+        .memory
+        .reserve(&principal.tenant_id, decoded)
+        .await
+    {
+        Ok(held) => held,
+        Err(err) => return error_response(StatusCode::SERVICE_UNAVAILABLE, err),
     };
     let variables = match params
         .variables
@@ -138,10 +172,6 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
     };
     let mut request = async_graphql::Request::new(params.query).variables(variables);
     request.operation_name = params.operation_name;
-    let (principal, origin) = match admit(&state, &parts).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
     // `documents::operation` checks the nesting before it parses.
     if documents::operation(&mut request).is_some_and(|op| op.ty == OperationType::Mutation) {
         let error = Error::bad_input("", "mutations must be sent with POST");
@@ -176,18 +206,6 @@ fn inspect(request: &mut async_graphql::Request) -> Option<(OperationType, Optio
     });
     request.variables = variables;
     inspected
-}
-
-pub(super) async fn execute(
-    state: &AppState,
-    request: async_graphql::Request,
-    media: Media,
-    parts: &Parts,
-) -> Response {
-    match admit(state, parts).await {
-        Ok((principal, origin)) => run(state, request, media, principal, origin).await,
-        Err(refusal) => refusal,
-    }
 }
 
 /// Runs an admitted request and encodes its answer.

@@ -2,9 +2,10 @@
 //! checks is `canonical.rs`.
 
 use entity::{chain_checkpoint, chain_head};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, StreamTrait};
 
 use super::canonical::{GENESIS, KNOWN_VERSIONS, chain_hash};
+use super::memory::Memory;
 use super::sequence::BySequence;
 use crate::error::{Error, Result};
 
@@ -60,19 +61,21 @@ pub async fn retention_checkpoint(
 /// Checks a tenant's chain from `from` to `to` (both inclusive; by default from the last
 /// retention checkpoint, or 1, to the head): every sequence present once, every `prev_hash`
 /// the previous `hash`, every `hash` recomputed from the row, the last one equal to the head,
-/// and nothing beyond the head. Reads the rows in bounded batches.
+/// and nothing beyond the head. Reads the rows in bounded batches, charged to `memory`.
 pub async fn verify(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
+    memory: &Memory,
     tenant_id: &str,
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<Verification> {
-    verify_with_progress(db, tenant_id, from, to, |_| {}).await
+    verify_with_progress(db, memory, tenant_id, from, to, |_| {}).await
 }
 
 /// [`verify`], calling `checked` with the number of events of each batch it checked.
 pub async fn verify_with_progress(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
+    memory: &Memory,
     tenant_id: &str,
     from: Option<i64>,
     to: Option<i64>,
@@ -109,7 +112,7 @@ pub async fn verify_with_progress(
     } else if from == floor + 1 {
         checkpoint.map(|c| c.hash).unwrap_or_default()
     } else {
-        let mut before = BySequence::after(tenant_id, from - 2).through(from - 1);
+        let mut before = BySequence::after(memory, tenant_id, from - 2).through(from - 1);
         match before.next(db).await?.pop() {
             Some(row) => row.hash,
             None => {
@@ -124,7 +127,7 @@ pub async fn verify_with_progress(
 
     let mut checked = 0;
     let mut expected = from;
-    let mut rows_in_range = BySequence::after(tenant_id, from - 1).through(to);
+    let mut rows_in_range = BySequence::after(memory, tenant_id, from - 1).through(to);
     while expected <= to {
         let rows = rows_in_range.next(db).await?;
         checked_batch(rows.len() as u64);
@@ -170,7 +173,7 @@ pub async fn verify_with_progress(
         return Ok(Verification::broken(checked, head_seq, reason));
     }
     if to == head_seq {
-        let mut beyond = BySequence::after(tenant_id, head_seq).batch(1);
+        let mut beyond = BySequence::after(memory, tenant_id, head_seq).batch(1);
         let row = beyond.next(db).await?.pop();
         // An event committed since the head was read is past the head read, not past the
         // head: it is the head that moved. (A forged row in its place would have made that

@@ -31,6 +31,12 @@ pub const MAX_USER_AGENT_LEN: usize = 1024;
 pub const MAX_KEY_LEN: usize = 256;
 /// Largest metadata object, in bytes of compact JSON.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Most values in a metadata object (each object, array, string, number, boolean and null
+/// counts one): what bounds its size once decoded, which compact text does not (an empty
+/// array is two bytes of text and 72 in memory, a one-element array 360).
+pub const MAX_METADATA_VALUES: usize = 4096;
+/// The most a metadata object within the limits takes once decoded (`service::memory`).
+pub const MAX_METADATA_MEMORY: usize = 3 << 19;
 /// How far in the future `occurredAt` may be, to allow for clock skew between services.
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 
@@ -300,7 +306,8 @@ fn check_metadata(metadata: &Value) -> Result<()> {
 }
 
 /// A JSON object as metadata or a metadata filter: nested at most `MAX_METADATA_DEPTH`
-/// deep, no NUL in keys or strings (PostgreSQL cannot store it), at most 64 KiB.
+/// deep, no NUL in keys or strings (PostgreSQL cannot store it), at most 64 KiB and
+/// `MAX_METADATA_VALUES` values.
 pub fn check_json_object(field: &str, value: &Value) -> Result<()> {
     if !value.is_object() {
         return Err(Error::bad_input(
@@ -320,6 +327,13 @@ pub fn check_json_object(field: &str, value: &Value) -> Result<()> {
             format!("{field} must not contain NUL characters"),
         ));
     }
+    let values = count_values(value);
+    if values > MAX_METADATA_VALUES {
+        return Err(Error::bad_input(
+            field,
+            format!("{field} holds {values} values, more than the limit of {MAX_METADATA_VALUES}"),
+        ));
+    }
     let size = serde_json::to_vec(value).map_err(Error::internal)?.len();
     if size > MAX_METADATA_BYTES {
         return Err(Error::bad_input(
@@ -336,6 +350,15 @@ fn depth(value: &Value) -> usize {
     match value {
         Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// How many values `value` holds, itself included.
+fn count_values(value: &Value) -> usize {
+    1 + match value {
+        Value::Array(items) => items.iter().map(count_values).sum(),
+        Value::Object(map) => map.values().map(count_values).sum(),
         _ => 0,
     }
 }
@@ -365,6 +388,34 @@ fn has_nul(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::memory::value_size;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_within_the_limits_stays_small_in_memory() {
+        let most = MAX_METADATA_VALUES;
+        let nested = |n: usize| (0..n).fold(json!(0), |inner, _| json!([inner]));
+        let shapes = [
+            json!({ "a": vec![0; most - 2] }),
+            json!({ "a": vec![json!({}); most - 2] }),
+            json!({ "a": vec![json!([]); most - 2] }),
+            json!({ "a": vec![json!({ "": 0 }); (most - 2) / 2] }),
+            json!({ "a": vec![json!([[0]]); (most - 2) / 3] }),
+            json!({ "a": vec![nested(30); (most - 2) / 31] }),
+        ];
+        for metadata in shapes {
+            check_metadata(&metadata).unwrap();
+            let size = value_size(&metadata);
+            assert!(
+                size <= MAX_METADATA_MEMORY,
+                "{size} bytes: {:.60}",
+                metadata.to_string()
+            );
+        }
+        let over = json!({ "a": vec![0; most] });
+        let refused = check_metadata(&over).unwrap_err();
+        assert!(refused.to_string().contains("4098 values"), "{refused}");
+    }
 
     #[test]
     fn action_format() {

@@ -3,17 +3,16 @@
 //! `audit-service export` writes, so an export can be chain-checked) or as CSV (RFC 4180,
 //! a header row, metadata as a JSON string).
 
-use std::sync::Arc;
-
 use entity::audit_log;
 use futures_util::Stream;
-use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseConnection};
+use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseConnection, StreamTrait};
 
 use super::canonical::{export_line, timestamp};
 use super::cursor::Cursor;
 use super::filter::Filter;
+use super::memory::{Memory, Meter};
 use super::query::{self, PageOrder};
-use super::sequence::BySequence;
+use super::sequence::{BATCH_BYTES, BySequence};
 use crate::config::ExportFormat;
 use crate::error::{Error, Result};
 
@@ -141,55 +140,46 @@ where
 /// The matching events, page by page: one tenant after another (in the filter's order of
 /// tenants), each tenant's events in `order`. Every page is then a walk down the index on
 /// `(tenant_id, occurred_at, id)`; ordering several tenants' events by time together would
-/// make the database sort all of them again for every page. Memory stays at one page,
-/// whatever the size of the export.
+/// make the database sort all of them again for every page. A page is at most `PAGE` rows
+/// and `BATCH_BYTES` of decoded events, charged to `memory` for `reader` (the tenant
+/// asking) until the next page is read: memory stays at one page, whatever the size of the
+/// export.
 pub fn pages(
     db: DatabaseConnection,
+    memory: Memory,
+    reader: String,
     filter: Filter,
     order: PageOrder,
 ) -> impl Stream<Item = Result<Vec<audit_log::Model>>> {
     async_stream::stream! {
+        let meter = Meter::new(&memory, &reader, BATCH_BYTES);
         for tenant_id in &filter.tenant_ids {
-            let one = Arc::new(Filter {
+            let one = Filter {
                 tenant_ids: vec![tenant_id.clone()],
                 ..filter.clone()
-            });
+            };
             let mut after: Option<Cursor> = None;
             loop {
-                // On a task of its own: a client that stops reading stops this stream from
-                // being polled, and a query suspended mid-way would keep its connection.
-                let page = {
-                    let (db, one, after) = (db.clone(), one.clone(), after.clone());
-                    tokio::spawn(async move {
-                        // A busy pool is waited out a few times before the export fails.
-                        let mut attempt = 0;
-                        loop {
-                            match query::scan(&db, &one, order, after.as_ref(), PAGE).await {
-                                Err(Error::Unavailable(_)) if attempt < 3 => attempt += 1,
-                                done => return done,
-                            }
-                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                        }
-                    })
-                };
-                let rows = match page.await {
-                    Ok(Ok(rows)) => rows,
-                    Ok(Err(err)) => {
-                        yield Err(err);
-                        return;
+                meter.release();
+                // A busy pool or memory is waited out a few times before the export fails.
+                let mut attempt = 0;
+                let page = loop {
+                    match query::scan(&db, &one, order, after.as_ref(), PAGE, &meter).await {
+                        Err(Error::Unavailable(_) | Error::Busy) if attempt < 3 => attempt += 1,
+                        done => break done,
                     }
-                    Err(failed) => {
-                        yield Err(Error::internal(failed));
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                };
+                let rows = match page {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        yield Err(err);
                         return;
                     }
                 };
                 let Some(last) = rows.last() else { break };
                 after = Some(Cursor::of(last));
-                let full = rows.len() as u64 == PAGE;
                 yield Ok(rows);
-                if !full {
-                    break;
-                }
             }
         }
     }
@@ -198,14 +188,15 @@ pub fn pages(
 /// Writes a tenant's events (those the filter matches, if one is given) to `out` in
 /// sequence order, the order its chain verifies in; returns how many.
 pub async fn tenant(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
+    memory: &Memory,
     tenant_id: &str,
     filter: Option<Filter>,
     format: ExportFormat,
     out: &mut impl std::io::Write,
     mut reached: impl FnMut(i64),
 ) -> Result<u64> {
-    let mut events = BySequence::after(tenant_id, 0);
+    let mut events = BySequence::after(memory, tenant_id, 0);
     if let Some(filter) = filter {
         events = events.matching(filter);
     }

@@ -11,6 +11,7 @@ use tokio::sync::broadcast::{Receiver, error::RecvError};
 
 use super::cursor::Cursor;
 use super::filter::Filter;
+use super::memory::Memory;
 use super::sequence::BySequence;
 use crate::error::{Error, Result};
 
@@ -25,6 +26,7 @@ const REPLAY_BATCH: u64 = 100;
 /// recognized by their sequence number (per tenant, sequence order is commit order).
 pub fn tail(
     db: DatabaseConnection,
+    memory: Memory,
     filter: Filter,
     after: Option<Cursor>,
     mut live: Receiver<Arc<audit_log::Model>>,
@@ -40,7 +42,7 @@ pub fn tail(
         tokio::pin!(expired);
         let mut replayed: Option<(String, i64)> = None;
         if let Some(cursor) = after {
-            let mut reader = BySequence::after(cursor.tenant_id.clone(), cursor.seq)
+            let mut reader = BySequence::after(&memory, cursor.tenant_id.clone(), cursor.seq)
                 .matching(filter.clone())
                 .batch(REPLAY_BATCH);
             loop {

@@ -22,13 +22,16 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::broadcast;
 
-use super::sequence::BySequence;
+use super::memory::Memory;
+use super::sequence::{BATCH_BYTES, BySequence};
 use crate::error::{Error, Result};
 
 /// The PostgreSQL notification channel.
 pub const CHANNEL: &str = "audit_events";
 /// The listener's `application_name`, to find its connection in `pg_stat_activity`.
 pub const LISTENER_NAME: &str = "audit-service-listener";
+/// Tenants whose events the listener reads at once.
+const DELIVER_AT_ONCE: usize = 4;
 /// NOTIFY payloads must stay under 8,000 bytes.
 const MAX_PAYLOAD: usize = 7000;
 
@@ -235,11 +238,14 @@ pub fn notifications(ranges: &[(String, i64, i64)]) -> Vec<String> {
 /// Runs the instance's listener for as long as the process lives, reconnecting with
 /// backoff. Deliveries start from the chain heads at the first connection.
 pub async fn listen(db: DatabaseConnection, url: String, feed: Feed) {
+    // Its own memory, so that no reader can starve the live tail of it: a batch for each
+    // tenant it delivers at once.
+    let memory = Memory::new(DELIVER_AT_ONCE * BATCH_BYTES);
     let mut delivered: Option<HashMap<String, i64>> = None;
     let mut backoff = Duration::from_millis(100);
     feed.listener_connected(false);
     loop {
-        match session(&db, &url, &feed, &mut delivered).await {
+        match session(&db, &memory, &url, &feed, &mut delivered).await {
             Ok(()) => tracing::warn!("notification listener lost its connection; reconnecting"),
             Err(err) => tracing::warn!(error = %err, "notification listener failed; reconnecting"),
         }
@@ -253,6 +259,7 @@ pub async fn listen(db: DatabaseConnection, url: String, feed: Feed) {
 /// notifications until the connection drops.
 async fn session(
     db: &DatabaseConnection,
+    memory: &Memory,
     url: &str,
     feed: &Feed,
     delivered: &mut Option<HashMap<String, i64>>,
@@ -278,7 +285,7 @@ async fn session(
         }
         Some(delivered) => {
             let heads = heads.into_iter().map(|h| (h.tenant_id, h.seq));
-            deliver(db, feed, delivered, heads.collect()).await;
+            deliver(db, memory, feed, delivered, heads.collect()).await;
         }
     }
     let Some(delivered) = delivered.as_mut() else {
@@ -302,7 +309,7 @@ async fn session(
     let delivering = async {
         loop {
             feed.wake.notified().await;
-            deliver(db, feed, delivered, feed.take_announced()).await;
+            deliver(db, memory, feed, delivered, feed.take_announced()).await;
         }
     };
     // Delivery never ends; reading ends when the connection does.
@@ -316,22 +323,23 @@ async fn session(
 /// `through` gives it; a few tenants at once.
 async fn deliver(
     db: &DatabaseConnection,
+    memory: &Memory,
     feed: &Feed,
     delivered: &mut HashMap<String, i64>,
     through: HashMap<String, i64>,
 ) {
-    const AT_ONCE: usize = 4;
     let tenants: Vec<_> = through
         .into_iter()
         .map(|(tenant_id, last)| {
             let after = delivered.get(&tenant_id).copied().unwrap_or(0);
             async move {
-                let (position, result) = deliver_through(db, feed, &tenant_id, after, last).await;
+                let (position, result) =
+                    deliver_through(db, memory, feed, &tenant_id, after, last).await;
                 (tenant_id, position, result)
             }
         })
         .collect();
-    let mut tenants = futures_util::stream::iter(tenants).buffer_unordered(AT_ONCE);
+    let mut tenants = futures_util::stream::iter(tenants).buffer_unordered(DELIVER_AT_ONCE);
     while let Some((tenant_id, position, result)) = tenants.next().await {
         // One tenant's failure must not stop the others' deliveries; its events are tried
         // again with its next notification or reconnection.
@@ -346,6 +354,7 @@ async fn deliver(
 /// reached, and what stopped it short.
 async fn deliver_through(
     db: &DatabaseConnection,
+    memory: &Memory,
     feed: &Feed,
     tenant_id: &str,
     after: i64,
@@ -362,7 +371,7 @@ async fn deliver_through(
     if after == last {
         return (last, Ok(()));
     }
-    let mut events = BySequence::after(tenant_id, after).through(last);
+    let mut events = BySequence::after(memory, tenant_id, after).through(last);
     loop {
         let rows = match events.next(db).await {
             Ok(rows) => rows,

@@ -4,15 +4,18 @@
 //! page 1 costs.
 
 use entity::audit_log::{self, ByPosition, Column};
+use futures_util::StreamExt;
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, Iterable, Order,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    IdenStatic, Iterable, Order, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    QueryTrait, Select, Statement, StreamTrait,
 };
 use uuid::Uuid;
 
 use super::cursor::Cursor;
 use super::filter::Filter;
+use super::memory::{Meter, Overdrawn, row_size};
 use crate::error::{Error, Result};
 
 /// Default page size.
@@ -87,33 +90,85 @@ pub struct Page {
 
 /// One event by id, within the caller's tenants.
 pub async fn find(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
     tenant_ids: &[String],
     id: Uuid,
+    meter: &Meter,
 ) -> Result<Option<audit_log::Model>> {
-    Ok(find_many(db, tenant_ids, vec![id]).await?.pop())
+    Ok(find_many(db, tenant_ids, vec![id], meter).await?.pop())
 }
 
 /// The events among `ids` that belong to the caller's tenants, in no particular order.
 pub async fn find_many(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
     tenant_ids: &[String],
     ids: Vec<Uuid>,
+    meter: &Meter,
 ) -> Result<Vec<audit_log::Model>> {
     let select = audit_log::Entity::find()
         .filter(Column::TenantId.is_in(tenant_ids.to_vec()))
         .filter(Column::Id.is_in(ids));
-    events(db, select).await
+    events(db, select, meter).await
 }
 
 /// The events a select of whole rows (every `Column`, in order) reads, decoded by position
-/// (`audit_log::ByPosition`).
+/// (`audit_log::ByPosition`), each charged to `meter` first; past the meter's limit, an
+/// error.
 pub(super) async fn events(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
     select: Select<audit_log::Entity>,
+    meter: &Meter,
 ) -> Result<Vec<audit_log::Model>> {
-    let rows = select.into_model::<ByPosition>().all(db).await?;
-    Ok(rows.into_iter().map(|row| row.0).collect())
+    let statement = select.build(ConnectionTrait::get_database_backend(db));
+    decoded(db, statement, meter, Full::Fail, by_position).await
+}
+
+/// An event of a select of whole rows, by position.
+pub(super) fn by_position(row: &QueryResult) -> Result<audit_log::Model, DbErr> {
+    ByPosition::from_query_result(row, "").map(|row| row.0)
+}
+
+/// What a read does when the next row would pass its meter's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Full {
+    /// Fails: the answer would be too large.
+    Fail,
+    /// Stops with the rows it has, if it has any (a reader of bounded chunks).
+    Stop,
+}
+
+/// The rows of `statement`, streamed: each is sized from its raw columns and charged to
+/// `meter` before `decode` turns it into a value, so that memory is held before it is spent
+/// and never more than the meter allows.
+pub(super) async fn decoded<T>(
+    db: &(impl ConnectionTrait + StreamTrait),
+    statement: Statement,
+    meter: &Meter,
+    full: Full,
+    decode: impl Fn(&QueryResult) -> Result<T, DbErr>,
+) -> Result<Vec<T>> {
+    let rows = db.stream_raw(statement).await?;
+    let mut rows = std::pin::pin!(rows);
+    let mut decoded = Vec::new();
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        match meter.charge(row_size(&row)).await {
+            Ok(()) => {}
+            Err(Overdrawn::Limit) if full == Full::Stop && !decoded.is_empty() => break,
+            Err(Overdrawn::Limit) => {
+                return Err(Error::bad_input(
+                    "first",
+                    format!(
+                        "the response would be larger than {} MiB; ask for fewer or smaller events",
+                        meter.limit() >> 20
+                    ),
+                ));
+            }
+            Err(Overdrawn::Busy) => return Err(Error::Busy),
+        }
+        decoded.push(decode(&row)?);
+    }
+    Ok(decoded)
 }
 
 /// How many events match.
@@ -128,14 +183,15 @@ pub async fn count(db: &impl ConnectionTrait, filter: &Filter) -> Result<u64> {
 /// One page of matching events, of `columns`. `want_far_side` asks for the flag that needs
 /// an extra probe (`hasPreviousPage` after `after`, `hasNextPage` before `before`).
 pub async fn page(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
     filter: &Filter,
     args: &PageArgs,
     want_far_side: bool,
     columns: Columns,
+    meter: &Meter,
 ) -> Result<Page> {
-    let scan = Scan::new(filter, args, db.get_database_backend())?;
-    let mut rows = events(db, columns.select(scan.select())).await?;
+    let scan = Scan::new(filter, args, ConnectionTrait::get_database_backend(db))?;
+    let mut rows = events(db, columns.select(scan.select()), meter).await?;
     let has_more = rows.len() as u64 > scan.size;
     rows.truncate(scan.size as usize);
     if !scan.forward {
@@ -157,20 +213,24 @@ pub async fn page(
     })
 }
 
-/// Up to `limit` matching events past `after`, in `order`: the keyset scan behind exports.
+/// Up to `limit` matching events past `after`, in `order`, fewer when `meter` fills: the
+/// keyset scan behind exports.
 pub async fn scan(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
     filter: &Filter,
     order: PageOrder,
     after: Option<&Cursor>,
     limit: u64,
+    meter: &Meter,
 ) -> Result<Vec<audit_log::Model>> {
     let newest_first = order == PageOrder::NewestFirst;
-    let mut select = audit_log::Entity::find().filter(filter.condition(db.get_database_backend())?);
+    let backend = ConnectionTrait::get_database_backend(db);
+    let mut select = audit_log::Entity::find().filter(filter.condition(backend)?);
     if let Some(c) = after {
         select = select.filter(beyond(c, newest_first));
     }
-    events(db, ordered(select, newest_first).limit(limit)).await
+    let statement = ordered(select, newest_first).limit(limit).build(backend);
+    decoded(db, statement, meter, Full::Stop, by_position).await
 }
 
 /// The SQL of a page, for EXPLAIN.

@@ -7,12 +7,13 @@ use entity::audit_log::{self, ActorType, Column};
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, UnionType};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait,
+    QueryResult, QuerySelect, QueryTrait, StreamTrait,
 };
 
 use super::cursor::Cursor;
 use super::filter::Filter;
-use super::query::beyond;
+use super::memory::Meter;
+use super::query::{Full, beyond, decoded};
 use crate::error::Result;
 
 /// Whose trail: an actor's or a target's.
@@ -47,13 +48,14 @@ impl Subject {
 /// Up to `limit` newest events of each subject (after `after`, when given), matching the
 /// filter: one `UNION ALL` of per-subject index scans.
 pub async fn pages(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + StreamTrait),
     subjects: &[Subject],
     filter: &Filter,
     after: Option<&Cursor>,
     limit: u64,
+    meter: &Meter,
 ) -> Result<HashMap<Subject, Vec<audit_log::Model>>> {
-    let backend = db.get_database_backend();
+    let backend = ConnectionTrait::get_database_backend(db);
     let condition = filter.condition(backend)?;
     let mut union: Option<sea_orm::sea_query::SelectStatement> = None;
     for (i, subject) in subjects.iter().enumerate() {
@@ -84,9 +86,9 @@ pub async fn pages(
     let mut pages: HashMap<Subject, Vec<audit_log::Model>> =
         subjects.iter().map(|s| (s.clone(), Vec::new())).collect();
     let Some(union) = union else { return Ok(pages) };
-    let rows = audit_log::Model::find_by_statement(backend.build(&union))
-        .all(db)
-        .await?;
+    // Its columns come in the table's order, not `Column`'s: decoded by name.
+    let decode = |row: &QueryResult| audit_log::Model::from_query_result(row, "");
+    let rows = decoded(db, backend.build(&union), meter, Full::Fail, decode).await?;
     for row in rows {
         if let Some(subject) = subjects.iter().find(|s| s.owns(&row)) {
             pages.entry(subject.clone()).or_default().push(row);

@@ -11,6 +11,7 @@ use sea_orm::DatabaseConnection;
 
 use super::chain;
 use super::checkpoint::{self, Signer};
+use super::memory::Memory;
 use super::tree::{self, Tree};
 use crate::config::TransparencyConfig;
 use crate::error::Result;
@@ -102,6 +103,7 @@ struct Progress {
 /// tenant and round, from where the last round stopped; after the head, starts over.
 pub async fn verify(
     db: DatabaseConnection,
+    memory: Memory,
     signer: Option<Arc<Signer>>,
     every: Duration,
     metrics: Arc<Metrics>,
@@ -120,7 +122,7 @@ pub async fn verify(
         };
         for (tenant_id, size) in sizes {
             let state = progress.entry(tenant_id.clone()).or_default();
-            match verify_batch(&db, signer.as_deref(), &tenant_id, size, state).await {
+            match verify_batch(&db, &memory, signer.as_deref(), &tenant_id, size, state).await {
                 Ok(None) => state.failing = false,
                 Ok(Some((seq, reason))) => {
                     if !state.failing {
@@ -144,6 +146,7 @@ pub async fn verify(
 /// Checks the next batch of one tenant; `Some((sequence, reason))` at a mismatch.
 async fn verify_batch(
     db: &DatabaseConnection,
+    memory: &Memory,
     signer: Option<&Signer>,
     tenant_id: &str,
     size: u64,
@@ -156,7 +159,7 @@ async fn verify_batch(
     // Retention may have purged where this pass stood: then it goes on from what remains.
     let from = state.next.unwrap_or(1).max(floor + 1);
     let to = from.saturating_add(VERIFY_BATCH - 1).min(head);
-    let verification = chain::verify(db, tenant_id, Some(from), Some(to)).await?;
+    let verification = chain::verify(db, memory, tenant_id, Some(from), Some(to)).await?;
     if let Some(seq) = verification.first_invalid_sequence {
         return Ok(Some((seq, verification.reason.unwrap_or_default())));
     }
