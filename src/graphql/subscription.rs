@@ -1,5 +1,7 @@
 //! Live tail: events as they are committed, optionally resumed from a cursor.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, Subscription};
 use futures_util::{Stream, StreamExt};
 
@@ -10,6 +12,7 @@ use crate::context::AppContext;
 use crate::error::Error;
 use crate::service::cursor::Cursor;
 use crate::service::live;
+use crate::service::mailbox::Allowance;
 
 #[derive(Default)]
 pub struct AuditSubscription;
@@ -38,8 +41,14 @@ impl AuditSubscription {
             })
             .transpose()?;
         let context = ctx.data::<AppContext>()?;
+        // What it leaves unread counts against its connection's allowance.
+        let allowance = ctx
+            .data_opt::<Arc<Allowance>>()
+            .cloned()
+            .unwrap_or_else(|| Allowance::root(live::QUEUE_BYTES));
         // Subscribe before replaying, so that nothing committed meanwhile is missed.
-        let live = context.feed.subscribe(&filter.tenant_ids);
+        let feed = context.feed.subscribe(&filter.tenant_ids);
+        let live = live::queue(feed, filter.clone(), context.feed.capacity(), allowance);
         // The same leeway as when the token was accepted over HTTP.
         let deadline = principal.expires_at.map(|exp| exp + JWT_LEEWAY);
         let metrics = context.metrics.clone();

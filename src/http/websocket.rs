@@ -12,7 +12,7 @@ use crate::ws;
 
 use super::admit::origin;
 use super::errors::http_error;
-use super::state::{AppState, MAX_BODY_BYTES};
+use super::state::AppState;
 
 /// The read buffer of a WebSocket connection (axum's default, 128 KiB, is zero-filled on
 /// every read, which cost a third of the CPU with a thousand subscribers).
@@ -54,7 +54,8 @@ pub(super) async fn websocket(state: AppState, parts: &mut axum::http::request::
     };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .max_message_size(MAX_BODY_BYTES)
+        .max_message_size(ws::MAX_MESSAGE_BYTES)
+        .max_frame_size(ws::MAX_MESSAGE_BYTES)
         // Clients send little; a large read buffer is zeroed on every read.
         .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| {

@@ -7,13 +7,63 @@ use chrono::{DateTime, Utc};
 use entity::audit_log;
 use futures_util::Stream;
 use sea_orm::DatabaseConnection;
-use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::task::AbortHandle;
 
 use super::cursor::Cursor;
 use super::filter::Filter;
-use super::memory::Memory;
+use super::mailbox::{self, Allowance, Lagged};
+use super::memory::{Memory, event_size};
 use super::sequence::BySequence;
 use crate::error::{Error, Result};
+
+/// What one subscription's queue may hold when it is given no allowance of its own.
+pub const QUEUE_BYTES: usize = 8 << 20;
+
+/// A subscription's events from the feed, filtered and queued by a task of its own that
+/// keeps up with the feed whatever the subscriber does: what the subscriber leaves unread
+/// is held here, within its allowance, not in the feed's buffer for everyone.
+pub struct Queue {
+    receiver: mailbox::Receiver<Arc<audit_log::Model>>,
+    pump: AbortHandle,
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// Queues what `feed` (a fresh subscription to the feed) brings that `filter` matches: at
+/// most `items` events, their bytes taken from `allowance`. Past either, the subscriber
+/// lags.
+pub fn queue(
+    mut feed: broadcast::Receiver<Arc<audit_log::Model>>,
+    filter: Filter,
+    items: usize,
+    allowance: Arc<Allowance>,
+) -> Queue {
+    let (sender, receiver) = mailbox::mailbox(items, allowance);
+    let pump = tokio::spawn(async move {
+        loop {
+            match feed.recv().await {
+                Ok(event) if filter.matches(&event) => {
+                    let bytes = event_size(&event);
+                    if !sender.push(event, bytes) {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(missed)) => return sender.lag(missed),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    Queue {
+        receiver,
+        pump: pump.abort_handle(),
+    }
+}
 
 /// Events replayed per query (up to 6.4 MiB of metadata, held while the client reads them).
 const REPLAY_BATCH: u64 = 100;
@@ -21,7 +71,7 @@ const REPLAY_BATCH: u64 = 100;
 /// Matching events committed after `after` (replayed from the database), then matching
 /// events as they are committed, until `deadline` (when the credential expires).
 ///
-/// `live` must be subscribed before this is called: then every event committed after the
+/// `live` must be queued before this is called: then every event committed after the
 /// replay's last query is in `live`, and the ones the replay already delivered are
 /// recognized by their sequence number (per tenant, sequence order is commit order).
 pub fn tail(
@@ -29,7 +79,7 @@ pub fn tail(
     memory: Memory,
     filter: Filter,
     after: Option<Cursor>,
-    mut live: Receiver<Arc<audit_log::Model>>,
+    mut live: Queue,
     deadline: Option<DateTime<Utc>>,
 ) -> impl Stream<Item = Result<Arc<audit_log::Model>>> {
     async_stream::stream! {
@@ -80,26 +130,26 @@ pub fn tail(
         }
         loop {
             let received = tokio::select! {
-                received = live.recv() => received,
+                received = live.receiver.recv() => received,
                 () = &mut expired => {
                     yield Err(Error::Unauthenticated("your credential expired".to_owned()));
                     return;
                 }
             };
             match received {
-                Ok(event) => {
+                Some(Ok(event)) => {
                     let seen = replayed
                         .as_ref()
                         .is_some_and(|(tenant, seq)| *tenant == event.tenant_id && event.seq <= *seq);
-                    if !seen && filter.matches(&event) {
+                    if !seen {
                         yield Ok(event);
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
+                Some(Err(Lagged(missed))) => {
                     yield Err(Error::SubscriberLagged { missed });
                     return;
                 }
-                Err(RecvError::Closed) => return,
+                None => return,
             }
         }
     }

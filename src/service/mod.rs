@@ -10,6 +10,7 @@ pub mod filter;
 pub mod ingest;
 pub mod keys;
 pub mod live;
+pub mod mailbox;
 pub mod maintenance;
 pub mod memory;
 pub mod pubsub;

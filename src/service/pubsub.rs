@@ -73,6 +73,11 @@ impl Feed {
         }
     }
 
+    /// How many events a subscriber may fall behind.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// How long the NOTIFY listener has been without a connection, if it is.
     pub fn listener_down_for(&self) -> Option<Duration> {
         let down = self.listener_down.lock().unwrap_or_else(|e| e.into_inner());

@@ -3,8 +3,9 @@
 //! Subscribers of the same live subscription (same principal, document, variables and
 //! operation, no `after`) share one execution: each event is resolved and serialized once,
 //! and the payload's bytes go to every subscriber. Each subscriber reads the shared
-//! payloads through a buffer of its own; one that falls `capacity` behind gets
-//! `SUBSCRIBER_LAGGED` without slowing the others. Every other operation runs on its own.
+//! payloads through a queue of its own; one that falls `capacity` payloads behind, or
+//! leaves more unread than its connection's allowance, gets `SUBSCRIBER_LAGGED` without
+//! slowing the others. Every other operation runs on its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,6 @@ use async_graphql::parser::types::{OperationType, Selection};
 use async_graphql::{Pos, Request, Response};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::AbortHandle;
 
 use crate::access::Origin;
@@ -22,9 +22,19 @@ use crate::auth::{Principal, Scope};
 use crate::error::{Code, Error};
 use crate::graphql::{AppSchema, documents};
 use crate::metrics::Metrics;
+use crate::service::mailbox::{self, Allowance, Lagged};
 
 /// A response, serialized: the `payload` of a `next` message.
 pub type Payload = Arc<str>;
+
+/// What the subscribers of one connection may leave unread, in bytes.
+pub const CONNECTION_BYTES: usize = 8 << 20;
+/// What the subscribers of one tenant may leave unread, over its connections.
+const TENANT_BYTES: usize = 64 << 20;
+/// What all subscribers of the instance may leave unread.
+const INSTANCE_BYTES: usize = 128 << 20;
+
+type Subscribers = Arc<Mutex<Vec<mailbox::Sender<Payload>>>>;
 
 /// The live subscriptions of an instance, by what makes them the same.
 #[derive(Clone)]
@@ -35,6 +45,9 @@ pub struct Fanout {
     /// Subscribers being served, shared or not.
     subscribers: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// What subscribers leave unread, over the instance and (within it) per tenant.
+    unread: Arc<Allowance>,
+    tenants: Arc<Mutex<HashMap<String, Weak<Allowance>>>>,
 }
 
 /// What decides a subscription's payloads.
@@ -48,7 +61,7 @@ struct Key {
 
 /// One execution of a shared subscription; it stops when its last subscriber goes.
 struct Execution {
-    sender: broadcast::Sender<Message>,
+    subscribers: Subscribers,
     task: AbortHandle,
 }
 
@@ -58,12 +71,6 @@ impl Drop for Execution {
     }
 }
 
-#[derive(Clone)]
-enum Message {
-    Payload(Payload),
-    End,
-}
-
 impl Fanout {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         Fanout {
@@ -71,7 +78,26 @@ impl Fanout {
             capacity: capacity.max(1),
             subscribers: Arc::default(),
             metrics,
+            unread: Allowance::root(INSTANCE_BYTES),
+            tenants: Arc::default(),
         }
+    }
+
+    /// What a new connection of `tenant_id` may leave unread: its own allowance, within
+    /// its tenant's and the instance's.
+    pub fn allowance(&self, tenant_id: &str) -> Arc<Allowance> {
+        self.tenant_allowance(tenant_id).child(CONNECTION_BYTES)
+    }
+
+    fn tenant_allowance(&self, tenant_id: &str) -> Arc<Allowance> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(allowance) = tenants.get(tenant_id).and_then(Weak::upgrade) {
+            return allowance;
+        }
+        tenants.retain(|_, allowance| allowance.strong_count() > 0);
+        let allowance = self.unread.child(TENANT_BYTES);
+        tenants.insert(tenant_id.to_owned(), Arc::downgrade(&allowance));
+        allowance
     }
 
     /// Live subscribers on this instance.
@@ -79,20 +105,27 @@ impl Fanout {
         self.subscribers.load(Ordering::Relaxed)
     }
 
-    /// The payloads of `request` for a connection of `principal`, until the operation ends.
+    /// The payloads of `request` for a connection of `principal`, until the operation ends;
+    /// what it leaves unread counts against `allowance` (the connection's).
     pub fn execute(
         &self,
         schema: &AppSchema,
         mut request: Request,
         principal: &Principal,
         origin: &Origin,
+        allowance: &Arc<Allowance>,
     ) -> BoxStream<'static, Payload> {
         let kind = kind(&mut request, principal);
         let request = request.data(principal.clone()).data(origin.clone());
         match kind {
-            Kind::Other => schema.execute_stream(request).map(serialize).boxed(),
+            Kind::Other => schema
+                .execute_stream(request.data(allowance.clone()))
+                .map(serialize)
+                .boxed(),
             Kind::Subscription => {
-                let payloads = schema.execute_stream(request).map(serialize);
+                let payloads = schema
+                    .execute_stream(request.data(allowance.clone()))
+                    .map(serialize);
                 self.counted(payloads).boxed()
             }
             Kind::Shared => {
@@ -102,7 +135,8 @@ impl Fanout {
                     variables: serde_json::to_string(&request.variables).unwrap_or_default(),
                     operation_name: request.operation_name.clone(),
                 };
-                self.counted(self.join(schema, key, request)).boxed()
+                self.counted(self.join(schema, key, request, allowance.clone()))
+                    .boxed()
             }
         }
     }
@@ -113,40 +147,44 @@ impl Fanout {
         schema: &AppSchema,
         key: Key,
         request: Request,
+        allowance: Arc<Allowance>,
     ) -> impl Stream<Item = Payload> + use<> {
+        let (sender, mut receiver) = mailbox::mailbox(self.capacity, allowance);
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        let running = shared.get(&key).and_then(Weak::upgrade);
-        let (execution, mut receiver) = match running {
+        let execution = match shared.get(&key).and_then(Weak::upgrade) {
             Some(execution) => {
-                let receiver = execution.sender.subscribe();
-                (execution, receiver)
+                let subscribers = execution.subscribers.lock();
+                subscribers.unwrap_or_else(|e| e.into_inner()).push(sender);
+                execution
             }
             None => {
-                let (sender, receiver) = broadcast::channel(self.capacity);
+                // What the execution's own feed queue holds is its tenant's to allow.
+                let queue = self.tenant_allowance(&key.principal.tenant_id);
+                let request = request.data(queue.child(CONNECTION_BYTES));
+                let subscribers = Arc::new(Mutex::new(vec![sender]));
                 let task = tokio::spawn(run(
                     schema.execute_stream(request),
-                    sender.clone(),
+                    subscribers.clone(),
                     Arc::downgrade(&self.shared),
                     key.clone(),
                 ));
                 let execution = Arc::new(Execution {
-                    sender,
+                    subscribers,
                     task: task.abort_handle(),
                 });
                 shared.retain(|_, execution| execution.strong_count() > 0);
                 shared.insert(key, Arc::downgrade(&execution));
-                (execution, receiver)
+                execution
             }
         };
         drop(shared);
         let metrics = self.metrics.clone();
         async_stream::stream! {
             let _execution = execution;
-            loop {
-                match receiver.recv().await {
-                    Ok(Message::Payload(payload)) => yield payload,
-                    Ok(Message::End) | Err(RecvError::Closed) => return,
-                    Err(RecvError::Lagged(missed)) => {
+            while let Some(received) = receiver.recv().await {
+                match received {
+                    Ok(payload) => yield payload,
+                    Err(Lagged(missed)) => {
                         metrics.lagged.increment(1);
                         let error: async_graphql::Error = Error::SubscriberLagged { missed }.into();
                         yield serialize(Response::from_errors(vec![error.into_server_error(Pos::default())]));
@@ -172,11 +210,12 @@ impl Fanout {
     }
 }
 
-/// Runs a shared execution, handing each payload to its subscribers. The execution leaves
-/// the registry before its last payload goes out, so that nobody joins it too late.
+/// Runs a shared execution, handing each payload to its subscribers (never waiting for
+/// one: a subscriber that is gone or behind is dropped). The execution leaves the registry
+/// before its last payload goes out, so that nobody joins it too late.
 async fn run(
     mut responses: impl Stream<Item = Response> + Unpin,
-    sender: broadcast::Sender<Message>,
+    subscribers: Subscribers,
     registry: Weak<Mutex<HashMap<Key, Weak<Execution>>>>,
     key: Key,
 ) {
@@ -184,10 +223,10 @@ async fn run(
         if let Some(registry) = registry.upgrade() {
             let mut shared = registry.lock().unwrap_or_else(|e| e.into_inner());
             // The entry may already be a newer execution's.
-            if shared
-                .get(&key)
-                .is_some_and(|e| e.upgrade().is_none_or(|e| e.sender.same_channel(&sender)))
-            {
+            if shared.get(&key).is_some_and(|e| {
+                e.upgrade()
+                    .is_none_or(|e| Arc::ptr_eq(&e.subscribers, &subscribers))
+            }) {
                 shared.remove(&key);
             }
         }
@@ -197,11 +236,16 @@ async fn run(
         if response.is_err() {
             retire();
         }
-        // Nobody listening means the execution is being dropped.
-        let _ = sender.send(Message::Payload(serialize(response)));
+        let payload = serialize(response);
+        let mut subscribers = subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.retain(|subscriber| subscriber.push(payload.clone(), payload.len()));
     }
     retire();
-    let _ = sender.send(Message::End);
+    // Their queues end once they are read.
+    subscribers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
 }
 
 /// Counts a subscriber for as long as it lives.

@@ -30,6 +30,8 @@ use crate::auth::{Principal, Refusal};
 use crate::context::AppContext;
 use crate::error::Code;
 use crate::graphql::AppSchema;
+use crate::service::memory::json_size;
+use crate::service::share::Held;
 
 /// How long a client may take to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,10 +39,15 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long a client may take to accept a message before it is disconnected.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send (as large as a request body over HTTP); a larger one
+/// closes the connection with 1009.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Most operations (subscriptions) one connection may have running.
 pub const MAX_SUBSCRIPTIONS: usize = 100;
 /// Most messages sent in one write.
 const MAX_COALESCED: usize = 64;
+/// Most bytes sent in one write (more when one message is larger).
+const MAX_COALESCED_BYTES: usize = 256 * 1024;
 /// Client messages waiting for async-graphql; a client that outruns it is disconnected.
 const INBOX: usize = 1024;
 
@@ -61,7 +68,8 @@ type Operations = StreamMap<String, BoxStream<'static, Option<Payload>>>;
 enum Inbound {
     Forward(String),
     Reply(String),
-    Start(String, Box<Request>),
+    /// An operation, with the memory its request takes held for as long as it runs.
+    Start(String, Box<Request>, Held),
     Stop(String),
     Close(u16, String),
 }
@@ -83,6 +91,7 @@ impl Connection {
         let mut initialized = false;
         let mut operations = Operations::new();
         let mut principal = None;
+        let mut allowance = None;
         let mut keepalive =
             tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         let ping = match self.protocol {
@@ -109,11 +118,17 @@ impl Connection {
                         Some(Ok(Message::Text(text))) => text.to_string(),
                         Some(Ok(Message::Binary(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Err(err)) if too_big(&err) => {
+                            break Some((1009, format!("a message may hold at most {MAX_MESSAGE_BYTES} bytes")));
+                        }
                         Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
                     };
                     let inbound = self
                         .inbound(text, &mut initialized, &mut principal)
                         .await;
+                    if let (Some(principal), None) = (&principal, &allowance) {
+                        allowance = Some(self.fanout.allowance(&principal.tenant_id));
+                    }
                     let inbound = self.admit(inbound, &operations);
                     match inbound {
                         // Never wait here: async-graphql drains the inbox only when this loop
@@ -130,15 +145,19 @@ impl Connection {
                                 break None;
                             }
                         }
-                        Inbound::Start(id, request) => {
-                            let Some(principal) = &principal else {
+                        Inbound::Start(id, request, held) => {
+                            let (Some(principal), Some(allowance)) = (&principal, &allowance) else {
                                 break Some(match self.protocol {
                                     WebSocketProtocols::GraphQLWS => (4401, "Unauthorized".to_owned()),
                                     WebSocketProtocols::SubscriptionsTransportWS => (1011, "The handshake is not completed.".to_owned()),
                                 });
                             };
-                            let payloads = self.fanout.execute(&self.schema, *request, principal, &self.origin);
-                            operations.insert(id, payloads.map(Some).chain(futures_util::stream::once(async { None })).boxed());
+                            let payloads = self.fanout.execute(&self.schema, *request, principal, &self.origin, allowance);
+                            let end = futures_util::stream::once(async move {
+                                drop(held);
+                                None
+                            });
+                            operations.insert(id, payloads.map(Some).chain(end).boxed());
                         }
                         Inbound::Stop(id) => {
                             if operations.remove(&id).is_some()
@@ -153,13 +172,16 @@ impl Connection {
                 Some(first) = operations.next() => {
                     // What else is ready goes out in the same write.
                     let mut batch = Vec::new();
+                    let mut bytes = 0;
                     let mut next = Some(first);
                     while let Some((id, payload)) = next {
                         if payload.is_none() {
                             operations.remove(&id);
                         }
-                        batch.push(self.frame(&id, payload));
-                        next = match batch.len() < MAX_COALESCED {
+                        let frame = self.frame(&id, payload);
+                        bytes += frame.len();
+                        batch.push(frame);
+                        next = match batch.len() < MAX_COALESCED && bytes < MAX_COALESCED_BYTES {
                             true => operations.next().now_or_never().flatten(),
                             false => None,
                         };
@@ -217,6 +239,20 @@ impl Connection {
         initialized: &mut bool,
         admitted: &mut Option<Principal>,
     ) -> Inbound {
+        // Decoded, a message of small JSON values takes many times its length (twice
+        // over: the message, then the request in it): the caller's to wait for first.
+        let tenant_id = admitted.as_ref().map_or("", |p| p.tenant_id.as_str());
+        let held = match self
+            .context
+            .memory
+            .reserve(tenant_id, 2 * json_size(&text))
+            .await
+        {
+            Ok(held) => held,
+            Err(_) => {
+                return Inbound::Close(1013, "the server is busy; try again later".to_owned());
+            }
+        };
         let Ok(message) = serde_json::from_str::<Value>(&text) else {
             return Inbound::Forward(text);
         };
@@ -259,7 +295,7 @@ impl Connection {
             // A payload that is not a request is async-graphql's to refuse.
             (Some("subscribe" | "start"), Some(id)) => {
                 match serde_json::from_value::<Request>(message["payload"].clone()) {
-                    Ok(request) => Inbound::Start(id, Box::new(request)),
+                    Ok(request) => Inbound::Start(id, Box::new(request), held),
                     Err(_) => Inbound::Forward(text),
                 }
             }
@@ -271,7 +307,7 @@ impl Connection {
     /// Refuses an operation whose id is in use (graphql-transport-ws), or one more than a
     /// connection may run.
     fn admit(&self, inbound: Inbound, operations: &Operations) -> Inbound {
-        let Inbound::Start(id, _) = &inbound else {
+        let Inbound::Start(id, ..) = &inbound else {
             return inbound;
         };
         let running = operations.contains_key(id);
@@ -337,6 +373,15 @@ fn close_reason(mut reason: String) -> String {
         reason.truncate(end);
     }
     reason
+}
+
+/// Whether a read failed because the message was larger than allowed.
+fn too_big(err: &axum::Error) -> bool {
+    let source = std::error::Error::source(err);
+    matches!(
+        source.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }
 
 fn complete(id: &str) -> String {

@@ -157,7 +157,10 @@ async fn exports_equal_the_query(app: &TestApp) {
     assert_eq!(on_record[0]["metadata"]["format"], "ndjson");
     // As text: as JSON it would nest deeper than the filter may itself.
     let recorded = on_record[0]["metadata"]["filter"].as_str().expect("text");
-    assert_eq!(serde_json::from_str::<Value>(recorded).expect("JSON"), filter);
+    assert_eq!(
+        serde_json::from_str::<Value>(recorded).expect("JSON"),
+        filter
+    );
     assert_eq!(on_record[0]["metadata"]["filterCut"], false);
     assert_eq!(on_record[1]["metadata"]["rowCount"], expected.len());
     assert_eq!(on_record[1]["metadata"]["complete"], true);
