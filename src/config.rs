@@ -204,11 +204,12 @@ pub struct DatabaseConfig {
         hide_default_value = false
     )]
     pub url: SecretString,
-    /// Connections in the pool.
+    /// Connections in the pool, 1 to 1,000.
     #[arg(
         long = "db-pool-size",
         env = "AUDIT_DB_POOL_SIZE",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
     pub pool_size: u32,
 }
@@ -372,7 +373,7 @@ fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Parsed> {
     let mut command = Cli::command();
     let mut from_file = BTreeSet::new();
     if let Some(path) = take_config_path(&mut args) {
-        let text = std::fs::read_to_string(&path)
+        let text = read_config(&path)
             .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
         let table: toml::Table = text
             .parse()
@@ -397,6 +398,25 @@ fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Parsed> {
         _ => None,
     };
     Ok(Parsed { cli, effective })
+}
+
+/// Largest configuration file.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The text of a configuration file of at most `MAX_CONFIG_BYTES` (a device that never
+/// ends, like `/dev/zero`, is refused once it passes that).
+fn read_config(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)?;
+    anyhow::ensure!(
+        text.len() as u64 <= MAX_CONFIG_BYTES,
+        "it is larger than {} KiB",
+        MAX_CONFIG_BYTES >> 10
+    );
+    Ok(text)
 }
 
 /// Takes `--config PATH` or `--config=PATH` off the command line; else `AUDIT_CONFIG`.

@@ -140,11 +140,13 @@ impl From<DbErr> for Error {
 }
 
 /// Whether the database, not the statement, failed: no connection to be had, the
-/// connection broke, or the server is shutting down or starting (SQLSTATE classes 08 and
-/// 57P). Such a failure is worth a retry.
+/// connection broke, the server is shutting down or starting (SQLSTATE classes 08 and
+/// 57P), or (SQLite) another process holds the database's lock. Such a failure is worth a
+/// retry.
 pub fn is_connection_error(err: &DbErr) -> bool {
     use sea_orm::RuntimeErr;
     use sea_orm::sqlx::Error as Sqlx;
+    use sea_orm::sqlx::sqlite::SqliteError;
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
@@ -156,6 +158,11 @@ pub fn is_connection_error(err: &DbErr) -> bool {
                 | Sqlx::WorkerCrashed
                 | Sqlx::Protocol(_)
                 | Sqlx::BeginFailed => true,
+                // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes.
+                Sqlx::Database(db) if db.try_downcast_ref::<SqliteError>().is_some() => db
+                    .code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
                 Sqlx::Database(db) => db
                     .code()
                     .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),

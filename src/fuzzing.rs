@@ -8,7 +8,7 @@ use async_graphql::{Request, Variables};
 use chrono::Utc;
 use entity::audit_log::{ActorType, Metadata, Outcome};
 
-use crate::graphql::{AppSchema, bare_schema};
+use crate::graphql::{AppSchema, bare_schema, limits};
 use crate::service::event::NewEvent;
 use crate::service::filter::Filter;
 
@@ -20,11 +20,13 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .unwrap_or_else(|e| panic!("no runtime for the fuzz targets: {e}"))
 });
 
-/// A GraphQL document, as a client would send it: never a crash, every error coded.
+/// A GraphQL document, as a client would send it: never a crash, every error coded; and
+/// what the guard lets through never expands to more selections than it counted.
 pub fn document(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    guard_counts_enough(text);
     let response = RUNTIME.block_on(SCHEMA.execute(Request::new(text)));
     for error in &response.errors {
         let coded = error
@@ -33,6 +35,72 @@ pub fn document(data: &[u8]) {
             .is_some_and(|e| e.get("code").is_some());
         assert!(coded, "an error without a code: {error:?}");
     }
+}
+
+/// The guard's count of a document it lets through against a walk that unrolls every
+/// fragment spread, as async-graphql's recursion check and validation do.
+fn guard_counts_enough(text: &str) {
+    use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+    if limits::nesting(text) > limits::MAX_NESTING {
+        return;
+    }
+    let Ok(document) = async_graphql::parser::parse_query(text) else {
+        return;
+    };
+    let Ok(counted) = limits::expansion(&document) else {
+        return;
+    };
+    /// Selections under `set`, spreads unrolled; stops once past `budget`.
+    fn walk(document: &ExecutableDocument, set: &SelectionSet, depth: usize, budget: &mut isize) {
+        assert!(
+            depth <= limits::MAX_RECURSION + 1,
+            "the guard let a deeper document through"
+        );
+        for selection in &set.items {
+            if *budget < 0 {
+                return;
+            }
+            *budget -= 1 + selection.node.directives().len() as isize;
+            match &selection.node {
+                Selection::Field(field) => {
+                    walk(document, &field.node.selection_set.node, depth + 1, budget)
+                }
+                Selection::InlineFragment(fragment) => walk(
+                    document,
+                    &fragment.node.selection_set.node,
+                    depth + 1,
+                    budget,
+                ),
+                Selection::FragmentSpread(spread) => {
+                    if let Some(fragment) = document.fragments.get(&spread.node.fragment_name.node)
+                    {
+                        walk(
+                            document,
+                            &fragment.node.selection_set.node,
+                            depth + 1,
+                            budget,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let mut budget = counted as isize;
+    for (_, operation) in document.operations.iter() {
+        walk(
+            &document,
+            &operation.node.selection_set.node,
+            0,
+            &mut budget,
+        );
+    }
+    for fragment in document.fragments.values() {
+        walk(&document, &fragment.node.selection_set.node, 0, &mut budget);
+    }
+    assert!(
+        budget >= 0,
+        "the guard counted {counted} selections; unrolling found more"
+    );
 }
 
 /// JSON as variables, as metadata and as a metadata filter: validation refuses or accepts

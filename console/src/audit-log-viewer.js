@@ -32,6 +32,7 @@ import {
 import { ACTOR_TYPES, OUTCOMES, emptyDraft, draftToFilter, readSearch, writeSearch } from './filter.js';
 import { chartFilter, renderChart } from './chart.js';
 import { styles } from './styles.js';
+import { visible } from './text.js';
 
 const FRESH_MS = 2000;
 const NARROW_PX = 480; // as the styles' container queries
@@ -639,9 +640,9 @@ class AuditLogViewer extends LitElement {
     return html`<tr data-testid="row" data-id=${row.id} tabindex=${active ? '0' : '-1'}
         class=${this.fresh.has(row.id) ? 'fresh' : ''} aria-current=${this.selected?.id === row.id ? 'true' : 'false'}>
       <td class="time"><time datetime=${row.occurredAt} title=${row.occurredAt}>${time.toLocaleString()}</time></td>
-      <td title="${row.actor.type} ${row.actor.id}${row.actor.name ? ` (${row.actor.name})` : ''}"><span class="kind">${row.actor.type}</span>${row.actor.name ?? row.actor.id}</td>
+      <td title=${visible(`${row.actor.type} ${row.actor.id}${row.actor.name ? ` (${row.actor.name})` : ''}`)}><span class="kind">${row.actor.type}</span><span data-testid="actor">${visible(row.actor.name ?? row.actor.id)}</span></td>
       <td data-testid="action">${breakAtDots(row.action)}</td>
-      <td class="target">${row.target ? `${row.target.type}:${row.target.id}` : html`<span class="muted">—</span>`}</td>
+      <td class="target" data-testid="target">${row.target ? visible(`${row.target.type}:${row.target.id}`) : html`<span class="muted">—</span>`}</td>
       <td><span class="badge ${row.outcome}" data-testid="outcome">${row.outcome}</span></td>
     </tr>`;
   }
@@ -671,9 +672,9 @@ class AuditLogViewer extends LitElement {
         <button type="button" data-testid="detail-close" aria-label="Close details" @click=${this.closeDetail}>✕</button>
       </div>
       <dl>
-        ${fields.map(([label, value, style, testid]) => html`<dt>${label}</dt><dd class=${style ?? ''} data-testid=${testid ?? nothing}>${value}</dd>`)}
+        ${fields.map(([label, value, style, testid]) => html`<dt>${label}</dt><dd class=${style ?? ''} data-testid=${testid ?? nothing}>${typeof value === 'string' ? visible(value) : value}</dd>`)}
         <dt>Metadata</dt>
-        <dd><pre data-testid="detail-metadata">${JSON.stringify(event.metadata, null, 2)}</pre></dd>
+        <dd><pre data-testid="detail-metadata">${visible(JSON.stringify(event.metadata, null, 2))}</pre></dd>
       </dl>
       <div class="verify">
         <button type="button" data-testid="verify" ?disabled=${this.verification?.running} @click=${this.verifyChain}>Verify chain</button>

@@ -35,6 +35,8 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// How long a SQLite statement waits for a lock another connection or process holds.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often opening a pool is tried before giving up.
 const CONNECT_ATTEMPTS: u32 = 5;
 
@@ -55,7 +57,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
             opts.journal_mode(SqliteJournalMode::Wal)
                 // FULL keeps every acknowledged event across a power loss.
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
+                // Another process holding the lock longer is an outage: the write fails
+                // as UNAVAILABLE rather than wait for it.
+                .busy_timeout(BUSY_TIMEOUT)
                 .foreign_keys(true)
                 // Seven B-trees take every insert; a 2 MiB page cache (the default) sends
                 // most of their pages through read and write system calls.

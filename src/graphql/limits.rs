@@ -182,6 +182,18 @@ impl Extension for DocumentLimits {
                     None,
                 ));
             }
+            // async-graphql runs only the root fields it finds directly in the selection:
+            // one in a fragment would end the subscription at once, with nothing said.
+            let direct = root
+                .items
+                .iter()
+                .all(|s| matches!(s.node, Selection::Field(_)));
+            if operation.node.ty == OperationType::Subscription && !direct {
+                return Err(ServerError::new(
+                    "a subscription selects its root field directly, not through a fragment",
+                    None,
+                ));
+            }
         }
         Ok(document)
     }

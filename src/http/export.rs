@@ -31,8 +31,9 @@ use super::admit::admit;
 use super::errors::{error_response, status_of};
 use super::state::AppState;
 
-/// How long an export waits for one of the instance's export slots before it is refused.
-const SLOT_WAIT: Duration = Duration::from_secs(10);
+/// How long an export waits for one of its tenant's export slots before it is refused
+/// (less than a stalled export holds one, so that a refusal is told as such).
+const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// How long a client may leave a part of the body unread before the export is dropped
 /// (and its slot and memory given back).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -30,6 +30,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
+use crate::service::ingest;
 use crate::telemetry;
 
 use errors::{ErrorCodes, error_response};
@@ -109,6 +110,10 @@ async fn ready(State(state): State<AppState>) -> Response {
             problems.push("database unavailable".to_owned());
         }
         Err(_) => problems.push("database did not answer within 500 ms".to_owned()),
+    }
+    if let Err(err) = ingest::writable(&context.db, READY_TIMEOUT / 2).await {
+        tracing::warn!(error = %err, "readiness check: no write can begin");
+        problems.push("the database is locked by another process".to_owned());
     }
     if !context.ingestor.is_running() {
         problems.push("the ingest committer is not running".to_owned());

@@ -226,3 +226,29 @@ async fn a_server_runs_from_a_file() {
     server.kill().await.ok();
     cleanup.run().await;
 }
+
+/// A pool of no connections is refused as a usage error wherever it is set (it once
+/// panicked at start), and a configuration file that never ends is refused once it passes
+/// 1 MiB (it was once read forever).
+#[test]
+fn impossible_settings_are_refused_without_a_panic() {
+    let dir = tempfile::tempdir().expect("dir");
+    let zero = file(&dir, "zero.toml", "db-pool-size = 0\n");
+    for (args, env) in [
+        (vec!["config", "--db-pool-size", "0"], vec![]),
+        (vec!["config"], vec![("AUDIT_DB_POOL_SIZE", "0")]),
+        (vec!["config", "--config", zero.as_str()], vec![]),
+    ] {
+        let out = run(&args, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains("0 is not in 1..=1000"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let started = std::time::Instant::now();
+    let out = run(&["config", "--config", "/dev/zero"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("larger than 1024 KiB"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -11,6 +11,7 @@ mod chain;
 mod client;
 mod config;
 mod console;
+mod cost;
 mod events;
 mod explain;
 mod export;

@@ -372,6 +372,26 @@ async function main(browser) {
   await page.keyboard.press('Escape');
   ok('narrow', `filters folded, scrollWidth ${scrollWidth} at 400×800; detail ${Math.round(detailWidth)} px wide`);
 
+  // Text that would reorder itself on screen shows its controls instead.
+  const trojan = `bidi-${run}`;
+  await gql(LOG, { input: {
+    actor: { type: 'USER', id: trojan, name: 'invoice\u202Etxt.exe' }, action: 'file.uploaded',
+    target: { type: 'file', id: 'a\u2066b\u2069' }, metadata: { name: 'x\u202Ey' },
+  } });
+  await $(page, 'clear').click();
+  await $(page, 'filter-actorIds').fill(trojan);
+  await $(page, 'apply').click();
+  await expectIds(page, await serverIds({ actorIds: [trojan] }), 'the bidi event');
+  const shown = await page.evaluate((selector) => {
+    const row = document.querySelector(selector).shadowRoot.querySelector('tr[data-testid=row]');
+    return { actor: row.querySelector('[data-testid=actor]').textContent, target: row.querySelector('[data-testid=target]').textContent };
+  }, VIEWER);
+  assert.deepEqual(shown, { actor: 'invoice⟨U+202E⟩txt.exe', target: 'file:a⟨U+2066⟩b⟨U+2069⟩' });
+  await $(page, 'row').first().click();
+  const metadataShown = await $(page, 'detail-metadata').textContent();
+  assert.ok(metadataShown.includes('x⟨U+202E⟩y') && !/[\u202A-\u202E\u2066-\u2069]/.test(metadataShown), metadataShown);
+  ok('bidi controls', `shown as ${shown.actor} and ${shown.target}, in metadata too`);
+
   assert.deepEqual(pageErrors, [], 'errors in the page');
   await context.close();
 

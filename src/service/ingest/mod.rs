@@ -279,3 +279,39 @@ impl Committer {
 }
 
 type Request = (String, Work);
+
+/// Whether a write could begin within `wait`. On SQLite another process may hold the
+/// database's write lock, which reads (and pings) do not notice; PostgreSQL has no such
+/// lock to wait for.
+pub async fn writable(db: &DatabaseConnection, wait: std::time::Duration) -> Result<()> {
+    use sea_orm::sqlx::{Connection, Executor};
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(());
+    }
+    let unavailable = |err: sea_orm::sqlx::Error| {
+        Error::Unavailable(DbErr::Conn(RuntimeErr::SqlxError(err.into())))
+    };
+    let mut connection = db
+        .get_sqlite_connection_pool()
+        .acquire()
+        .await
+        .map_err(unavailable)?;
+    let timeout = |d: std::time::Duration| {
+        sea_orm::sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {}", d.as_millis()))
+    };
+    let probe = async {
+        connection.execute(timeout(wait)).await?;
+        let begun = connection.execute("BEGIN IMMEDIATE").await;
+        if begun.is_ok() {
+            connection.execute("ROLLBACK").await?;
+        }
+        connection.execute(timeout(migration::BUSY_TIMEOUT)).await?;
+        begun.map(drop)
+    };
+    let probed = probe.await;
+    if probed.is_err() {
+        // Whatever state it was left in, it does not go back to the pool.
+        let _ = connection.detach().close().await;
+    }
+    probed.map_err(unavailable)
+}
