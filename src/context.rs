@@ -27,8 +27,11 @@ pub struct AppContext {
     pub auth: Arc<Authenticator>,
     pub access: Arc<Access>,
     pub metrics: Arc<Metrics>,
-    /// Memory for decoded events and request bodies, charged before it is spent.
+    /// Memory for decoded events, charged before it is spent.
     pub memory: Memory,
+    /// Memory for decoded requests (bodies, WebSocket messages): apart from `memory`, so
+    /// that readers, stalled or not, never keep writes out.
+    pub requests: Memory,
     /// Exports running at once, shared between tenants (each holds a page in memory and
     /// reads a page at a time).
     pub exports: Shares,

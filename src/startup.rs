@@ -30,6 +30,8 @@ use crate::service::{maintenance, transparency};
 use crate::telemetry;
 use crate::ws::Fanout;
 
+/// Memory for decoding requests, over all requests in flight.
+const REQUEST_MEMORY: usize = 64 << 20;
 /// Exports one instance runs at once, half of them at most for one tenant; more wait for a
 /// slot (see `http/export.rs`).
 const MAX_EXPORTS: u32 = 4;
@@ -139,6 +141,7 @@ impl Application {
             access,
             metrics,
             memory,
+            requests: Memory::new(REQUEST_MEMORY),
             exports: Shares::new(MAX_EXPORTS, MAX_EXPORTS / 2),
             signer,
             tiles: Arc::new(TileCache::new()),

@@ -42,6 +42,7 @@ impl AuditQuery {
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let db = &ctx.data::<AppContext>()?.db;
         let meter = budget::meter(ctx)?;
+        let _turn = budget::turn(ctx).await;
         let found = query::find(db, &principal.readable_tenants(), id, &meter).await?;
         Ok(found.map(AuditLog::from))
     }
@@ -86,6 +87,7 @@ impl AuditQuery {
         let db = &ctx.data::<AppContext>()?.db;
         let columns = AuditLog::columns(&look_ahead);
         let meter = budget::meter(ctx)?;
+        let _turn = budget::turn(ctx).await;
         let page = query::page(db, &filter, &args, want_far_side, columns, &meter).await?;
         Ok(AuditLogConnection::new(
             page,
@@ -121,6 +123,7 @@ impl AuditQuery {
         })?;
         let group_by: Vec<Dimension> = group_by.into_iter().map(Into::into).collect();
         let db = &ctx.data::<AppContext>()?.db;
+        let _turn = budget::turn(ctx).await;
         let buckets = stats::count(
             db,
             &filter,
@@ -149,6 +152,7 @@ impl AuditQuery {
     ) -> async_graphql::Result<Option<AuditChainHead>> {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
         let db = &ctx.data::<AppContext>()?.db;
+        let _turn = budget::turn(ctx).await;
         Ok(chain::head(db, &tenant_id).await?.map(Into::into))
     }
 
@@ -176,6 +180,7 @@ impl AuditQuery {
             .into());
         }
         let context = ctx.data::<AppContext>()?;
+        let _turn = budget::turn(ctx).await;
         let verified = chain::verify(&context.db, &context.memory, &tenant_id, from, to).await?;
         Ok(verified.into())
     }

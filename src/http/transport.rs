@@ -102,7 +102,7 @@ pub(super) async fn graphql_post(
     let decoded = json_size(text);
     let _held = match state
         .context
-        .memory
+        .requests
         .reserve(&principal.tenant_id, decoded)
         .await
     {
@@ -149,7 +149,7 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
     let decoded = params.variables.as_deref().map_or(0, json_size);
     let _held = match state
         .context
-        .memory
+        .requests
         .reserve(&principal.tenant_id, decoded)
         .await
     {

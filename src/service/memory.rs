@@ -5,7 +5,6 @@
 
 use std::mem::size_of;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use entity::audit_log;
@@ -65,17 +64,42 @@ pub enum Overdrawn {
     Busy,
 }
 
+/// Memory reserved ahead of a read, before it takes a database connection: rows are charged
+/// from it without waiting, so that no reader waits for memory with a connection in hand.
+pub const ADVANCE: usize = 1 << 20;
+
 /// What one reader holds: every row is charged before it is decoded, against the reader's
 /// limit and the server's memory, and held until `release` (or until the meter goes).
 pub struct Meter {
     memory: Memory,
     tenant: String,
     limit: usize,
+    state: Mutex<Holding>,
+}
+
+#[derive(Default)]
+struct Holding {
+    permits: Option<Held>,
     /// Bytes charged since the last release.
-    held: AtomicUsize,
+    charged: usize,
     /// All charges since the meter was made.
-    total: AtomicUsize,
-    permits: Mutex<Option<Held>>,
+    total: usize,
+}
+
+impl Holding {
+    /// Bytes the permits cover.
+    fn covered(&self) -> usize {
+        self.permits
+            .as_ref()
+            .map_or(0, |p| (p.units() as usize) << 10)
+    }
+
+    fn hold(&mut self, permit: Held) {
+        match self.permits.as_mut() {
+            Some(held) => held.merge(permit),
+            None => self.permits = Some(permit),
+        }
+    }
 }
 
 impl Meter {
@@ -85,10 +109,12 @@ impl Meter {
             memory: memory.clone(),
             tenant: tenant.to_owned(),
             limit: limit.min(memory.share()),
-            held: AtomicUsize::new(0),
-            total: AtomicUsize::new(0),
-            permits: Mutex::new(None),
+            state: Mutex::default(),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Holding> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The most this reader may hold.
@@ -98,41 +124,65 @@ impl Meter {
 
     /// Bytes charged since the meter was made, released or not.
     pub fn total(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
+        self.state().total
     }
 
-    /// Charges `bytes`, holding them until released.
-    pub async fn charge(&self, bytes: usize) -> Result<(), Overdrawn> {
-        let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if held > self.limit {
-            self.held.fetch_sub(bytes, Ordering::Relaxed);
+    /// Waits for up to `bytes` more (within the limit) to charge rows from: `Busy` when
+    /// they do not come within `MEMORY_WAIT`.
+    pub async fn reserve(&self, bytes: usize) -> Result<(), Overdrawn> {
+        let wanted = {
+            let state = self.state();
+            let room = self.limit.saturating_sub(state.covered());
+            bytes.min(room)
+        };
+        if wanted == 0 {
+            return Ok(());
+        }
+        let permit = self
+            .memory
+            .reserve(&self.tenant, wanted)
+            .await
+            .map_err(|_| Overdrawn::Busy)?;
+        self.state().hold(permit);
+        Ok(())
+    }
+
+    /// Charges `bytes`, holding them until released: from what was reserved, else from
+    /// memory free right now, never waiting.
+    pub fn charge(&self, bytes: usize) -> Result<(), Overdrawn> {
+        let mut state = self.state();
+        if state.charged + bytes > self.limit {
             return Err(Overdrawn::Limit);
         }
-        let permit = match self.memory.reserve(&self.tenant, bytes).await {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.held.fetch_sub(bytes, Ordering::Relaxed);
-                return Err(Overdrawn::Busy);
-            }
-        };
-        self.total.fetch_add(bytes, Ordering::Relaxed);
-        let mut permits = self.permits.lock().unwrap_or_else(|e| e.into_inner());
-        match permits.as_mut() {
-            Some(held) => held.merge(permit),
-            None => *permits = Some(permit),
+        let short = (state.charged + bytes).saturating_sub(state.covered());
+        if short > 0 {
+            let kib = u32::try_from(short.div_ceil(1024)).unwrap_or(u32::MAX);
+            let permit = self
+                .memory
+                .0
+                .try_acquire(&self.tenant, kib)
+                .ok_or(Overdrawn::Busy)?;
+            state.hold(permit);
         }
+        state.charged += bytes;
+        state.total += bytes;
         Ok(())
+    }
+
+    /// Gives back what was reserved and not charged.
+    pub fn settle(&self) {
+        let mut state = self.state();
+        let keep = u32::try_from(state.charged.div_ceil(1024)).unwrap_or(u32::MAX);
+        if let Some(permits) = state.permits.as_mut() {
+            drop(permits.split_off(keep));
+        }
     }
 
     /// Gives back what is held: what was read is no longer in memory.
     pub fn release(&self) {
-        let permits = self
-            .permits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        drop(permits);
-        self.held.store(0, Ordering::Relaxed);
+        let mut state = self.state();
+        state.permits = None;
+        state.charged = 0;
     }
 }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::cursor::Cursor;
 use super::filter::Filter;
-use super::memory::{Meter, Overdrawn, row_size};
+use super::memory::{ADVANCE, Meter, Overdrawn, row_size};
 use crate::error::{Error, Result};
 
 /// Default page size.
@@ -139,7 +139,9 @@ pub(super) enum Full {
 
 /// The rows of `statement`, streamed: each is sized from its raw columns and charged to
 /// `meter` before `decode` turns it into a value, so that memory is held before it is spent
-/// and never more than the meter allows.
+/// and never more than the meter allows. Memory is reserved ahead, before the query takes
+/// a connection; past that, a row takes only memory free right now: a reader never waits
+/// for memory with a connection in hand.
 pub(super) async fn decoded<T>(
     db: &(impl ConnectionTrait + StreamTrait),
     statement: Statement,
@@ -147,15 +149,18 @@ pub(super) async fn decoded<T>(
     full: Full,
     decode: impl Fn(&QueryResult) -> Result<T, DbErr>,
 ) -> Result<Vec<T>> {
+    meter.reserve(ADVANCE).await.map_err(|_| Error::Busy)?;
     let rows = db.stream_raw(statement).await?;
     let mut rows = std::pin::pin!(rows);
     let mut decoded = Vec::new();
     while let Some(row) = rows.next().await {
         let row = row?;
-        match meter.charge(row_size(&row)).await {
+        match meter.charge(row_size(&row)) {
             Ok(()) => {}
-            Err(Overdrawn::Limit) if full == Full::Stop && !decoded.is_empty() => break,
+            // A reader of chunks takes the rest in its next chunk.
+            Err(_) if full == Full::Stop && !decoded.is_empty() => break,
             Err(Overdrawn::Limit) => {
+                meter.settle();
                 return Err(Error::bad_input(
                     "first",
                     format!(
@@ -164,10 +169,14 @@ pub(super) async fn decoded<T>(
                     ),
                 ));
             }
-            Err(Overdrawn::Busy) => return Err(Error::Busy),
+            Err(Overdrawn::Busy) => {
+                meter.settle();
+                return Err(Error::Busy);
+            }
         }
         decoded.push(decode(&row)?);
     }
+    meter.settle();
     Ok(decoded)
 }
 

@@ -70,6 +70,21 @@ impl Shares {
         }
     }
 
+    /// `units` for `tenant` if they are free right now, without waiting in any queue.
+    pub fn try_acquire(&self, tenant: &str, units: u32) -> Option<Held> {
+        let units = units.clamp(1, self.share);
+        let queue = self.queue(tenant);
+        let mut held = Held {
+            tenant: None,
+            total: None,
+            key: tenant.to_owned(),
+            tenants: self.tenants.clone(),
+        };
+        held.tenant = Some(queue.try_acquire_many_owned(units).ok()?);
+        held.total = Some(self.total.clone().try_acquire_many_owned(units).ok()?);
+        Some(held)
+    }
+
     /// The tenant's queue, made on first use.
     fn queue(&self, tenant: &str) -> Arc<Semaphore> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,6 +106,22 @@ impl Held {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (mine, theirs) => *mine = mine.take().or(theirs),
         }
+    }
+
+    /// Keeps `units` and returns the rest, held apart.
+    pub fn split_off(&mut self, units: u32) -> Held {
+        let mut rest = Held {
+            tenant: None,
+            total: None,
+            key: self.key.clone(),
+            tenants: self.tenants.clone(),
+        };
+        let extra = self.units().saturating_sub(units) as usize;
+        if extra > 0 {
+            rest.tenant = self.tenant.as_mut().and_then(|p| p.split(extra));
+            rest.total = self.total.as_mut().and_then(|p| p.split(extra));
+        }
+        rest
     }
 
     /// Units held.

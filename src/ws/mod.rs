@@ -244,7 +244,7 @@ impl Connection {
         let tenant_id = admitted.as_ref().map_or("", |p| p.tenant_id.as_str());
         let held = match self
             .context
-            .memory
+            .requests
             .reserve(tenant_id, 2 * json_size(&text))
             .await
         {

@@ -310,6 +310,7 @@ impl AuditLogConnection {
         match &self.count {
             Count::Query(filter) => {
                 let db = &ctx.data::<AppContext>()?.db;
+                let _turn = budget::turn(ctx).await;
                 Ok(query::count(db, filter).await?)
             }
             Count::Known(n) => Ok(*n),
