@@ -449,14 +449,35 @@ mod tests {
     async fn a_meter_holds_what_it_charged_until_released() {
         let memory = Memory::new(1 << 20);
         let meter = Meter::new(&memory, "t", 256 << 10);
-        meter.charge(100 << 10).await.unwrap();
-        assert!(matches!(
-            meter.charge(200 << 10).await,
-            Err(Overdrawn::Limit)
-        ));
+        meter.reserve(ADVANCE).await.unwrap();
+        assert_eq!(
+            memory.available(),
+            (1 << 20) - (256 << 10),
+            "as much as the limit"
+        );
+        meter.charge(100 << 10).unwrap();
+        assert!(matches!(meter.charge(200 << 10), Err(Overdrawn::Limit)));
+        meter.settle();
         assert_eq!(memory.available(), (1 << 20) - (100 << 10));
+        meter.charge(50 << 10).unwrap();
+        assert_eq!(
+            memory.available(),
+            (1 << 20) - (150 << 10),
+            "taken as it came"
+        );
         meter.release();
         assert_eq!(memory.available(), 1 << 20);
-        assert_eq!(meter.total(), 100 << 10);
+        assert_eq!(meter.total(), 150 << 10);
+        let (u, v) = (
+            Meter::new(&memory, "u", 1 << 20),
+            Meter::new(&memory, "v", 1 << 20),
+        );
+        u.reserve(1 << 20).await.unwrap();
+        v.reserve(1 << 20).await.unwrap();
+        assert_eq!(memory.available(), 0, "each as much as a tenant's share");
+        assert!(
+            matches!(meter.charge(1), Err(Overdrawn::Busy)),
+            "never waits"
+        );
     }
 }

@@ -785,16 +785,22 @@ async fn sequence_arguments_and_websocket_edges(backend: Backend) {
 async fn load_is_shed_with_503_when_capacity_is_full() {
     // Capacity for 4 requests of complexity 2, half of it for one tenant: two event
     // mutations fill the share of the open mode's one tenant.
-    let app = spawn_app_with(Backend::Sqlite, |config| config.max_complexity = 2)
-        .await
-        .expect("SQLite always runs");
-    // Hold SQLite's write lock, so that the mutations wait in the middle of their work.
+    let Some(app) = spawn_app_with(Backend::Postgres, |config| config.max_complexity = 2).await
+    else {
+        return;
+    };
+    let log = "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }";
+    let body = app
+        .graphql(log, json!({ "input": event("u-0", "project.created") }))
+        .await;
+    assert_eq!(body["errors"], Value::Null, "{body}");
+    // Lock the tenant's chain head, so that the mutations wait in the middle of their work.
     let txn = sea_orm::TransactionTrait::begin(&app.db)
         .await
         .expect("begin");
-    txn.execute_unprepared("CREATE TABLE lock_probe (x INTEGER)")
+    txn.execute_unprepared("SELECT * FROM chain_heads WHERE tenant_id = 'default' FOR UPDATE")
         .await
-        .expect("write lock");
+        .expect("row lock");
     let writers: Vec<_> = (0..2)
         .map(|i| {
             let (client, url) = (app.client.clone(), format!("{}/graphql", app.address));

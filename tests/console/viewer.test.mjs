@@ -378,6 +378,7 @@ async function main(browser) {
     actor: { type: 'USER', id: trojan, name: 'invoice\u202Etxt.exe' }, action: 'file.uploaded',
     target: { type: 'file', id: 'a\u2066b\u2069' }, metadata: { name: 'x\u202Ey' },
   } });
+  if (!(await $(page, 'filters').isVisible())) await $(page, 'filters-toggle').click();
   await $(page, 'clear').click();
   await $(page, 'filter-actorIds').fill(trojan);
   await $(page, 'apply').click();
