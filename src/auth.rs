@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use crate::config::AuthConfig;
 use crate::error::{Error, Result};
-use crate::service::event::{MAX_ID_LEN, check_id};
 use crate::service::keys;
+use audit_contract::rules::{MAX_ID_LEN, check_id};
 
 /// The tenant of open mode.
 pub const DEFAULT_TENANT: &str = "default";

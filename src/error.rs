@@ -129,6 +129,15 @@ impl Error {
     }
 }
 
+impl From<audit_contract::Violation> for Error {
+    fn from(broken: audit_contract::Violation) -> Self {
+        Error::BadInput {
+            field: broken.field,
+            message: broken.message,
+        }
+    }
+}
+
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
         if is_connection_error(&err) {

@@ -264,13 +264,6 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// A W3C Trace Context trace id: 32 lower-case hex digits, not all zero.
-pub fn is_trace_id(id: &str) -> bool {
-    id.len() == 32
-        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && id.bytes().any(|b| b != b'0')
-}
-
 /// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`), when
 /// the header is well-formed.
 fn traceparent_trace_id(headers: &HeaderMap) -> Option<String> {
@@ -283,7 +276,7 @@ fn traceparent_trace_id(headers: &HeaderMap) -> Option<String> {
     let valid = hex(version, 2)
         && version != "ff"
         && (version != "00" || parts.next().is_none())
-        && is_trace_id(trace_id)
+        && audit_contract::rules::is_trace_id(trace_id)
         && hex(span_id, 16)
         && span_id.bytes().any(|b| b != b'0')
         && hex(flags, 2);

@@ -1,73 +1,41 @@
 //! What audit-service accepts, on the client's side: `Event::validate` refuses what the
-//! server would (so a bad event fails at the call site, not in the background), and
-//! `Event::sanitized` makes what comes from a request acceptable instead.
+//! server would, by the same rules (`audit_contract::rules`), so that a bad event fails at
+//! the call site rather than in the background; `Event::sanitized` makes what comes from a
+//! request acceptable instead.
 
 use std::net::IpAddr;
 
+use audit_contract::rules::{
+    EventFields, MAX_ID_LEN, MAX_KEY_LEN, MAX_METADATA_DEPTH, MAX_NAME_LEN, MAX_REASON_LEN,
+    MAX_SAFE_INTEGER, MAX_TYPE_LEN, MAX_USER_AGENT_LEN, check_event, check_metadata, compact_len,
+    depth, is_trace_id,
+};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
 
-/// Limits the server enforces, checked here too so that a bad event fails at the call
-/// site instead of in the background.
-const MAX_ACTION_LEN: usize = 128;
-const MAX_ID_LEN: usize = 256;
-const MAX_TYPE_LEN: usize = 64;
-const MAX_NAME_LEN: usize = 256;
-const MAX_REASON_LEN: usize = 4096;
-const MAX_USER_AGENT_LEN: usize = 1024;
-const MAX_KEY_LEN: usize = 256;
-const MAX_METADATA_BYTES: usize = 64 * 1024;
-const MAX_METADATA_DEPTH: usize = 32;
-
 impl Event {
     /// Checks what the server would refuse; the error's path is relative to the event.
     pub fn validate(&self) -> Result<()> {
-        check_action(&self.action)?;
-        check_id("actor.id", &self.actor.id, MAX_ID_LEN)?;
-        check_text("actor.name", self.actor.name.as_deref(), MAX_NAME_LEN)?;
-        if let Some(target) = &self.target {
-            check_id("target.type", &target.kind, MAX_TYPE_LEN)?;
-            check_id("target.id", &target.id, MAX_ID_LEN)?;
-            check_text("target.name", target.name.as_deref(), MAX_NAME_LEN)?;
-        }
-        check_text("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
-        if let Some(metadata) = &self.metadata {
-            check_metadata(metadata)?;
-        }
-        if let Some(context) = &self.context {
-            if let Some(ip) = &context.ip_address
-                && ip.parse::<IpAddr>().is_err()
-            {
-                return Err(Error::invalid(
-                    "context.ipAddress",
-                    "context.ipAddress is not an IPv4 or IPv6 address",
-                ));
-            }
-            check_text(
-                "context.userAgent",
-                context.user_agent.as_deref(),
-                MAX_USER_AGENT_LEN,
-            )?;
-            if let Some(id) = &context.request_id {
-                check_id("context.requestId", id, MAX_KEY_LEN)?;
-            }
-            if context
-                .trace_id
-                .as_deref()
-                .is_some_and(|id| !is_trace_id(id))
-            {
-                return Err(Error::invalid(
-                    "context.traceId",
-                    "context.traceId is not a W3C trace id (32 lower-case hex digits, not all zero)",
-                ));
-            }
-        }
-        if let Some(key) = &self.idempotency_key {
-            check_id("idempotencyKey", key, MAX_KEY_LEN)?;
-        }
-        Ok(())
+        let context = self.context.as_ref();
+        let fields = EventFields {
+            action: &self.action,
+            actor_id: &self.actor.id,
+            actor_name: self.actor.name.as_deref(),
+            target: self
+                .target
+                .as_ref()
+                .map(|t| (t.kind.as_str(), t.id.as_str(), t.name.as_deref())),
+            reason: self.reason.as_deref(),
+            metadata: self.metadata.as_ref(),
+            ip_address: context.and_then(|c| c.ip_address.as_deref()),
+            user_agent: context.and_then(|c| c.user_agent.as_deref()),
+            request_id: context.and_then(|c| c.request_id.as_deref()),
+            trace_id: context.and_then(|c| c.trace_id.as_deref()),
+            idempotency_key: self.idempotency_key.as_deref(),
+        };
+        check_event(&fields).map_err(|broken| Error::invalid(&broken.field, broken.message))
     }
 }
 
@@ -84,7 +52,7 @@ impl Event {
             size +=
                 text(&context.ip_address) + text(&context.user_agent) + text(&context.request_id);
         }
-        size + self.metadata.as_ref().map_or(0, json_size)
+        size + self.metadata.as_ref().map_or(0, compact_len)
     }
 
     /// The event with every value the server would refuse made acceptable: what the Layer
@@ -133,13 +101,6 @@ impl Event {
     }
 }
 
-/// A W3C Trace Context trace id: 32 lower-case hex digits, not all zero.
-pub(crate) fn is_trace_id(id: &str) -> bool {
-    id.len() == 32
-        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && id.bytes().any(|b| b != b'0')
-}
-
 /// An identifier the server accepts: no control characters, not blank, bounded.
 pub(crate) fn clean_id(id: &str, max: usize) -> String {
     let cleaned: String = id
@@ -161,126 +122,11 @@ fn clean_text(text: &str, max: usize) -> String {
         .collect()
 }
 
-/// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
-pub fn is_valid_action(action: &str) -> bool {
-    let segments = action.split('.');
-    let count = segments.clone().count();
-    action.len() <= MAX_ACTION_LEN
-        && (2..=4).contains(&count)
-        && segments.into_iter().all(is_segment)
-}
-
-fn is_segment(segment: &str) -> bool {
-    let mut chars = segment.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-fn check_action(action: &str) -> Result<()> {
-    if is_valid_action(action) {
-        return Ok(());
-    }
-    Err(Error::invalid(
-        "action",
-        format!(
-            "action {action:?} is not 2 to 4 dot-separated lower-case segments matching \
-             [a-z][a-z0-9_]* (at most {MAX_ACTION_LEN} characters), like `project.created`"
-        ),
-    ))
-}
-
-fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.trim().is_empty() {
-        return Err(Error::invalid(field, format!("{field} must not be empty")));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            field,
-            format!("{field} must not contain control characters"),
-        ));
-    }
-    check_len(field, value, max)
-}
-
-fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
-    let Some(value) = value else { return Ok(()) };
-    if value.contains('\0') {
-        return Err(Error::invalid(
-            field,
-            format!("{field} must not contain NUL characters"),
-        ));
-    }
-    check_len(field, value, max)
-}
-
-fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.chars().count() > max {
-        return Err(Error::invalid(
-            field,
-            format!("{field} is longer than {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_metadata(metadata: &Value) -> Result<()> {
-    if !metadata.is_object() {
-        return Err(Error::invalid("metadata", "metadata must be a JSON object"));
-    }
-    if depth(metadata) > MAX_METADATA_DEPTH {
-        return Err(Error::invalid(
-            "metadata",
-            format!("metadata nests deeper than {MAX_METADATA_DEPTH} levels"),
-        ));
-    }
-    if has_nul(metadata) {
-        return Err(Error::invalid(
-            "metadata",
-            "metadata must not contain NUL characters",
-        ));
-    }
-    if has_unsafe_integer(metadata) {
-        return Err(Error::invalid(
-            "metadata",
-            "metadata integers must be between -(2^53 - 1) and 2^53 - 1",
-        ));
-    }
-    let size = json_size(metadata);
-    if size > MAX_METADATA_BYTES {
-        return Err(Error::invalid(
-            "metadata",
-            format!("metadata is {size} bytes, more than the limit of {MAX_METADATA_BYTES}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Largest integer metadata may hold: the hash chain encodes numbers as IEEE doubles.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
-
 fn is_unsafe_integer(number: &serde_json::Number) -> bool {
     number.as_u64().is_some_and(|n| n > MAX_SAFE_INTEGER)
         || number
             .as_i64()
             .is_some_and(|n| n.unsigned_abs() > MAX_SAFE_INTEGER)
-}
-
-fn has_unsafe_integer(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => is_unsafe_integer(n),
-        Value::Array(items) => items.iter().any(has_unsafe_integer),
-        Value::Object(map) => map.values().any(has_unsafe_integer),
-        _ => false,
-    }
-}
-
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
 }
 
 /// Makes JSON acceptable as metadata: NUL becomes U+FFFD (in keys too), and integers the
@@ -303,59 +149,10 @@ fn clean_json(value: &mut Value) {
     }
 }
 
-/// The size of compact JSON, without building it.
-fn json_size(value: &Value) -> usize {
-    let mut size = ByteCount(0);
-    match serde_json::to_writer(&mut size, value) {
-        Ok(()) => size.0,
-        Err(_) => usize::MAX,
-    }
-}
-
-/// Counts what is written to it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0 += bytes.len();
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{Actor, Context, Target};
-
-    #[test]
-    fn actions_follow_the_servers_rule() {
-        for good in ["project.created", "a.b.c.d", "api_key.rotated", "x1.y_2"] {
-            assert!(is_valid_action(good), "{good}");
-        }
-        for bad in [
-            "project",
-            "Project.created",
-            "a.b.c.d.e",
-            "project..x",
-            "1a.b",
-            "a.b-c",
-            "",
-        ] {
-            assert!(!is_valid_action(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn sanitized_events_pass() {

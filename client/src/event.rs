@@ -125,7 +125,7 @@ impl Context {
     /// for `trace_id`.
     pub fn trace_id_of(traceparent: &str) -> Option<String> {
         let id = traceparent.trim().split('-').nth(1)?;
-        crate::check::is_trace_id(id).then(|| id.to_owned())
+        audit_contract::rules::is_trace_id(id).then(|| id.to_owned())
     }
 }
 

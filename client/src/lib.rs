@@ -18,9 +18,9 @@ mod spool;
 mod transport;
 mod worker;
 
+pub use audit_contract::rules::is_valid_action;
 pub use builder::EventBuilder;
 pub use catalog::{CATALOG, actions};
-pub use check::is_valid_action;
 pub use client::{AuditClient, AuditClientBuilder};
 pub use delivery::{Metrics, OnFull, ShutdownReport};
 pub use error::{Error, Result};

@@ -9,7 +9,8 @@ use super::guards::RequireScope;
 use super::loaders::{AuditLoader, EventKey};
 use super::types::{ActorType, AuditActor, AuditLog, AuditTarget};
 use crate::auth::{Principal, Scope};
-use crate::service::event::{MAX_ID_LEN, MAX_TYPE_LEN, check_id};
+use crate::error::Error;
+use audit_contract::rules::{MAX_ID_LEN, MAX_TYPE_LEN, check_id};
 
 #[derive(Default)]
 pub struct FederationQuery;
@@ -46,7 +47,7 @@ impl FederationQuery {
         #[graphql(key)] id: String,
     ) -> async_graphql::Result<AuditActor> {
         RequireScope(Scope::Read).check(ctx).await?;
-        check_id("id", &id, MAX_ID_LEN)?;
+        check_id("id", &id, MAX_ID_LEN).map_err(Error::from)?;
         Ok(AuditActor {
             kind,
             id,
@@ -63,8 +64,8 @@ impl FederationQuery {
         #[graphql(key)] id: String,
     ) -> async_graphql::Result<AuditTarget> {
         RequireScope(Scope::Read).check(ctx).await?;
-        check_id("type", &kind, MAX_TYPE_LEN)?;
-        check_id("id", &id, MAX_ID_LEN)?;
+        check_id("type", &kind, MAX_TYPE_LEN).map_err(Error::from)?;
+        check_id("id", &id, MAX_ID_LEN).map_err(Error::from)?;
         Ok(AuditTarget {
             kind,
             id,

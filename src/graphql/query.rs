@@ -14,11 +14,11 @@ use super::types::{
 use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
 use crate::error::Error;
-use crate::service::event::{MAX_ID_LEN, check_id};
 use crate::service::query::{self, PageArgs};
 use crate::service::stats::{self, Dimension, MAX_BUCKETS};
 use crate::service::tree::Tree;
 use crate::service::{chain, checkpoint};
+use audit_contract::rules::{MAX_ID_LEN, check_id};
 use entity::tree_checkpoint;
 
 #[derive(Default)]
@@ -323,7 +323,7 @@ fn verifier_key(context: &AppContext) -> String {
 fn readable_tenant(ctx: &Context<'_>, tenant_id: Option<String>) -> async_graphql::Result<String> {
     let principal = ctx.data::<Principal>()?;
     let tenant_id = tenant_id.unwrap_or_else(|| principal.tenant_id.clone());
-    check_id("tenantId", &tenant_id, MAX_ID_LEN)?;
+    check_id("tenantId", &tenant_id, MAX_ID_LEN).map_err(Error::from)?;
     principal.tenants(Some(vec![tenant_id.clone()]))?;
     Ok(tenant_id)
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 /// Largest integer metadata may hold: the hash chain encodes numbers as IEEE doubles
 /// (RFC 8785), exact only up to 2^53 - 1 (I-JSON, RFC 7493).
-pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub use audit_contract::rules::MAX_SAFE_INTEGER;
 
 /// Rust's text form of an IP address, which is what the hash chain covers.
 pub fn canonical_ip(ip: String) -> String {

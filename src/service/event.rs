@@ -1,44 +1,16 @@
-//! An event as a caller submits it, its validation, and the limits that validation enforces.
+//! An event as a caller submits it, its validation (by the rules of `audit_contract`), and
+//! the row it becomes.
 
-use std::net::IpAddr;
-
+use audit_contract::rules::{EventFields, MAX_FUTURE_SKEW_SECONDS, check_event};
 use chrono::{DateTime, Duration, Timelike, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::canonical::{
-    CHAIN_VERSION, MAX_SAFE_INTEGER, canonical_bytes, canonical_ip, chain_hash,
-};
+use super::canonical::{CHAIN_VERSION, canonical_bytes, canonical_ip, chain_hash};
 use crate::error::{Error, Result};
-use crate::telemetry::is_trace_id;
 
-/// Most events in one `logAuditEvents` call.
-pub const MAX_BATCH: usize = 1000;
-/// Longest action, in characters.
-pub const MAX_ACTION_LEN: usize = 128;
-/// Longest actor or target id, in characters.
-pub const MAX_ID_LEN: usize = 256;
-/// Longest target type, in characters.
-pub const MAX_TYPE_LEN: usize = 64;
-/// Longest actor or target name, in characters.
-pub const MAX_NAME_LEN: usize = 256;
-/// Longest reason, in characters.
-pub const MAX_REASON_LEN: usize = 4096;
-/// Longest user agent, in characters.
-pub const MAX_USER_AGENT_LEN: usize = 1024;
-/// Longest request id or idempotency key, in characters.
-pub const MAX_KEY_LEN: usize = 256;
-/// Largest metadata object, in bytes of compact JSON.
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
-/// Most values in a metadata object (each object, array, string, number, boolean and null
-/// counts one): what bounds its size once decoded, which compact text does not (an empty
-/// array is two bytes of text and 72 in memory, a one-element array 360).
-pub const MAX_METADATA_VALUES: usize = 4096;
-/// The most a metadata object within the limits takes once decoded (`service::memory`).
-pub const MAX_METADATA_MEMORY: usize = 3 << 19;
-/// How far in the future `occurredAt` may be, to allow for clock skew between services.
-pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+pub use audit_contract::rules::MAX_BATCH;
 
 /// The target of an operation.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,49 +41,27 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// Checks every field; the error's path is relative to the event (`action`, `actor.id`).
+    /// Checks every field (`audit_contract::rules`); the error's path is relative to the
+    /// event (`action`, `actor.id`).
     pub fn validate(&self, now: DateTime<Utc>) -> Result<()> {
-        check_action(&self.action)?;
-        check_id("actor.id", &self.actor_id, MAX_ID_LEN)?;
-        check_text("actor.name", self.actor_name.as_deref(), MAX_NAME_LEN)?;
-        if let Some(target) = &self.target {
-            check_id("target.type", &target.kind, MAX_TYPE_LEN)?;
-            check_id("target.id", &target.id, MAX_ID_LEN)?;
-            check_text("target.name", target.name.as_deref(), MAX_NAME_LEN)?;
-        }
-        check_text("reason", self.reason.as_deref(), MAX_REASON_LEN)?;
+        check_event(&EventFields {
+            action: &self.action,
+            actor_id: &self.actor_id,
+            actor_name: self.actor_name.as_deref(),
+            target: self
+                .target
+                .as_ref()
+                .map(|t| (t.kind.as_str(), t.id.as_str(), t.name.as_deref())),
+            reason: self.reason.as_deref(),
+            metadata: self.metadata.as_ref(),
+            ip_address: self.ip_address.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            request_id: self.request_id.as_deref(),
+            trace_id: self.trace_id.as_deref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+        })?;
         if let Some(at) = self.occurred_at {
             check_occurred_at(at, now)?;
-        }
-        if let Some(metadata) = &self.metadata {
-            check_metadata(metadata)?;
-        }
-        if let Some(ip) = &self.ip_address
-            && ip.parse::<IpAddr>().is_err()
-        {
-            return Err(Error::bad_input(
-                "context.ipAddress",
-                "context.ipAddress is not an IPv4 or IPv6 address",
-            ));
-        }
-        check_text(
-            "context.userAgent",
-            self.user_agent.as_deref(),
-            MAX_USER_AGENT_LEN,
-        )?;
-        if let Some(id) = &self.request_id {
-            check_id("context.requestId", id, MAX_KEY_LEN)?;
-        }
-        if let Some(id) = &self.trace_id
-            && !is_trace_id(id)
-        {
-            return Err(Error::bad_input(
-                "context.traceId",
-                "context.traceId is not a W3C trace id (32 lower-case hex digits, not all zero)",
-            ));
-        }
-        if let Some(key) = &self.idempotency_key {
-            check_id("idempotencyKey", key, MAX_KEY_LEN)?;
         }
         Ok(())
     }
@@ -202,77 +152,10 @@ pub fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(at)
 }
 
-/// Dot-separated lower-case segments, 2 to 4 of them, `[a-z][a-z0-9_]*` each.
-pub fn is_valid_action(action: &str) -> bool {
-    let segments: Vec<&str> = action.split('.').collect();
-    action.len() <= MAX_ACTION_LEN
-        && (2..=4).contains(&segments.len())
-        && segments.iter().all(|s| is_valid_segment(s))
-}
-
-pub fn is_valid_segment(segment: &str) -> bool {
-    let mut chars = segment.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-fn check_action(action: &str) -> Result<()> {
-    if is_valid_action(action) {
-        return Ok(());
-    }
-    Err(Error::bad_input(
-        "action",
-        format!(
-            "action must be 2 to 4 dot-separated lower-case segments matching [a-z][a-z0-9_]* \
-             and at most {MAX_ACTION_LEN} characters, like `project.created`"
-        ),
-    ))
-}
-
-/// An identifier: not blank, no control characters, bounded. Also what filters and
-/// arguments naming identifiers must be, so that bad ones get the same answer everywhere.
-pub fn check_id(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.trim().is_empty() {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} must not contain control characters"),
-        ));
-    }
-    check_len(field, value, max)
-}
-
-/// Free text: bounded, and no NUL (PostgreSQL cannot store it).
-fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
-    let Some(value) = value else { return Ok(()) };
-    if value.contains('\0') {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} must not contain NUL characters"),
-        ));
-    }
-    check_len(field, value, max)
-}
-
-fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.chars().count() > max {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} is longer than {max} characters"),
-        ));
-    }
-    Ok(())
-}
-
 /// Between 1970 and 5 minutes from now, with no leap second: both databases store such an
 /// instant exactly as given, so its hash still matches when read back.
 fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
-    if at > now + MAX_FUTURE_SKEW {
+    if at > now + Duration::seconds(MAX_FUTURE_SKEW_SECONDS) {
         return Err(Error::bad_input(
             "occurredAt",
             "occurredAt is more than 5 minutes in the future",
@@ -288,159 +171,4 @@ fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Deepest nesting of arrays and objects in metadata (and in metadata filters): far below
-/// what any reader of stored events recurses through (serde_json stops at 128).
-pub const MAX_METADATA_DEPTH: usize = 32;
-
-fn check_metadata(metadata: &Value) -> Result<()> {
-    check_json_object("metadata", metadata)?;
-    if has_unsafe_integer(metadata) {
-        return Err(Error::bad_input(
-            "metadata",
-            "metadata integers must be between -(2^53 - 1) and 2^53 - 1",
-        ));
-    }
-    Ok(())
-}
-
-/// A JSON object as metadata or a metadata filter: nested at most `MAX_METADATA_DEPTH`
-/// deep, no NUL in keys or strings (PostgreSQL cannot store it), at most 64 KiB and
-/// `MAX_METADATA_VALUES` values.
-pub fn check_json_object(field: &str, value: &Value) -> Result<()> {
-    if !value.is_object() {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} must be a JSON object"),
-        ));
-    }
-    if depth(value) > MAX_METADATA_DEPTH {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} nests deeper than {MAX_METADATA_DEPTH} levels"),
-        ));
-    }
-    if has_nul(value) {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} must not contain NUL characters"),
-        ));
-    }
-    let values = count_values(value);
-    if values > MAX_METADATA_VALUES {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} holds {values} values, more than the limit of {MAX_METADATA_VALUES}"),
-        ));
-    }
-    let size = serde_json::to_vec(value).map_err(Error::internal)?.len();
-    if size > MAX_METADATA_BYTES {
-        return Err(Error::bad_input(
-            field,
-            format!("{field} is {size} bytes, more than the limit of {MAX_METADATA_BYTES}"),
-        ));
-    }
-    Ok(())
-}
-
-/// How deeply arrays and objects nest (a scalar is 0). Recursion stays within what serde
-/// let through: 128 levels.
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// How many values `value` holds, itself included.
-fn count_values(value: &Value) -> usize {
-    1 + match value {
-        Value::Array(items) => items.iter().map(count_values).sum(),
-        Value::Object(map) => map.values().map(count_values).sum(),
-        _ => 0,
-    }
-}
-
-fn has_unsafe_integer(value: &Value) -> bool {
-    match value {
-        Value::Number(n) => {
-            n.as_u64().is_some_and(|u| u > MAX_SAFE_INTEGER)
-                || n.as_i64()
-                    .is_some_and(|i| i.unsigned_abs() > MAX_SAFE_INTEGER)
-        }
-        Value::Array(items) => items.iter().any(has_unsafe_integer),
-        Value::Object(map) => map.values().any(has_unsafe_integer),
-        _ => false,
-    }
-}
-
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::service::memory::value_size;
-    use serde_json::json;
-
-    #[test]
-    fn metadata_within_the_limits_stays_small_in_memory() {
-        let most = MAX_METADATA_VALUES;
-        let nested = |n: usize| (0..n).fold(json!(0), |inner, _| json!([inner]));
-        let shapes = [
-            json!({ "a": vec![0; most - 2] }),
-            json!({ "a": vec![json!({}); most - 2] }),
-            json!({ "a": vec![json!([]); most - 2] }),
-            json!({ "a": vec![json!({ "": 0 }); (most - 2) / 2] }),
-            json!({ "a": vec![json!([[0]]); (most - 2) / 3] }),
-            json!({ "a": vec![nested(30); (most - 2) / 31] }),
-        ];
-        for metadata in shapes {
-            check_metadata(&metadata).unwrap();
-            let size = value_size(&metadata);
-            assert!(
-                size <= MAX_METADATA_MEMORY,
-                "{size} bytes: {:.60}",
-                metadata.to_string()
-            );
-        }
-        let over = json!({ "a": vec![0; most] });
-        let refused = check_metadata(&over).unwrap_err();
-        assert!(refused.to_string().contains("4098 values"), "{refused}");
-    }
-
-    #[test]
-    fn action_format() {
-        for ok in [
-            "project.created",
-            "project.member.added",
-            "a.b.c.d",
-            "role_x.assigned2",
-        ] {
-            assert!(is_valid_action(ok), "{ok}");
-        }
-        for bad in [
-            "project",
-            "Project.created",
-            "project..created",
-            "project.",
-            ".project",
-            "a.b.c.d.e",
-            "project.1created",
-            "project.created!",
-            "proj ect.created",
-            "",
-        ] {
-            assert!(!is_valid_action(bad), "{bad}");
-        }
-        assert!(!is_valid_action(&format!("a.{}", "b".repeat(127))));
-    }
 }

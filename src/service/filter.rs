@@ -9,11 +9,11 @@ use sea_orm::sea_query::{BinOper, Expr, ExprTrait, Func, SimpleExpr};
 use sea_orm::{ColumnTrait, Condition, DbBackend};
 use serde_json::Value;
 
-use super::event::{
+use crate::error::{Error, Result};
+use audit_contract::rules::{
     MAX_ID_LEN, MAX_KEY_LEN, MAX_TYPE_LEN, check_id, check_json_object, is_valid_action,
     is_valid_segment,
 };
-use crate::error::{Error, Result};
 
 /// Most values in one list filter.
 pub const MAX_FILTER_VALUES: usize = 100;

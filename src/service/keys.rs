@@ -11,8 +11,8 @@ use sea_orm::{
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::event::{MAX_ID_LEN, check_id};
 use crate::error::{Error, Result};
+use audit_contract::rules::{MAX_ID_LEN, check_id};
 
 /// Every key starts so, so scanners and people recognize it.
 pub const KEY_PREFIX: &str = "ak_";

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 
 /// Memory for decoded events and request bodies, over all readers, in bytes.
 pub const MEMORY_BYTES: usize = 128 << 20;
+/// The most a metadata object within the rules (`audit_contract::rules`) takes once
+/// decoded: what `MAX_METADATA_VALUES` values of the most expensive shape take.
+pub const MAX_METADATA_MEMORY: usize = 3 << 19;
 /// How long a reader waits for memory before it is shed with `UNAVAILABLE`.
 pub const MEMORY_WAIT: Duration = Duration::from_secs(2);
 
@@ -443,6 +446,28 @@ mod tests {
             assert_eq!(json_size(text), value_size(&value), "{text}");
         }
         assert!(json_size("not json") > 0);
+    }
+
+    #[test]
+    fn metadata_within_the_rules_stays_small_in_memory() {
+        use audit_contract::rules::{MAX_METADATA_VALUES, check_metadata};
+        use serde_json::json;
+        let most = MAX_METADATA_VALUES;
+        let nested = |n: usize| (0..n).fold(json!(0), |inner, _| json!([inner]));
+        let shapes = [
+            json!({ "a": vec![0; most - 2] }),
+            json!({ "a": vec![json!({}); most - 2] }),
+            json!({ "a": vec![json!([]); most - 2] }),
+            json!({ "a": vec![json!({ "": 0 }); (most - 2) / 2] }),
+            json!({ "a": vec![json!([[0]]); (most - 2) / 3] }),
+            json!({ "a": vec![nested(30); (most - 2) / 31] }),
+        ];
+        for metadata in shapes {
+            check_metadata(&metadata).unwrap();
+            let size = value_size(&metadata);
+            assert!(size <= MAX_METADATA_MEMORY, "{size} bytes: {metadata:.60}");
+        }
+        assert!(check_metadata(&json!({ "a": vec![0; most] })).is_err());
     }
 
     #[tokio::test]
