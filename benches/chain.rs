@@ -1,7 +1,7 @@
 //! Micro-benchmark of the hash chain's per-event work: canonical encoding plus SHA-256
 //! (`cargo bench --bench chain`; target: under 2 µs per event).
 
-use audit_service::service::canonical::{GENESIS, canonical_bytes, chain_hash};
+use audit_service::service::tlog::canonical::{GENESIS, canonical_bytes, chain_hash};
 use criterion::{Criterion, criterion_group, criterion_main};
 use entity::audit_log::{ActorType, Model, Outcome};
 use serde_json::json;

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::auth::{Credential, Principal};
 use crate::config::AuthConfig;
 use crate::error::Error;
-use crate::service::event::NewEvent;
 use crate::service::ingest::Ingestor;
+use crate::service::ingest::event::NewEvent;
 
 /// The tenant that records refusals of requests without a readable credential.
 pub const SYSTEM_TENANT: &str = "system";

@@ -11,11 +11,15 @@ use crate::auth::Principal;
 use crate::config::{CheckpointKeyCommand, Command, DatabaseConfig, KeysCommand, Parsed};
 use crate::graphql::types::AuditLogFilter;
 use crate::progress::Progress;
-use crate::service::checkpoint::Signer;
-use crate::service::filter::Filter;
-use crate::service::memory::Memory;
-use crate::service::pubsub::Feed;
-use crate::service::{self, chain, export, ingest::Ingestor, maintenance};
+use crate::service::capacity::memory::Memory;
+use crate::service::ingest::Ingestor;
+use crate::service::keys;
+use crate::service::live::pubsub::Feed;
+use crate::service::query::export;
+use crate::service::query::filter::Filter;
+use crate::service::retention::maintenance;
+use crate::service::tlog::chain;
+use crate::service::tlog::checkpoint::Signer;
 use crate::startup::Application;
 use crate::{graphql, telemetry};
 
@@ -159,7 +163,7 @@ async fn keys(db: &DatabaseConnection, action: KeysCommand) -> anyhow::Result<()
             scopes,
             name,
         } => {
-            let (record, key) = service::keys::create(db, &tenant, &scopes, &name).await?;
+            let (record, key) = keys::create(db, &tenant, &scopes, &name).await?;
             eprintln!(
                 "created key {} for tenant {tenant}; store it now, it is not shown again:",
                 record.id
@@ -167,7 +171,7 @@ async fn keys(db: &DatabaseConnection, action: KeysCommand) -> anyhow::Result<()
             println!("{key}");
         }
         KeysCommand::List => {
-            for k in service::keys::list(db).await? {
+            for k in keys::list(db).await? {
                 let state = k
                     .revoked_at
                     .map_or("active".to_owned(), |at| format!("revoked {at}"));
@@ -178,7 +182,7 @@ async fn keys(db: &DatabaseConnection, action: KeysCommand) -> anyhow::Result<()
             }
         }
         KeysCommand::Revoke { id } => {
-            anyhow::ensure!(service::keys::revoke(db, id).await?, "no active key {id}");
+            anyhow::ensure!(keys::revoke(db, id).await?, "no active key {id}");
             println!("revoked {id}");
         }
     }
@@ -190,7 +194,7 @@ async fn verify(
     tenant: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let sizes = crate::service::tree::sizes(db).await?;
+    let sizes = crate::service::tlog::tree::sizes(db).await?;
     let tenants: Vec<(String, u64)> = match tenant {
         Some(tenant) => {
             let size = sizes

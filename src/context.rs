@@ -10,12 +10,12 @@ use tokio_util::task::TaskTracker;
 use crate::access::Access;
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
-use crate::service::checkpoint::Signer;
+use crate::service::capacity::memory::Memory;
+use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
-use crate::service::memory::Memory;
-use crate::service::pubsub::Feed;
-use crate::service::share::Shares;
-use crate::service::tree::TileCache;
+use crate::service::live::pubsub::Feed;
+use crate::service::tlog::checkpoint::Signer;
+use crate::service::tlog::tree::TileCache;
 
 /// The database, the write path, the live feed, authentication, access control, metrics and
 /// the checkpoint key of one server instance. Cheap to clone.

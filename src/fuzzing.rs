@@ -9,8 +9,8 @@ use chrono::Utc;
 use entity::audit_log::{ActorType, Metadata, Outcome};
 
 use crate::graphql::{AppSchema, bare_schema, limits};
-use crate::service::event::NewEvent;
-use crate::service::filter::Filter;
+use crate::service::ingest::event::NewEvent;
+use crate::service::query::filter::Filter;
 
 static SCHEMA: LazyLock<AppSchema> = LazyLock::new(bare_schema);
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {

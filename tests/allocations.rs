@@ -7,7 +7,7 @@
     reason = "a test fails loudly at the first surprise"
 )]
 
-use audit_service::service::memory::{json_size, value_size};
+use audit_service::service::capacity::memory::{json_size, value_size};
 use serde_json::Value;
 
 #[global_allocator]

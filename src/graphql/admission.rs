@@ -25,10 +25,10 @@ use super::loaders::{AuditLoader, MAX_BATCH};
 use super::{documents, limits};
 use crate::auth::Principal;
 use crate::error::Error;
-use crate::service::memory::Memory;
+use crate::service::capacity::memory::Memory;
+use crate::service::capacity::share::Shares;
+use crate::service::query::stats::MAX_BUCKETS;
 use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
-use crate::service::share::Shares;
-use crate::service::stats::MAX_BUCKETS;
 
 /// Most entity representations in one request.
 pub const MAX_REPRESENTATIONS: usize = 1000;

@@ -9,7 +9,7 @@ use async_graphql::Context;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::Error;
-use crate::service::memory::{Memory, Meter};
+use crate::service::capacity::memory::{Memory, Meter};
 
 /// Most events one response may hold, over all its pages and trails.
 pub const MAX_EVENTS_PER_RESPONSE: usize = 10_000;

@@ -10,10 +10,10 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::budget::Budget;
-use crate::service::cursor::Cursor;
-use crate::service::filter::Filter;
 use crate::service::query;
-use crate::service::trail::{self, Subject};
+use crate::service::query::cursor::Cursor;
+use crate::service::query::filter::Filter;
+use crate::service::query::trail::{self, Subject};
 
 /// Most keys per batch (SQLite allows 500 members in one UNION).
 pub const MAX_BATCH: usize = 250;

@@ -7,7 +7,7 @@ use super::types::{AuditEventInput, AuditLog};
 use crate::access::Origin;
 use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
-use crate::service::event::NewEvent;
+use crate::service::ingest::event::NewEvent;
 
 #[derive(Default)]
 pub struct AuditMutation;

@@ -14,10 +14,10 @@ use super::types::{
 use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
 use crate::error::Error;
+use crate::service::query::stats::{self, Dimension, MAX_BUCKETS};
 use crate::service::query::{self, PageArgs};
-use crate::service::stats::{self, Dimension, MAX_BUCKETS};
-use crate::service::tree::Tree;
-use crate::service::{chain, checkpoint};
+use crate::service::tlog::tree::Tree;
+use crate::service::tlog::{chain, checkpoint};
 use audit_contract::rules::{MAX_ID_LEN, check_id};
 use entity::tree_checkpoint;
 

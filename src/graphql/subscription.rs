@@ -10,9 +10,9 @@ use super::types::{AuditLog, AuditLogFilter};
 use crate::auth::{JWT_LEEWAY, Principal, Scope};
 use crate::context::AppContext;
 use crate::error::Error;
-use crate::service::cursor::Cursor;
 use crate::service::live;
-use crate::service::mailbox::Allowance;
+use crate::service::live::mailbox::Allowance;
+use crate::service::query::cursor::Cursor;
 
 #[derive(Default)]
 pub struct AuditSubscription;

@@ -22,10 +22,10 @@ use crate::auth::{Principal, Scope};
 use crate::config::ExportFormat;
 use crate::error::Error;
 use crate::graphql::types::AuditLogFilter;
-use crate::service::event::NewEvent;
-use crate::service::export;
 use crate::service::ingest::Ingestor;
+use crate::service::ingest::event::NewEvent;
 use crate::service::query::PageOrder;
+use crate::service::query::export;
 
 use super::admit::admit;
 use super::errors::{error_response, status_of};

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::Scope;
 use crate::error::{Error, Result};
-use crate::service::checkpoint;
-use crate::service::tree::{TILE_WIDTH, Tree};
+use crate::service::tlog::checkpoint;
+use crate::service::tlog::tree::{TILE_WIDTH, Tree};
 
 use super::admit::admit;
 use super::errors::{error_response, status_of};

@@ -20,7 +20,7 @@ use crate::access::Origin;
 use crate::auth::Principal;
 use crate::error::{Code, Error};
 use crate::graphql::{budget, documents, limits};
-use crate::service::memory::json_size;
+use crate::service::capacity::memory::json_size;
 
 use super::admit::admit;
 use super::errors::{ErrorCodes, error_response, http_error, server_error};

@@ -22,7 +22,7 @@ use crate::auth::{Principal, Scope};
 use crate::error::{Code, Error};
 use crate::graphql::{AppSchema, documents};
 use crate::metrics::Metrics;
-use crate::service::mailbox::{self, Allowance, Lagged};
+use crate::service::live::mailbox::{self, Allowance, Lagged};
 
 /// A response, serialized: the `payload` of a `next` message.
 pub type Payload = Arc<str>;

@@ -30,8 +30,8 @@ use crate::auth::{Principal, Refusal};
 use crate::context::AppContext;
 use crate::error::Code;
 use crate::graphql::AppSchema;
-use crate::service::memory::json_size;
-use crate::service::share::Held;
+use crate::service::capacity::memory::json_size;
+use crate::service::capacity::share::Held;
 
 /// How long a client may take to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);

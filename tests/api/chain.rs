@@ -529,7 +529,7 @@ async fn long_commands_report_progress(app: &TestApp) {
 /// chain on as version 2. The server, the CLI and the independent verifier accept both;
 /// a version-2 event relabelled as version 1 breaks its hash.
 async fn version_1_events_keep_verifying(app: &TestApp) {
-    use audit_service::service::canonical::{GENESIS, chain_hash};
+    use audit_service::service::tlog::canonical::{GENESIS, chain_hash};
     use entity::audit_log;
     use sea_orm::{EntityTrait, QueryOrder};
 

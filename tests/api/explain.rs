@@ -2,7 +2,7 @@
 //! partitions, shown with EXPLAIN on the very SQL the service runs. (Indexes are created on
 //! the partitioned table; each partition's copy is named after its columns.)
 
-use audit_service::service::filter::Filter;
+use audit_service::service::query::filter::Filter;
 use audit_service::service::query::{PageArgs, page_statement};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};

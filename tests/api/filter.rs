@@ -2,8 +2,8 @@
 //! `matches`): for generated filters over a seeded log, the database counts exactly the
 //! events `matches` accepts. Metadata containment and action prefixes included.
 
-use audit_service::service::filter::Filter;
 use audit_service::service::query;
+use audit_service::service::query::filter::Filter;
 use chrono::{DateTime, Duration, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
 use proptest::prelude::*;

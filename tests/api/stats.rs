@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use audit_service::service::filter::Filter;
-use audit_service::service::stats::{self, Bucket, Dimension, Interval};
+use audit_service::service::query::filter::Filter;
+use audit_service::service::query::stats::{self, Bucket, Dimension, Interval};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
 use proptest::prelude::*;

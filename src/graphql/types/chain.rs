@@ -41,8 +41,8 @@ pub struct AuditChainVerification {
     pub reason: Option<String>,
 }
 
-impl From<crate::service::chain::Verification> for AuditChainVerification {
-    fn from(v: crate::service::chain::Verification) -> Self {
+impl From<crate::service::tlog::chain::Verification> for AuditChainVerification {
+    fn from(v: crate::service::tlog::chain::Verification) -> Self {
         AuditChainVerification {
             valid: v.valid,
             checked_count: v.checked_count,

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::graphql::scalars::DateTime;
-use crate::service::filter::Filter;
+use crate::service::query::filter::Filter;
 
 use super::enums::{ActorType, AuditOutcome};
 

@@ -4,7 +4,7 @@ use async_graphql::{InputObject, Json};
 use serde_json::Value;
 
 use crate::graphql::scalars::DateTime;
-use crate::service::event::{NewEvent, Target};
+use crate::service::ingest::event::{NewEvent, Target};
 
 use super::enums::{ActorType, AuditOutcome};
 

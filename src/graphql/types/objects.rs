@@ -13,11 +13,11 @@ use crate::context::AppContext;
 use crate::graphql::admission::page_cost;
 use crate::graphql::budget;
 use crate::graphql::scalars::DateTime;
-use crate::service::canonical::host_only;
-use crate::service::cursor::Cursor;
-use crate::service::filter::Filter;
+use crate::service::query::cursor::Cursor;
+use crate::service::query::filter::Filter;
+use crate::service::query::trail::Subject;
 use crate::service::query::{self, Page};
-use crate::service::trail::Subject;
+use crate::service::tlog::canonical::host_only;
 
 use crate::graphql::loaders::{AuditLoader, CountKey, TrailArgs, TrailKey};
 use async_graphql::dataloader::DataLoader;

@@ -4,7 +4,7 @@ use async_graphql::{Enum, SimpleObject};
 
 use super::enums::{ActorType, AuditOutcome};
 use crate::graphql::scalars::DateTime;
-use crate::service::stats::{Bucket, Dimension, Interval};
+use crate::service::query::stats::{Bucket, Dimension, Interval};
 
 /// What `auditLogStats` can group events by.
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]

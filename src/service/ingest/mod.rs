@@ -12,6 +12,7 @@
 //! Retention purges are jobs too: they cut a tenant's chain under the same head lock and
 //! record their own `audit.retention.purged` event in the same transaction.
 
+pub mod event;
 mod tables;
 mod write;
 
@@ -29,10 +30,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::event::{MAX_BATCH, NewEvent};
-use super::pubsub::Feed;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::service::ingest::event::{MAX_BATCH, NewEvent};
+use crate::service::live::pubsub::Feed;
 use crate::telemetry;
 
 /// Events per group-commit transaction; a bigger backlog is taken in the next one.

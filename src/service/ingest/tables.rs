@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use super::{Request, Work};
 use crate::error::{Error, Result};
-use crate::service::canonical::GENESIS;
-use crate::service::pubsub;
-use crate::service::stats::hour_start;
+use crate::service::live::pubsub;
+use crate::service::query::stats::hour_start;
+use crate::service::tlog::canonical::GENESIS;
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
 pub(super) const ROWS_PER_INSERT: usize = 1000;

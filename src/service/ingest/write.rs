@@ -15,7 +15,7 @@ use super::tables::{
 };
 use super::{Request, Work};
 use crate::error::{Error, Result};
-use crate::service::event::{NewEvent, Target, micros};
+use crate::service::ingest::event::{NewEvent, Target, micros};
 use crate::service::retention;
 
 /// Per job, its events or its own failure.
@@ -134,7 +134,7 @@ fn purge_event(tenant_id: &str, cut: &retention::Cut) -> NewEvent {
             "purgedCount": cut.purged_count,
             "throughSequence": cut.seq.to_string(),
             "throughHash": hex::encode(&cut.hash),
-            "recordedBefore": crate::service::canonical::timestamp(cut.cutoff),
+            "recordedBefore": crate::service::tlog::canonical::timestamp(cut.cutoff),
         })),
         ip_address: None,
         user_agent: None,
