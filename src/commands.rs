@@ -7,8 +7,8 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
-use crate::auth::Principal;
 use crate::config::{CheckpointKeyCommand, Command, DatabaseConfig, KeysCommand, Parsed};
+use crate::credentials::Principal;
 use crate::graphql::types::AuditLogFilter;
 use crate::progress::Progress;
 use crate::service::capacity::memory::Memory;

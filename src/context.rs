@@ -7,9 +7,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::access::Access;
-use crate::auth::Authenticator;
+use crate::credentials::Authenticator;
 use crate::metrics::Metrics;
+use crate::refusals::Refusals;
 use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
@@ -25,7 +25,7 @@ pub struct AppContext {
     pub ingestor: Ingestor,
     pub feed: Feed,
     pub auth: Arc<Authenticator>,
-    pub access: Arc<Access>,
+    pub refusals: Arc<Refusals>,
     pub metrics: Arc<Metrics>,
     /// Memory for decoded events, charged before it is spent.
     pub memory: Memory,

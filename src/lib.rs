@@ -3,12 +3,11 @@
 //! `startup::Application` is what `main` runs and what the tests start; `graphql` is the
 //! API, `service` the database work behind it, `http` the transport.
 
-pub mod access;
-pub mod auth;
 pub mod commands;
 pub mod config;
 mod console;
 pub mod context;
+pub mod credentials;
 pub mod error;
 pub mod fuzzing;
 mod graphiql;
@@ -16,6 +15,7 @@ pub mod graphql;
 pub mod http;
 pub mod metrics;
 pub mod progress;
+pub mod refusals;
 pub mod service;
 pub mod startup;
 pub mod telemetry;

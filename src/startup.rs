@@ -13,13 +13,13 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
-use crate::access::Access;
-use crate::auth::Authenticator;
 use crate::config::ServeConfig;
 use crate::context::AppContext;
+use crate::credentials::Authenticator;
 use crate::graphql::{SchemaConfig, build_schema};
 use crate::http::{AppState, Peer, TimedListener, app};
 use crate::metrics::Metrics;
+use crate::refusals::Refusals;
 use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
@@ -133,13 +133,13 @@ impl Application {
                  AUDIT_JWT_HS256_SECRET / AUDIT_JWT_JWKS_FILE before exposing the server."
             );
         }
-        let access = Arc::new(Access::new(&config.auth, ingestor.clone()));
+        let refusals = Arc::new(Refusals::new(&config.auth, ingestor.clone()));
         let context = AppContext {
             db,
             ingestor,
             feed,
             auth,
-            access,
+            refusals,
             metrics,
             memory,
             requests: Memory::new(REQUEST_MEMORY),

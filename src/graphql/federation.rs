@@ -8,7 +8,7 @@ use super::budget;
 use super::guards::RequireScope;
 use super::loaders::{AuditLoader, EventKey};
 use super::types::{ActorType, AuditActor, AuditLog, AuditTarget};
-use crate::auth::{Principal, Scope};
+use crate::credentials::{Principal, Scope};
 use crate::error::Error;
 use audit_contract::rules::{MAX_ID_LEN, MAX_TYPE_LEN, check_id};
 

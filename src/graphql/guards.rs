@@ -2,10 +2,10 @@
 
 use async_graphql::{Context, Guard};
 
-use crate::access::Origin;
-use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
+use crate::credentials::{Principal, Scope};
 use crate::error::Error;
+use crate::refusals::Origin;
 
 /// Lets the request through only if its principal holds the scope (admins hold all).
 pub struct RequireScope(pub Scope);
@@ -16,13 +16,13 @@ impl Guard for RequireScope {
         if principal.has(self.0) {
             return Ok(());
         }
-        if let Ok(AppContext { access, .. }) = ctx.data::<AppContext>() {
+        if let Ok(AppContext { refusals, .. }) = ctx.data::<AppContext>() {
             let origin = ctx.data_opt::<Origin>().cloned().unwrap_or_default();
             let field = ctx
                 .path_node
                 .map(|p| p.field_name().to_owned())
                 .unwrap_or_default();
-            access.record_denial(
+            refusals.record_denial(
                 Some(&principal.tenant_id),
                 Some(&principal.subject),
                 Some(&principal.credential),

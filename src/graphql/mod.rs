@@ -1,7 +1,7 @@
 //! The GraphQL schema: roots, types, and the error-code extension.
 
-pub mod admission;
 pub mod budget;
+pub mod capacity;
 pub mod documents;
 mod errors;
 pub mod federation;
@@ -113,7 +113,7 @@ fn checked(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
 
 /// The schema, serving the context's database, writing through its ingestor, watching its
 /// feed. Neither connects nor migrates. Queries, once checked and admitted, run on a
-/// second schema without extensions (see [`admission::Admission`]); it validates only
+/// second schema without extensions (see [`capacity::Capacity`]); it validates only
 /// what execution needs, because the first has validated the same document.
 pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
     let executor = builder(config)
@@ -121,7 +121,7 @@ pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
         .data(context.clone())
         .finish();
     checked(config)
-        .extension(admission::Admission::new(
+        .extension(capacity::Capacity::new(
             config.max_complexity,
             CONCURRENT_COMPLEXITY_LIMITS,
             context.db.clone(),

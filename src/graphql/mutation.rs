@@ -4,9 +4,9 @@ use async_graphql::{Context, Object};
 
 use super::guards::RequireScope;
 use super::types::{AuditEventInput, AuditLog};
-use crate::access::Origin;
-use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
+use crate::credentials::{Principal, Scope};
+use crate::refusals::Origin;
 use crate::service::ingest::event::NewEvent;
 
 #[derive(Default)]

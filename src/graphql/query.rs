@@ -3,16 +3,16 @@
 use async_graphql::{Context, ID, Object};
 use uuid::Uuid;
 
-use super::admission::{page_cost, stats_cost};
 use super::budget;
+use super::capacity::{page_cost, stats_cost};
 use super::guards::RequireScope;
 use super::types::{
     AuditChainHead, AuditChainVerification, AuditCheckpoint, AuditConsistencyProof,
     AuditInclusionProof, AuditLog, AuditLogConnection, AuditLogFilter, AuditLogOrder,
     AuditStatsBucket, AuditStatsDimension, AuditStatsInterval, AuditViewer, Count,
 };
-use crate::auth::{Principal, Scope};
 use crate::context::AppContext;
+use crate::credentials::{Principal, Scope};
 use crate::error::Error;
 use crate::service::query::stats::{self, Dimension, MAX_BUCKETS};
 use crate::service::query::{self, PageArgs};

@@ -7,8 +7,8 @@ use futures_util::{Stream, StreamExt};
 
 use super::guards::RequireScope;
 use super::types::{AuditLog, AuditLogFilter};
-use crate::auth::{JWT_LEEWAY, Principal, Scope};
 use crate::context::AppContext;
+use crate::credentials::{JWT_LEEWAY, Principal, Scope};
 use crate::error::Error;
 use crate::service::live;
 use crate::service::live::mailbox::Allowance;

@@ -17,17 +17,17 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::access::{Origin, caller_event};
-use crate::auth::{Principal, Scope};
 use crate::config::ExportFormat;
+use crate::credentials::{Principal, Scope};
 use crate::error::Error;
 use crate::graphql::types::AuditLogFilter;
+use crate::refusals::{Origin, caller_event};
 use crate::service::ingest::Ingestor;
 use crate::service::ingest::event::NewEvent;
 use crate::service::query::PageOrder;
 use crate::service::query::export;
 
-use super::admit::admit;
+use super::caller::admit;
 use super::errors::{error_response, status_of};
 use super::state::AppState;
 
@@ -66,7 +66,7 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
     };
     if !principal.has(Scope::Read) {
         let reason = "`/export` needs the audit:read scope";
-        state.context.access.record_denial(
+        state.context.refusals.record_denial(
             Some(&principal.tenant_id),
             Some(&principal.subject),
             Some(&principal.credential),

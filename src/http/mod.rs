@@ -2,14 +2,14 @@
 //! the WebSocket upgrade in `websocket`, authentication in `admit`, errors answered outside
 //! GraphQL in `errors`.
 
-mod admit;
+mod caller;
 mod errors;
 mod export;
 mod listener;
 mod state;
 mod tlog;
 mod transport;
-mod websocket;
+mod upgrade;
 
 use std::time::{Duration, Instant};
 

@@ -12,12 +12,12 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::Scope;
+use crate::credentials::Scope;
 use crate::error::{Error, Result};
 use crate::service::tlog::checkpoint;
 use crate::service::tlog::tree::{TILE_WIDTH, Tree};
 
-use super::admit::admit;
+use super::caller::admit;
 use super::errors::{error_response, status_of};
 use super::state::AppState;
 

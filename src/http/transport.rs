@@ -16,16 +16,16 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::access::Origin;
-use crate::auth::Principal;
+use crate::credentials::Principal;
 use crate::error::{Code, Error};
 use crate::graphql::{budget, documents, limits};
+use crate::refusals::Origin;
 use crate::service::capacity::memory::json_size;
 
-use super::admit::admit;
+use super::caller::admit;
 use super::errors::{ErrorCodes, error_response, http_error, server_error};
 use super::state::{AppState, GRAPHQL_RESPONSE_JSON, JSON};
-use super::websocket::websocket;
+use super::upgrade::websocket;
 
 /// The response media types of GraphQL over HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,11 +17,11 @@ use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use tokio::task::AbortHandle;
 
-use crate::access::Origin;
-use crate::auth::{Principal, Scope};
+use crate::credentials::{Principal, Scope};
 use crate::error::{Code, Error};
 use crate::graphql::{AppSchema, documents};
 use crate::metrics::Metrics;
+use crate::refusals::Origin;
 use crate::service::live::mailbox::{self, Allowance, Lagged};
 
 /// A response, serialized: the `payload` of a `next` message.

@@ -25,11 +25,11 @@ use tokio_stream::wrappers::ReceiverStream;
 pub use fanout::Fanout;
 use fanout::Payload;
 
-use crate::access::Origin;
-use crate::auth::{Principal, Refusal};
 use crate::context::AppContext;
+use crate::credentials::{Principal, Refusal};
 use crate::error::Code;
 use crate::graphql::AppSchema;
+use crate::refusals::Origin;
 use crate::service::capacity::memory::json_size;
 use crate::service::capacity::share::Held;
 
@@ -275,7 +275,7 @@ impl Connection {
                     }
                     Err(Refusal::Denied(denial)) => {
                         self.context.metrics.error(Code::Unauthenticated.as_str());
-                        self.context.access.record_denial(
+                        self.context.refusals.record_denial(
                             None,
                             None,
                             None,

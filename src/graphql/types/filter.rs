@@ -3,7 +3,7 @@
 use async_graphql::{InputObject, InputType, Json};
 use serde_json::Value;
 
-use crate::auth::Principal;
+use crate::credentials::Principal;
 use crate::error::{Error, Result};
 use crate::graphql::scalars::DateTime;
 use crate::service::query::filter::Filter;

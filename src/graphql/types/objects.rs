@@ -8,10 +8,10 @@ use async_graphql::{ComplexObject, Context, ID, Json, Lookahead, Object, SimpleO
 use entity::audit_log;
 use serde_json::Value;
 
-use crate::auth::{Credential, Principal};
 use crate::context::AppContext;
-use crate::graphql::admission::page_cost;
+use crate::credentials::{Credential, Principal};
 use crate::graphql::budget;
+use crate::graphql::capacity::page_cost;
 use crate::graphql::scalars::DateTime;
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
