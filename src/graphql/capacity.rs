@@ -16,10 +16,10 @@ use async_graphql::extensions::{
 };
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
+use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use sea_orm::DatabaseConnection;
 
-use super::AppSchema;
 use super::budget::Budget;
 use super::loaders::{AuditLoader, MAX_BATCH};
 use super::{documents, limits};
@@ -29,6 +29,9 @@ use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::query::stats::MAX_BUCKETS;
 use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
+
+/// What runs an admitted query: a schema without extensions (see [`Capacity`]).
+pub type Executor = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
 
 /// Most entity representations in one request.
 pub const MAX_REPRESENTATIONS: usize = 1000;
@@ -51,13 +54,13 @@ const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// run on this schema.
 #[derive(Clone)]
 pub struct Capacity {
-    capacity: Shares,
+    shares: Shares,
     memory: Memory,
     max_complexity: usize,
     db: DatabaseConnection,
     /// How long a loader batch waits for more keys after its first.
     batch_window: Duration,
-    executor: AppSchema,
+    executor: Executor,
 }
 
 impl Capacity {
@@ -69,12 +72,12 @@ impl Capacity {
         db: DatabaseConnection,
         memory: Memory,
         batch_window: Duration,
-        executor: AppSchema,
+        executor: Executor,
     ) -> Self {
         let total = max_complexity.saturating_mul(concurrent);
         let total = u32::try_from(total).unwrap_or(u32::MAX).max(1);
         Capacity {
-            capacity: Shares::new(total, total / 2),
+            shares: Shares::new(total, total / 2),
             max_complexity,
             memory,
             db,
@@ -87,7 +90,7 @@ impl Capacity {
 impl ExtensionFactory for Capacity {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(Admitted {
-            admission: self.clone(),
+            capacity: self.clone(),
             representations: AtomicUsize::new(0),
             complexity: AtomicUsize::new(0),
             streaming: AtomicBool::new(false),
@@ -99,7 +102,7 @@ impl ExtensionFactory for Capacity {
 
 /// One request's view of the capacity.
 struct Admitted {
-    admission: Capacity,
+    capacity: Capacity,
     /// Entity representations the document asks for (see `limits::representations`).
     representations: AtomicUsize,
     complexity: AtomicUsize,
@@ -121,15 +124,15 @@ impl Extension for Admitted {
     ) -> ServerResult<Request> {
         let tenant_id = tenant_of(&request);
         let streaming = self.streaming.load(Ordering::Relaxed);
-        let budget = Arc::new(Budget::new(&self.admission.memory, &tenant_id, streaming));
+        let budget = Arc::new(Budget::new(&self.capacity.memory, &tenant_id, streaming));
         *self.tenant_id.lock().unwrap_or_else(|e| e.into_inner()) = tenant_id;
         let loader = AuditLoader {
-            db: self.admission.db.clone(),
+            db: self.capacity.db.clone(),
             budget: budget.clone(),
         };
         let loader = DataLoader::new(loader, tokio::spawn)
             .max_batch_size(MAX_BATCH)
-            .delay(self.admission.batch_window);
+            .delay(self.capacity.batch_window);
         let mut request = request.data(budget).data(loader);
         if let Some(query) = for_executor(&mut request) {
             *self.query.lock().unwrap_or_else(|e| e.into_inner()) = Some(query);
@@ -180,7 +183,7 @@ impl Extension for Admitted {
         let mut result = next.run(ctx).await?;
         let entities = self.representations.load(Ordering::Relaxed).max(1);
         result.complexity = result.complexity.saturating_mul(entities);
-        if result.complexity > self.admission.max_complexity {
+        if result.complexity > self.capacity.max_complexity {
             // async-graphql's own words for the same refusal.
             return Err(vec![ServerError::new("Query is too complex.", None)]);
         }
@@ -201,12 +204,12 @@ impl Extension for Admitted {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let capacity = &self.admission.capacity;
-        match capacity.acquire(&tenant_id, weight, QUEUE_WAIT).await {
+        let shares = &self.capacity.shares;
+        match shares.acquire(&tenant_id, weight, QUEUE_WAIT).await {
             Ok(_permit) => {
                 let query = self.query.lock().unwrap_or_else(|e| e.into_inner()).take();
                 match query {
-                    Some(query) => self.admission.executor.execute(query).await,
+                    Some(query) => (self.capacity.executor)(query).await,
                     None => next.run(ctx, operation_name).await,
                 }
             }

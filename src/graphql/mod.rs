@@ -17,6 +17,7 @@ pub mod types;
 
 pub use errors::{code_of, label};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{
@@ -120,6 +121,10 @@ pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
         .validation_mode(ValidationMode::Fast)
         .data(context.clone())
         .finish();
+    let executor: capacity::Executor = Arc::new(move |request| {
+        let executor = executor.clone();
+        Box::pin(async move { executor.execute(request).await })
+    });
     checked(config)
         .extension(capacity::Capacity::new(
             config.max_complexity,
