@@ -1,13 +1,14 @@
-//! The server's measure of decoded metadata (`service::memory`) against what parsing really
-//! allocates, counted by dhat. It is a test binary of its own because counting needs the
-//! global allocator, and with one test in it nothing else allocates meanwhile.
+//! The server's measure of decoded metadata (`service::capacity::size`) against what
+//! parsing really allocates, counted by dhat. It is a test binary of its own because
+//! counting needs the global allocator, and with one test in it nothing else allocates
+//! meanwhile.
 
 #![expect(
     clippy::expect_used,
     reason = "a test fails loudly at the first surprise"
 )]
 
-use audit_service::service::capacity::memory::{json_size, value_size};
+use audit_service::service::capacity::size::{json_size, value_size};
 use serde_json::Value;
 
 #[global_allocator]

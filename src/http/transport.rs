@@ -20,7 +20,7 @@ use crate::credentials::Principal;
 use crate::error::{Code, Error};
 use crate::graphql::{budget, documents, limits};
 use crate::refusals::Origin;
-use crate::service::capacity::memory::json_size;
+use crate::service::capacity::size::json_size;
 
 use super::caller::admit;
 use super::errors::{ErrorCodes, error_response, http_error, server_error};

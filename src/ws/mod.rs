@@ -30,8 +30,8 @@ use crate::credentials::{Principal, Refusal};
 use crate::error::Code;
 use crate::graphql::AppSchema;
 use crate::refusals::Origin;
-use crate::service::capacity::memory::json_size;
 use crate::service::capacity::share::Held;
+use crate::service::capacity::size::json_size;
 
 /// How long a client may take to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,7 +11,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::task::AbortHandle;
 
 use crate::error::{Error, Result};
-use crate::service::capacity::memory::{Memory, event_size};
+use crate::service::capacity::memory::Memory;
+use crate::service::capacity::size::event_size;
 use crate::service::live::mailbox::{self, Allowance, Lagged};
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;

@@ -14,7 +14,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::service::capacity::memory::{ADVANCE, Meter, Overdrawn, row_size};
+use crate::service::capacity::memory::{ADVANCE, Meter, Overdrawn};
+use crate::service::capacity::size::row_size;
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
 
