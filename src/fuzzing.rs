@@ -8,7 +8,7 @@ use async_graphql::{Request, Variables};
 use chrono::Utc;
 use entity::audit_log::{ActorType, Metadata, Outcome};
 
-use crate::graphql::{AppSchema, bare_schema, limits};
+use crate::graphql::{AppSchema, bare_schema, expansion, limits};
 use crate::service::ingest::event::NewEvent;
 use crate::service::query::filter::Filter;
 
@@ -47,13 +47,13 @@ fn guard_counts_enough(text: &str) {
     let Ok(document) = async_graphql::parser::parse_query(text) else {
         return;
     };
-    let Ok(counted) = limits::expansion(&document) else {
+    let Ok(counted) = expansion::expansion(&document) else {
         return;
     };
     /// Selections under `set`, spreads unrolled; stops once past `budget`.
     fn walk(document: &ExecutableDocument, set: &SelectionSet, depth: usize, budget: &mut isize) {
         assert!(
-            depth <= limits::MAX_RECURSION + 1,
+            depth <= expansion::MAX_RECURSION + 1,
             "the guard let a deeper document through"
         );
         for selection in &set.items {

@@ -4,6 +4,7 @@ pub mod budget;
 pub mod capacity;
 pub mod documents;
 mod errors;
+pub mod expansion;
 pub mod federation;
 pub mod guards;
 pub mod limits;
