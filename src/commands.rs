@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::service::capacity::memory::Memory;
 use crate::service::ingest::Ingestor;
 use crate::service::keys;
-use crate::service::live::pubsub::Feed;
+use crate::service::live::feed::Feed;
 use crate::service::query::export;
 use crate::service::query::filter::Filter;
 use crate::service::retention::maintenance;

@@ -13,7 +13,7 @@ use crate::refusals::Refusals;
 use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
-use crate::service::live::pubsub::Feed;
+use crate::service::live::feed::Feed;
 use crate::service::tlog::checkpoint::Signer;
 use crate::service::tlog::tree::TileCache;
 

@@ -23,7 +23,8 @@ use crate::refusals::Refusals;
 use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
-use crate::service::live::pubsub::{self, Feed};
+use crate::service::live::feed::Feed;
+use crate::service::live::listener;
 use crate::service::retention::maintenance;
 use crate::service::tlog::checkpoint::Signer;
 use crate::service::tlog::transparency;
@@ -77,7 +78,7 @@ impl Application {
         let mut tasks = JoinSet::new();
         if db.get_database_backend() == DbBackend::Postgres {
             let url = config.database.url.expose_secret().to_owned();
-            tasks.spawn(pubsub::listen(db.clone(), url, feed.clone()));
+            tasks.spawn(listener::listen(db.clone(), url, feed.clone()));
         }
         let ingestor = Ingestor::start(db.clone(), feed.clone(), metrics.clone());
         tasks.spawn(maintenance::run(

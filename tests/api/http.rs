@@ -256,7 +256,7 @@ async fn stopping_the_server_stops_its_background_tasks() {
                 format!(
                     "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE application_name = '{}' \
                      AND datname = current_database()",
-                    audit_service::service::live::pubsub::LISTENER_NAME
+                    audit_service::service::live::listener::LISTENER_NAME
                 ),
             ))
             .await

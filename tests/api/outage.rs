@@ -312,7 +312,7 @@ async fn readiness_names_a_listener_that_cannot_reconnect() {
         .execute_unprepared(&format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = '{}' AND datname = '{name}'",
-            audit_service::service::live::pubsub::LISTENER_NAME
+            audit_service::service::live::listener::LISTENER_NAME
         ))
         .await
         .expect("terminate the listener");

@@ -316,7 +316,7 @@ async fn events_cross_instances_and_survive_a_listener_restart() {
             .execute_unprepared(&format!(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE application_name = '{}' AND datname = current_database()",
-                audit_service::service::live::pubsub::LISTENER_NAME
+                audit_service::service::live::listener::LISTENER_NAME
             ))
             .await
             .expect("terminate");

@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::service::ingest::event::{MAX_BATCH, NewEvent};
-use crate::service::live::pubsub::Feed;
+use crate::service::live::feed::Feed;
 use crate::telemetry;
 
 /// Events per group-commit transaction; a bigger backlog is taken in the next one.

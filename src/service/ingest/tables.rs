@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{Request, Work};
 use crate::error::{Error, Result};
-use crate::service::live::pubsub;
+use crate::service::live::listener;
 use crate::service::query::stats::hour_start;
 use crate::service::tlog::canonical::GENESIS;
 
@@ -112,7 +112,7 @@ pub(super) async fn move_heads(
         let ranges: Vec<_> = (moved.iter())
             .map(|(tenant_id, first, head)| (tenant_id.to_string(), first + 1, head.seq))
             .collect();
-        let notifications = pubsub::notifications(&ranges);
+        let notifications = listener::notifications(&ranges);
         let heads = moved.iter().map(|(tenant_id, _, head)| JsonHead {
             tenant_id,
             seq: head.seq,
@@ -121,7 +121,7 @@ pub(super) async fn move_heads(
         });
         for (moving, sent) in statements(json_arrays(heads)?, notifications) {
             let sent = serde_json::to_string(&sent).map_err(Error::internal)?;
-            let values = [moving.into(), pubsub::CHANNEL.into(), sent.into()];
+            let values = [moving.into(), listener::CHANNEL.into(), sent.into()];
             let statement = Statement::from_sql_and_values(backend, MOVE_HEADS_POSTGRES, values);
             txn.execute_raw(statement).await?;
         }
