@@ -14,7 +14,8 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::service::tlog::tree::{Hash, Tree};
+use crate::service::tlog::merkle::Hash;
+use crate::service::tlog::tree::Tree;
 
 /// The signature algorithm byte of Ed25519 in C2SP signed notes.
 const ED25519: u8 = 0x01;

@@ -5,5 +5,6 @@
 pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
+pub mod merkle;
 pub mod transparency;
 pub mod tree;
