@@ -13,6 +13,7 @@
 //! record their own `audit.retention.purged` event in the same transaction.
 
 pub mod event;
+mod rows;
 mod tables;
 mod write;
 

@@ -1,16 +1,15 @@
-//! The statements a write runs against the chain heads, the idempotency keys and the log.
+//! The statements a write runs against the chain heads and the idempotency keys (the
+//! events themselves: `rows`), and the JSON arrays PostgreSQL's statements carry.
 
 use std::collections::{BTreeMap, HashMap};
 
-use base64::Engine;
-use base64::prelude::BASE64_STANDARD;
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, Column};
 use entity::idempotency_key;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, Statement,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    Statement,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -18,7 +17,6 @@ use uuid::Uuid;
 use super::{Request, Work};
 use crate::error::{Error, Result};
 use crate::service::live::listener;
-use crate::service::query::stats::hour_start;
 use crate::service::tlog::canonical::GENESIS;
 
 /// Rows per INSERT statement: SQLite allows 32,766 bound values, PostgreSQL 65,535.
@@ -313,7 +311,7 @@ const MAX_STATEMENT_JSON: usize = 15 * 1024;
 
 /// `items` as JSON arrays of at most `MAX_STATEMENT_JSON` bytes each (an item larger than
 /// that alone).
-fn json_arrays<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Vec<String>> {
+pub(super) fn json_arrays<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Vec<String>> {
     let mut arrays = Vec::new();
     let mut array = String::from("[");
     for value in items {
@@ -332,242 +330,6 @@ fn json_arrays<T: Serialize>(items: impl IntoIterator<Item = T>) -> Result<Vec<S
         arrays.push(array);
     }
     Ok(arrays)
-}
-
-/// The columns every insert writes, in order.
-const COLUMNS: [Column; 23] = [
-    Column::Id,
-    Column::TenantId,
-    Column::Seq,
-    Column::OccurredAt,
-    Column::RecordedAt,
-    Column::ActorType,
-    Column::ActorId,
-    Column::ActorName,
-    Column::Action,
-    Column::TargetType,
-    Column::TargetId,
-    Column::TargetName,
-    Column::Outcome,
-    Column::Reason,
-    Column::Metadata,
-    Column::IpAddress,
-    Column::UserAgent,
-    Column::RequestId,
-    Column::TraceId,
-    Column::ChainVersion,
-    Column::IdempotencyKey,
-    Column::PrevHash,
-    Column::Hash,
-];
-
-/// The insert on PostgreSQL: the rows travel as a JSON array, so the statement has one
-/// parameter and one text (prepared once per connection) whatever the number of rows,
-/// where a multi-row `VALUES` binds 23 parameters a row and has a text per row count. The
-/// keys are short (`JsonRow` names each column's), absent values are left out and hashes
-/// are in base64: with full column names, nulls and hex, a row's JSON was 65% longer, and
-/// a group needed as many more statements.
-const INSERT_POSTGRES: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, \
-     recorded_at, actor_type, actor_id, actor_name, action, target_type, target_id, \
-     target_name, outcome, reason, metadata, ip_address, user_agent, request_id, trace_id, \
-     chain_version, idempotency_key, prev_hash, hash) \
-     SELECT i, t, s, o, r, at, a, an, ac, tt, ti, tn, oc, re, m, ip, ua, rq, tr, v, k, \
-     decode(p, 'base64'), decode(h, 'base64') \
-     FROM json_to_recordset($1::json) AS j(i uuid, t text, s bigint, o timestamptz, \
-     r timestamptz, at text, a text, an text, ac text, tt text, ti text, tn text, oc text, \
-     re text, m jsonb, ip inet, ua text, rq text, tr text, v smallint, k text, p text, h text)";
-
-/// A row as `INSERT_POSTGRES` reads it.
-#[derive(Serialize)]
-struct JsonRow<'a> {
-    #[serde(rename = "i")]
-    id: Uuid,
-    #[serde(rename = "t")]
-    tenant_id: &'a str,
-    #[serde(rename = "s")]
-    seq: i64,
-    #[serde(rename = "o")]
-    occurred_at: DateTime<Utc>,
-    #[serde(rename = "r")]
-    recorded_at: DateTime<Utc>,
-    #[serde(rename = "at")]
-    actor_type: String,
-    #[serde(rename = "a")]
-    actor_id: &'a str,
-    #[serde(rename = "an", skip_serializing_if = "Option::is_none")]
-    actor_name: Option<&'a str>,
-    #[serde(rename = "ac")]
-    action: &'a str,
-    #[serde(rename = "tt", skip_serializing_if = "Option::is_none")]
-    target_type: Option<&'a str>,
-    #[serde(rename = "ti", skip_serializing_if = "Option::is_none")]
-    target_id: Option<&'a str>,
-    #[serde(rename = "tn", skip_serializing_if = "Option::is_none")]
-    target_name: Option<&'a str>,
-    #[serde(rename = "oc")]
-    outcome: String,
-    #[serde(rename = "re", skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    #[serde(rename = "m")]
-    metadata: &'a serde_json::Value,
-    #[serde(rename = "ip", skip_serializing_if = "Option::is_none")]
-    ip_address: Option<&'a str>,
-    #[serde(rename = "ua", skip_serializing_if = "Option::is_none")]
-    user_agent: Option<&'a str>,
-    #[serde(rename = "rq", skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
-    #[serde(rename = "tr", skip_serializing_if = "Option::is_none")]
-    trace_id: Option<&'a str>,
-    #[serde(rename = "v")]
-    chain_version: i16,
-    #[serde(rename = "k", skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<&'a str>,
-    #[serde(rename = "p")]
-    prev_hash: String,
-    #[serde(rename = "h")]
-    hash: String,
-}
-
-impl<'a> From<&'a audit_log::Model> for JsonRow<'a> {
-    fn from(row: &'a audit_log::Model) -> Self {
-        JsonRow {
-            id: row.id,
-            tenant_id: &row.tenant_id,
-            seq: row.seq,
-            occurred_at: row.occurred_at,
-            recorded_at: row.recorded_at,
-            actor_type: row.actor_type.to_value(),
-            actor_id: &row.actor_id,
-            actor_name: row.actor_name.as_deref(),
-            action: &row.action,
-            target_type: row.target_type.as_deref(),
-            target_id: row.target_id.as_deref(),
-            target_name: row.target_name.as_deref(),
-            outcome: row.outcome.to_value(),
-            reason: row.reason.as_deref(),
-            metadata: &row.metadata.0,
-            ip_address: row.ip_address.as_deref(),
-            user_agent: row.user_agent.as_deref(),
-            request_id: row.request_id.as_deref(),
-            trace_id: row.trace_id.as_deref(),
-            chain_version: row.chain_version,
-            idempotency_key: row.idempotency_key.as_deref(),
-            prev_hash: BASE64_STANDARD.encode(&row.prev_hash),
-            hash: BASE64_STANDARD.encode(&row.hash),
-        }
-    }
-}
-
-/// Inserts `rows` (at most `ROWS_PER_INSERT`): in one statement on SQLite, in statements of
-/// at most `MAX_STATEMENT_JSON` on PostgreSQL.
-pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model]) -> Result<()> {
-    let backend = txn.get_database_backend();
-    if backend == DbBackend::Postgres {
-        for json in json_arrays(rows.iter().map(JsonRow::from))? {
-            let insert = Statement::from_sql_and_values(backend, INSERT_POSTGRES, [json.into()]);
-            txn.execute_raw(insert).await?;
-        }
-        return Ok(());
-    }
-    let mut insert = Query::insert();
-    insert.into_table(audit_log::Entity).columns(COLUMNS);
-    for row in rows {
-        let values: [Expr; 23] = [
-            Expr::val(row.id),
-            Expr::val(row.tenant_id.clone()),
-            Expr::val(row.seq),
-            Expr::val(row.occurred_at),
-            Expr::val(row.recorded_at),
-            Expr::val(row.actor_type.to_value()),
-            Expr::val(row.actor_id.clone()),
-            Expr::val(row.actor_name.clone()),
-            Expr::val(row.action.clone()),
-            Expr::val(row.target_type.clone()),
-            Expr::val(row.target_id.clone()),
-            Expr::val(row.target_name.clone()),
-            Expr::val(row.outcome.to_value()),
-            Expr::val(row.reason.clone()),
-            Expr::val(row.metadata.clone()),
-            Expr::val(row.ip_address.clone()),
-            Expr::val(row.user_agent.clone()),
-            Expr::val(row.request_id.clone()),
-            Expr::val(row.trace_id.clone()),
-            Expr::val(row.chain_version),
-            Expr::val(row.idempotency_key.clone()),
-            Expr::val(row.prev_hash.clone()),
-            Expr::val(row.hash.clone()),
-        ];
-        insert.values(values).map_err(Error::internal)?;
-    }
-    txn.execute(&insert).await?;
-    Ok(())
-}
-
-/// The rollup's upsert. The buckets travel as one JSON array, so the statement's text is the
-/// same for every transaction (prepared once per connection) whatever their number.
-const COUNT_EVENTS_POSTGRES: &str = "INSERT INTO audit_stats \
-     (tenant_id, hour_start, action, actor_type, target_type, outcome, events) \
-     SELECT b->>0, (b->>1)::bigint, b->>2, b->>3, b->>4, b->>5, (b->>6)::bigint \
-     FROM jsonb_array_elements($1::jsonb) AS b \
-     ON CONFLICT (tenant_id, hour_start, action, actor_type, target_type, outcome) \
-     DO UPDATE SET events = audit_stats.events + excluded.events";
-
-/// `COUNT_EVENTS_POSTGRES` for SQLite (`WHERE true` settles a parsing ambiguity of
-/// `INSERT ... SELECT ... ON CONFLICT`).
-const COUNT_EVENTS_SQLITE: &str = "INSERT INTO audit_stats \
-     (tenant_id, hour_start, action, actor_type, target_type, outcome, events) \
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-     value ->> 6 FROM json_each(?1) WHERE true \
-     ON CONFLICT (tenant_id, hour_start, action, actor_type, target_type, outcome) \
-     DO UPDATE SET events = audit_stats.events + excluded.events";
-
-/// Adds a group commit's new events to the hourly rollup (`audit_stats`): counted in memory
-/// first, then one statement.
-pub(super) async fn count_events(
-    txn: &DatabaseTransaction,
-    rows: &[audit_log::Model],
-) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut buckets: HashMap<(&str, i64, &str, String, &str, String), i64> = HashMap::new();
-    for row in rows {
-        let key = (
-            row.tenant_id.as_str(),
-            hour_start(row.occurred_at),
-            row.action.as_str(),
-            row.actor_type.to_value(),
-            row.target_type.as_deref().unwrap_or_default(),
-            row.outcome.to_value(),
-        );
-        *buckets.entry(key).or_default() += 1;
-    }
-    let buckets: Vec<_> = buckets
-        .into_iter()
-        .map(
-            |((tenant, hour, action, actor_type, target_type, outcome), events)| {
-                (
-                    tenant,
-                    hour,
-                    action,
-                    actor_type,
-                    target_type,
-                    outcome,
-                    events,
-                )
-            },
-        )
-        .collect();
-    let backend = txn.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => COUNT_EVENTS_POSTGRES,
-        _ => COUNT_EVENTS_SQLITE,
-    };
-    for json in json_arrays(buckets)? {
-        txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

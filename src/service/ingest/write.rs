@@ -10,9 +10,8 @@ use entity::audit_log::{self, ActorType, Outcome};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::json;
 
-use super::tables::{
-    Head, ROWS_PER_INSERT, count_events, insert, load_keyed, lock_heads, move_heads, remember_keys,
-};
+use super::rows::{count_events, insert};
+use super::tables::{Head, ROWS_PER_INSERT, load_keyed, lock_heads, move_heads, remember_keys};
 use super::{Request, Work};
 use crate::error::{Error, Result};
 use crate::service::ingest::event::{NewEvent, Target, micros};
