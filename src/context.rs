@@ -14,8 +14,8 @@ use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
 use crate::service::live::feed::Feed;
+use crate::service::tlog::cache::TileCache;
 use crate::service::tlog::checkpoint::Signer;
-use crate::service::tlog::tree::TileCache;
 
 /// The database, the write path, the live feed, authentication, access control, metrics and
 /// the checkpoint key of one server instance. Cheap to clone.

@@ -26,9 +26,9 @@ use crate::service::ingest::Ingestor;
 use crate::service::live::feed::Feed;
 use crate::service::live::listener;
 use crate::service::retention::maintenance;
+use crate::service::tlog::cache::TileCache;
 use crate::service::tlog::checkpoint::Signer;
 use crate::service::tlog::transparency;
-use crate::service::tlog::tree::TileCache;
 use crate::telemetry;
 use crate::ws::Fanout;
 

@@ -11,11 +11,8 @@
 //! The proof algorithms themselves are pure functions over leaf ranges (`merkle`).
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
 
-use lru::LruCache;
-
+use super::cache::TileCache;
 use super::merkle::{
     Hash, consistency_ranges, inclusion_ranges, leaf_hash, node_hash, perfect_root, split,
 };
@@ -34,44 +31,6 @@ const TILE_HEIGHT: u32 = 8;
 /// Most tiles one call of [`seal`] writes, so that a long backlog is worked off in bounded
 /// steps.
 const SEAL_STEP: u64 = 64;
-
-/// Tiles most recently read for proofs, shared by every request of the process: a tile's
-/// first hashes never change once they exist (the log only grows), so a cached prefix stays
-/// true. Holds at most [`TileCache::TILES`] tiles (8 KiB each when full).
-pub struct TileCache(Mutex<LruCache<TileKey, Arc<Vec<Hash>>>>);
-
-/// A tile of a tenant's tree: tenant, tile level, index.
-type TileKey = (String, u32, u64);
-
-impl TileCache {
-    const TILES: usize = 4096;
-
-    pub fn new() -> Self {
-        let capacity = NonZeroUsize::new(Self::TILES).unwrap_or(NonZeroUsize::MIN);
-        TileCache(Mutex::new(LruCache::new(capacity)))
-    }
-
-    fn get(&self, key: &TileKey) -> Option<Arc<Vec<Hash>>> {
-        self.0.lock().ok()?.get(key).cloned()
-    }
-
-    /// Keeps `hashes` unless a longer prefix of the same tile is kept already.
-    fn put(&self, key: TileKey, hashes: &[Hash]) {
-        if let Ok(mut cache) = self.0.lock()
-            && cache
-                .peek(&key)
-                .is_none_or(|kept| kept.len() < hashes.len())
-        {
-            cache.put(key, Arc::new(hashes.to_vec()));
-        }
-    }
-}
-
-impl Default for TileCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// One tenant's tree as stored, read a tile at a time; tiles read once are kept for the
 /// life of the value (one proof, one checkpoint), and in the process's [`TileCache`] when
