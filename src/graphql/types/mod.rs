@@ -7,6 +7,7 @@ mod input;
 mod objects;
 mod stats;
 mod tree;
+mod viewer;
 
 pub use chain::*;
 pub use enums::*;
@@ -15,3 +16,4 @@ pub use input::*;
 pub use objects::*;
 pub use stats::*;
 pub use tree::*;
+pub use viewer::*;
