@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use entity::audit_log;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -22,10 +24,12 @@ use crate::credentials::{Principal, Scope};
 use crate::error::Error;
 use crate::graphql::types::AuditLogFilter;
 use crate::refusals::{Origin, caller_event};
+use crate::service::capacity::share::Held;
 use crate::service::ingest::Ingestor;
 use crate::service::ingest::event::NewEvent;
 use crate::service::query::PageOrder;
 use crate::service::query::export;
+use crate::service::query::filter::Filter;
 
 use super::caller::admit;
 use super::errors::{error_response, status_of};
@@ -64,71 +68,27 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
-    if !principal.has(Scope::Read) {
-        let reason = "`/export` needs the audit:read scope";
-        state.context.refusals.record_denial(
-            Some(&principal.tenant_id),
-            Some(&principal.subject),
-            Some(&principal.credential),
-            reason,
-            &origin,
-        );
-        return error_response(StatusCode::FORBIDDEN, Error::Forbidden(reason.to_owned()));
-    }
-    let asked = Query::<Params>::try_from_uri(&parts.uri)
-        .map_err(|err| Error::bad_input("", format!("the query string is not valid: {err}")))
-        .and_then(|Query(params)| check(params));
-    let asked = match asked {
+    let (asked, filter) = match asked(&state, &parts, &principal, &origin) {
         Ok(asked) => asked,
-        Err(err) => return error_response(status_of(&err), err),
-    };
-    let filter = AuditLogFilter::from_json(asked.filter_json.clone())
-        .and_then(|filter| filter.into_filter(&principal));
-    // The SQL is built once here too, so that what this backend cannot filter on (some
-    // metadata filters on SQLite) is refused before the first byte.
-    let backend = state.context.db.get_database_backend();
-    let checked = filter.and_then(|f| {
-        f.condition(backend)
-            .map_err(|e| e.rooted_at("filter.", true))
-            .map(|_| f)
-    });
-    let filter = match checked {
-        Ok(filter) => filter,
-        Err(err) => return error_response(status_of(&err), err),
+        Err(refused) => return refused,
     };
     let exports = &state.context.exports;
     let Ok(slot) = exports.acquire(&principal.tenant_id, 1, SLOT_WAIT).await else {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, Error::Busy);
     };
-
     // On record before the first byte: an export that cannot be recorded does not happen.
     let record = Record {
         ingestor: state.context.ingestor.clone(),
         principal: Arc::new(principal),
         origin,
     };
-    // The filter as text: as JSON it would nest two levels deeper than it may itself.
-    let mut filter_text = asked.filter_json.to_string();
-    let cut = filter_text.len() > RECORDED_FILTER_BYTES;
-    if cut {
-        let mut end = RECORDED_FILTER_BYTES;
-        while !filter_text.is_char_boundary(end) {
-            end -= 1;
-        }
-        filter_text.truncate(end);
-    }
-    let metadata = json!({
-        "format": asked.format.extension(),
-        "orderBy": if asked.order == PageOrder::OldestFirst { "OCCURRED_AT_ASC" } else { "OCCURRED_AT_DESC" },
-        "filter": filter_text,
-        "filterCut": cut,
-    });
-    let requested = match record.write("audit.export.requested", metadata).await {
+    let requested = match record
+        .write("audit.export.requested", asked.metadata())
+        .await
+    {
         Ok(id) => id,
         Err(err) => return error_response(status_of(&err), err),
     };
-
-    let format = asked.format;
     let finished = Finished {
         record,
         requested,
@@ -143,13 +103,93 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         filter,
         asked.order,
     );
-    // The export runs on a task of its own and hands the body one encoded page at a time:
-    // a client that stops reading stops it within `SEND_TIMEOUT`, slot and all, rather
-    // than leaving it suspended for as long as the connection lasts.
+    let body = body(asked.format, pages, finished, slot);
+    attachment(asked.format, body)
+}
+
+/// What an export asks for, checked, and its filter for the caller; or the answer refusing
+/// it (403 without `audit:read`, on record; 400 naming the parameter at fault).
+fn asked(
+    state: &AppState,
+    parts: &Parts,
+    principal: &Principal,
+    origin: &Origin,
+) -> Result<(Asked, Filter), Response> {
+    if !principal.has(Scope::Read) {
+        let reason = "`/export` needs the audit:read scope";
+        state.context.refusals.record_denial(
+            Some(&principal.tenant_id),
+            Some(&principal.subject),
+            Some(&principal.credential),
+            reason,
+            origin,
+        );
+        let refused = Error::Forbidden(reason.to_owned());
+        return Err(error_response(StatusCode::FORBIDDEN, refused));
+    }
+    let refuse = |err: Error| error_response(status_of(&err), err);
+    let asked = Query::<Params>::try_from_uri(&parts.uri)
+        .map_err(|err| Error::bad_input("", format!("the query string is not valid: {err}")))
+        .and_then(|Query(params)| check(params))
+        .map_err(refuse)?;
+    let filter = AuditLogFilter::from_json(asked.filter_json.clone())
+        .and_then(|filter| filter.into_filter(principal));
+    // The SQL is built once here too, so that what this backend cannot filter on (some
+    // metadata filters on SQLite) is refused before the first byte.
+    let backend = state.context.db.get_database_backend();
+    let filter = filter
+        .and_then(|f| {
+            f.condition(backend)
+                .map_err(|e| e.rooted_at("filter.", true))
+                .map(|_| f)
+        })
+        .map_err(refuse)?;
+    Ok((asked, filter))
+}
+
+impl Asked {
+    /// What `audit.export.requested` records. The filter goes as text: as JSON it would
+    /// nest two levels deeper than it may itself.
+    fn metadata(&self) -> Value {
+        let mut filter = self.filter_json.to_string();
+        let cut = filter.len() > RECORDED_FILTER_BYTES;
+        if cut {
+            let mut end = RECORDED_FILTER_BYTES;
+            while !filter.is_char_boundary(end) {
+                end -= 1;
+            }
+            filter.truncate(end);
+        }
+        let order = match self.order {
+            PageOrder::OldestFirst => "OCCURRED_AT_ASC",
+            PageOrder::NewestFirst => "OCCURRED_AT_DESC",
+        };
+        json!({
+            "format": self.format.extension(),
+            "orderBy": order,
+            "filter": filter,
+            "filterCut": cut,
+        })
+    }
+}
+
+/// The body of an export: `pages` encoded in `format`, by a task of its own that hands
+/// the body one page at a time. A client that stops reading stops it within
+/// `SEND_TIMEOUT`, slot and memory and all, rather than leaving it suspended for as long as
+/// the connection lasts; a body that ends before the export did ends without its last
+/// chunk, so that an HTTP client sees the failure too.
+fn body(
+    format: ExportFormat,
+    pages: impl Stream<Item = Result<Vec<audit_log::Model>, Error>> + Send + 'static,
+    finished: Finished,
+    slot: Held,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let (sender, receiver) = mpsc::channel::<Bytes>(1);
     let complete = Arc::new(AtomicBool::new(false));
     let completed = complete.clone();
     tokio::spawn(async move {
+        // Moved in whole (not field by field), so that its record is written when the task
+        // ends, with what it counted.
         let (mut finished, _slot) = (finished, slot);
         let send = |bytes: Vec<u8>| sender.send_timeout(Bytes::from(bytes), SEND_TIMEOUT);
         if send(format.header()).await.is_err() {
@@ -176,8 +216,6 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         finished.complete = true;
         completed.store(true, Ordering::Release);
     });
-    // A body that ends before the export did ends without its last chunk, so that an HTTP
-    // client sees the failure too.
     let end = futures_util::stream::once(async move {
         match complete.load(Ordering::Acquire) {
             true => None,
@@ -185,7 +223,14 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         }
     })
     .filter_map(std::future::ready);
-    let body = ReceiverStream::new(receiver).map(Ok).chain(end);
+    ReceiverStream::new(receiver).map(Ok).chain(end)
+}
+
+/// The response carrying `body` as a file to download.
+fn attachment(
+    format: ExportFormat,
+    body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
     let file_name = format!(
         "attachment; filename=\"audit-export-{}.{}\"",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
