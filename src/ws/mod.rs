@@ -9,21 +9,24 @@
 //! subscription share its execution.
 
 mod fanout;
+mod socket;
 
 use std::time::Duration;
 
 use async_graphql::Request;
 use async_graphql::http::{WebSocket as Protocol, WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{BoxStream, SplitSink};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_stream::StreamMap;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use fanout::Fanout;
 use fanout::Payload;
+pub use socket::SEND_TIMEOUT;
+use socket::{
+    Operations, State, Step, close_reason, complete, send_all_within, send_within, too_big,
+};
 
 use crate::context::AppContext;
 use crate::credentials::{Principal, Refusal};
@@ -37,8 +40,6 @@ use crate::service::capacity::size::json_size;
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the server sends a keep-alive.
 pub const KEEPALIVE: Duration = Duration::from_secs(15);
-/// How long a client may take to accept a message before it is disconnected.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message a client may send (as large as a request body over HTTP); a larger one
 /// closes the connection with 1009.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -61,9 +62,6 @@ pub struct Connection {
     pub origin: Origin,
 }
 
-/// The operations a connection runs, by id; each ends with `None`.
-type Operations = StreamMap<String, BoxStream<'static, Option<Payload>>>;
-
 /// What the loop does with a message from the client.
 enum Inbound {
     Forward(String),
@@ -77,7 +75,7 @@ enum Inbound {
 impl Connection {
     /// Serves the connection until either side closes it.
     pub async fn serve(self, socket: WebSocket) {
-        let (mut sink, mut source) = socket.split();
+        let (sink, mut source) = socket.split();
         let (to_protocol, from_client) = mpsc::channel::<String>(INBOX);
         // It sees `connection_init` only once the credential is accepted, and runs no
         // operation: it answers `connection_init`, pings and malformed messages.
@@ -86,127 +84,42 @@ impl Connection {
             ReceiverStream::new(from_client),
             self.protocol,
         );
+        let mut state = State {
+            sink,
+            to_protocol,
+            initialized: false,
+            operations: Operations::new(),
+            principal: None,
+            allowance: None,
+        };
         let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(init_deadline);
-        let mut initialized = false;
-        let mut operations = Operations::new();
-        let mut principal = None;
-        let mut allowance = None;
         let mut keepalive =
             tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         let ping = match self.protocol {
             WebSocketProtocols::GraphQLWS => r#"{"type":"ping"}"#,
             WebSocketProtocols::SubscriptionsTransportWS => r#"{"type":"ka"}"#,
         };
-
         let mut stopping = self.context.stopping.clone();
         let close = loop {
-            tokio::select! {
-                // The server is shutting down: every subscription completes, then the
-                // connection closes as "going away", so that clients reconnect elsewhere.
+            let step = tokio::select! {
                 () = async { drop(stopping.wait_for(|stopping| *stopping).await) } => {
-                    let ids: Vec<String> = operations.keys().cloned().collect();
-                    for id in &ids {
-                        if !send_within(&mut sink, Message::Text(complete(id).into())).await {
-                            break;
-                        }
-                    }
-                    break Some((1001, "the server is shutting down".to_owned()));
+                    Step::End(Some(state.shut_down().await))
                 }
-                message = source.next() => {
-                    let text = match message {
-                        Some(Ok(Message::Text(text))) => text.to_string(),
-                        Some(Ok(Message::Binary(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Err(err)) if too_big(&err) => {
-                            break Some((1009, format!("a message may hold at most {MAX_MESSAGE_BYTES} bytes")));
-                        }
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => break None,
-                    };
-                    let inbound = self
-                        .inbound(text, &mut initialized, &mut principal)
-                        .await;
-                    if let (Some(principal), None) = (&principal, &allowance) {
-                        allowance = Some(self.fanout.allowance(&principal.tenant_id));
-                    }
-                    let inbound = self.admit(inbound, &operations);
-                    match inbound {
-                        // Never wait here: async-graphql drains the inbox only when this loop
-                        // polls it, so waiting for room would deadlock.
-                        Inbound::Forward(text) => match to_protocol.try_send(text) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                break Some((1008, "too many messages in flight".to_owned()));
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => break None,
-                        },
-                        Inbound::Reply(text) => {
-                            if !send_within(&mut sink, Message::Text(text.into())).await {
-                                break None;
-                            }
-                        }
-                        Inbound::Start(id, request, held) => {
-                            let (Some(principal), Some(allowance)) = (&principal, &allowance) else {
-                                break Some(match self.protocol {
-                                    WebSocketProtocols::GraphQLWS => (4401, "Unauthorized".to_owned()),
-                                    WebSocketProtocols::SubscriptionsTransportWS => (1011, "The handshake is not completed.".to_owned()),
-                                });
-                            };
-                            let payloads = self.fanout.execute(&self.schema, *request, principal, &self.origin, allowance);
-                            let end = futures_util::stream::once(async move {
-                                drop(held);
-                                None
-                            });
-                            operations.insert(id, payloads.map(Some).chain(end).boxed());
-                        }
-                        Inbound::Stop(id) => {
-                            if operations.remove(&id).is_some()
-                                && !send_within(&mut sink, Message::Text(complete(&id).into())).await
-                            {
-                                break None;
-                            }
-                        }
-                        Inbound::Close(code, reason) => break Some((code, reason)),
-                    }
-                }
-                Some(first) = operations.next() => {
-                    // What else is ready goes out in the same write.
-                    let mut batch = Vec::new();
-                    let mut bytes = 0;
-                    let mut next = Some(first);
-                    while let Some((id, payload)) = next {
-                        if payload.is_none() {
-                            operations.remove(&id);
-                        }
-                        let frame = self.frame(&id, payload);
-                        bytes += frame.len();
-                        batch.push(frame);
-                        next = match batch.len() < MAX_COALESCED && bytes < MAX_COALESCED_BYTES {
-                            true => operations.next().now_or_never().flatten(),
-                            false => None,
-                        };
-                    }
-                    if !send_all_within(&mut sink, batch).await {
-                        break None;
-                    }
-                }
+                message = source.next() => self.on_message(&mut state, message).await,
+                Some(first) = state.operations.next() => self.send_ready(&mut state, first).await,
                 message = graphql.next() => match message {
-                    Some(WsMessage::Text(text)) => {
-                        if !send_within(&mut sink, Message::Text(text.into())).await {
-                            break None;
-                        }
-                    }
-                    Some(WsMessage::Close(code, reason)) => break Some((code, reason)),
-                    None => break None,
+                    Some(WsMessage::Text(text)) => state.send(text).await,
+                    Some(WsMessage::Close(code, reason)) => Step::End(Some((code, reason))),
+                    None => Step::End(None),
                 },
-                () = &mut init_deadline, if !initialized => {
-                    break Some((4408, "Connection initialisation timeout".to_owned()));
+                () = &mut init_deadline, if !state.initialized => {
+                    Step::End(Some((4408, "Connection initialisation timeout".to_owned())))
                 }
-                _ = keepalive.tick(), if initialized => {
-                    if !send_within(&mut sink, Message::Text(ping.into())).await {
-                        break None;
-                    }
-                }
+                _ = keepalive.tick(), if state.initialized => state.send(ping.to_owned()).await,
+            };
+            if let Step::End(close) = step {
+                break close;
             }
         };
         let frame = close.map(|(code, reason)| CloseFrame {
@@ -214,7 +127,96 @@ impl Connection {
             reason: close_reason(reason).into(),
         });
         // The peer may already be gone, or not reading.
-        send_within(&mut sink, Message::Close(frame)).await;
+        send_within(&mut state.sink, Message::Close(frame)).await;
+    }
+
+    /// A message from the client.
+    async fn on_message(
+        &self,
+        state: &mut State,
+        message: Option<Result<Message, axum::Error>>,
+    ) -> Step {
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text.to_string(),
+            Some(Ok(Message::Binary(bytes))) => String::from_utf8_lossy(&bytes).into_owned(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Step::Go,
+            Some(Err(err)) if too_big(&err) => {
+                let reason = format!("a message may hold at most {MAX_MESSAGE_BYTES} bytes");
+                return Step::End(Some((1009, reason)));
+            }
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return Step::End(None),
+        };
+        let inbound = self
+            .inbound(text, &mut state.initialized, &mut state.principal)
+            .await;
+        if let (Some(principal), None) = (&state.principal, &state.allowance) {
+            state.allowance = Some(self.fanout.allowance(&principal.tenant_id));
+        }
+        match self.admit(inbound, &state.operations) {
+            // Never wait here: async-graphql drains the inbox only when the loop polls it,
+            // so waiting for room would deadlock.
+            Inbound::Forward(text) => match state.to_protocol.try_send(text) {
+                Ok(()) => Step::Go,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    Step::End(Some((1008, "too many messages in flight".to_owned())))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Step::End(None),
+            },
+            Inbound::Reply(text) => state.send(text).await,
+            Inbound::Start(id, request, held) => self.start(state, id, *request, held),
+            Inbound::Stop(id) => match state.operations.remove(&id) {
+                Some(_) => state.send(complete(&id)).await,
+                None => Step::Go,
+            },
+            Inbound::Close(code, reason) => Step::End(Some((code, reason))),
+        }
+    }
+
+    /// Starts an operation of an initialized connection, holding the memory its request
+    /// takes for as long as it runs.
+    fn start(&self, state: &mut State, id: String, request: Request, held: Held) -> Step {
+        let (Some(principal), Some(allowance)) = (&state.principal, &state.allowance) else {
+            return Step::End(Some(match self.protocol {
+                WebSocketProtocols::GraphQLWS => (4401, "Unauthorized".to_owned()),
+                WebSocketProtocols::SubscriptionsTransportWS => {
+                    (1011, "The handshake is not completed.".to_owned())
+                }
+            }));
+        };
+        let payloads =
+            self.fanout
+                .execute(&self.schema, request, principal, &self.origin, allowance);
+        let end = futures_util::stream::once(async move {
+            drop(held);
+            None
+        });
+        state
+            .operations
+            .insert(id, payloads.map(Some).chain(end).boxed());
+        Step::Go
+    }
+
+    /// Sends `first` and whatever else is ready, in one write.
+    async fn send_ready(&self, state: &mut State, first: (String, Option<Payload>)) -> Step {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some((id, payload)) = next {
+            if payload.is_none() {
+                state.operations.remove(&id);
+            }
+            let frame = self.frame(&id, payload);
+            bytes += frame.len();
+            batch.push(frame);
+            next = match batch.len() < MAX_COALESCED && bytes < MAX_COALESCED_BYTES {
+                true => state.operations.next().now_or_never().flatten(),
+                false => None,
+            };
+        }
+        match send_all_within(&mut state.sink, batch).await {
+            true => Step::Go,
+            false => Step::End(None),
+        }
     }
 
     /// A `next` message (`data` in the legacy protocol), or `complete` when `payload` is
@@ -329,61 +331,4 @@ impl Connection {
         }
         inbound
     }
-}
-
-/// Sends a message to a client that reads it within `SEND_TIMEOUT`; `false` when the
-/// client is gone or is not reading. A client that stops reading would otherwise stall its
-/// subscriptions mid-way, holding what they hold, for as long as it likes.
-async fn send_within(sink: &mut SplitSink<WebSocket, Message>, message: Message) -> bool {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
-        Ok(sent) => sent.is_ok(),
-        Err(_) => {
-            tracing::info!("closing a WebSocket whose client stopped reading");
-            false
-        }
-    }
-}
-
-/// Sends several messages in one write (see `send_within`).
-async fn send_all_within(sink: &mut SplitSink<WebSocket, Message>, batch: Vec<String>) -> bool {
-    let send = async {
-        for text in batch {
-            sink.feed(Message::Text(text.into())).await?;
-        }
-        sink.flush().await
-    };
-    match tokio::time::timeout(SEND_TIMEOUT, send).await {
-        Ok(sent) => sent.is_ok(),
-        Err(_) => {
-            tracing::info!("closing a WebSocket whose client stopped reading");
-            false
-        }
-    }
-}
-
-/// A close frame's reason, cut to the 123 bytes a control frame leaves for it (it may
-/// repeat what the client sent, so its length is the client's to choose).
-fn close_reason(mut reason: String) -> String {
-    const MAX: usize = 123;
-    if reason.len() > MAX {
-        let mut end = MAX;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    reason
-}
-
-/// Whether a read failed because the message was larger than allowed.
-fn too_big(err: &axum::Error) -> bool {
-    let source = std::error::Error::source(err);
-    matches!(
-        source.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
-        Some(tungstenite::Error::Capacity(_))
-    )
-}
-
-fn complete(id: &str) -> String {
-    json!({ "type": "complete", "id": id }).to_string()
 }
