@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
-use super::Cli;
+use super::settings::Cli;
 
 /// What the command line, the environment and the configuration file ask for.
 pub struct Parsed {

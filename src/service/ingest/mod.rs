@@ -18,6 +18,7 @@ mod tables;
 mod write;
 
 pub use tables::USED_KEYS_POSTGRES;
+use write::{Request, Work};
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -33,9 +34,9 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::service::ingest::event::{MAX_BATCH, NewEvent};
 use crate::service::live::feed::Feed;
 use crate::telemetry;
+use event::{MAX_BATCH, NewEvent};
 
 /// Events per group-commit transaction; a bigger backlog is taken in the next one.
 const MAX_GROUP_EVENTS: usize = 5000;
@@ -66,21 +67,6 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<audit_log::Model>>>,
     /// The span of the request that submitted the job, which the commit's span links to.
     link: Option<SpanContext>,
-}
-
-enum Work {
-    Log(Vec<NewEvent>),
-    /// Delete the tenant's oldest events recorded before the cutoff.
-    Purge(DateTime<Utc>),
-}
-
-impl Work {
-    fn size(&self) -> usize {
-        match self {
-            Work::Log(events) => events.len(),
-            Work::Purge(_) => 1,
-        }
-    }
 }
 
 impl Ingestor {
@@ -279,8 +265,6 @@ impl Committer {
         Ok(results)
     }
 }
-
-type Request = (String, Work);
 
 /// Whether a write could begin within `wait`. On SQLite another process may hold the
 /// database's write lock, which reads (and pings) do not notice; PostgreSQL has no such

@@ -7,13 +7,13 @@ use entity::audit_log;
 use futures_util::Stream;
 use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseConnection, StreamTrait};
 
+use super::pages::{self as query, PageOrder};
 use crate::config::ExportFormat;
 use crate::error::{Error, Result};
 use crate::service::capacity::memory::{Memory, Meter};
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
 use crate::service::query::sequence::{BATCH_BYTES, BySequence};
-use crate::service::query::{self, PageOrder};
 use crate::service::tlog::canonical::{export_line, timestamp};
 
 /// Rows read per query.

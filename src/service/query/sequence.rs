@@ -7,10 +7,10 @@ use sea_orm::{
     StreamTrait,
 };
 
+use super::pages::{self as query, Full};
 use crate::error::Result;
 use crate::service::capacity::memory::{Memory, Meter};
 use crate::service::query::filter::Filter;
-use crate::service::query::{self, Full};
 
 /// Rows per batch unless told otherwise.
 const BATCH: u64 = 1000;

@@ -10,11 +10,11 @@ use sea_orm::{
     QueryResult, QuerySelect, QueryTrait, StreamTrait,
 };
 
+use super::pages::{Full, beyond, decoded};
 use crate::error::Result;
 use crate::service::capacity::memory::Meter;
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
-use crate::service::query::{Full, beyond, decoded};
 
 /// Whose trail: an actor's or a target's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
