@@ -13,12 +13,13 @@
 //! record their own `audit.retention.purged` event in the same transaction.
 
 pub mod event;
+mod job;
 mod rows;
 mod tables;
 mod write;
 
+use job::{Request, Work};
 pub use tables::USED_KEYS_POSTGRES;
-use write::{Request, Work};
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -14,7 +14,7 @@ use sea_orm::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::write::{Request, Work};
+use super::job::{Request, Work};
 use crate::error::{Error, Result};
 use crate::service::live::listener;
 use crate::service::tlog::canonical::GENESIS;

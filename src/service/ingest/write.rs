@@ -10,29 +10,12 @@ use entity::audit_log::{self, ActorType, Outcome};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::json;
 
+use super::job::{Request, Work};
 use super::rows::{count_events, insert};
 use super::tables::{Head, ROWS_PER_INSERT, load_keyed, lock_heads, move_heads, remember_keys};
 use crate::error::{Error, Result};
 use crate::service::ingest::event::{NewEvent, Target, micros};
 use crate::service::retention;
-
-pub(super) enum Work {
-    Log(Vec<NewEvent>),
-    /// Delete the tenant's oldest events recorded before the cutoff.
-    Purge(DateTime<Utc>),
-}
-
-impl Work {
-    pub(super) fn size(&self) -> usize {
-        match self {
-            Work::Log(events) => events.len(),
-            Work::Purge(_) => 1,
-        }
-    }
-}
-
-/// One job's tenant and work.
-pub(super) type Request = (String, Work);
 
 /// Per job, its events or its own failure.
 type JobResults = Vec<Result<Vec<audit_log::Model>>>;
