@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::graphql::schema;
+use crate::schema::schema;
 
 /// The kind of principal that performed an operation.
 #[derive(cynic::Enum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,12 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::event::Event;
-
-#[cynic::schema("audit")]
-pub(crate) mod schema {}
-
-cynic::impl_scalar!(DateTime<Utc>, schema::DateTime);
-cynic::impl_scalar!(serde_json::Value, schema::JSON);
+use crate::schema::schema;
 
 /// An event as audit-service committed it.
 #[derive(cynic::QueryFragment, Clone, Debug, PartialEq)]

@@ -5,7 +5,6 @@ mod builder;
 pub mod catalog;
 mod check;
 mod client;
-mod dead_letter;
 mod delivery;
 mod error;
 mod event;
@@ -14,9 +13,9 @@ pub mod extension;
 mod forwarded;
 mod graphql;
 pub mod layer;
+mod schema;
 mod spool;
 mod transport;
-mod worker;
 
 pub use audit_contract::rules::is_valid_action;
 pub use builder::EventBuilder;

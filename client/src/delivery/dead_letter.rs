@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::delivery::Pending;
+use super::shared::Pending;
 use crate::error::Error;
 use crate::event::Event;
 
