@@ -30,19 +30,39 @@ pub struct Metrics {
     handle: PrometheusHandle,
     /// Counts the statements of a database handle (`set_metric_callback`).
     pub sql_statements: Counter,
+    ingest: Ingest,
+    pool: Pool,
+    pub live: Live,
+    pub tree: Tree,
+}
+
+/// The write path's.
+struct Ingest {
     commit_duration: Histogram,
     chain_duration: Histogram,
     rollup_duration: Histogram,
     transaction_events: Histogram,
     events: Counter,
     queue_depth: Gauge,
-    pool_connections: Gauge,
-    pool_idle: Gauge,
-    pool_max: Gauge,
+}
+
+/// The request pool's, sampled when rendered.
+struct Pool {
+    connections: Gauge,
+    idle: Gauge,
+    max: Gauge,
+}
+
+/// The live tail's.
+pub struct Live {
     subscribers: Gauge,
     executions: Gauge,
     pub deliveries: Counter,
     pub lagged: Counter,
+}
+
+/// The verifiable log's upkeep.
+pub struct Tree {
     pub seal_duration: Histogram,
     pub checkpoint_duration: Histogram,
     pub verification_duration: Histogram,
@@ -56,21 +76,9 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".into()), EVENTS))
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-            .build_recorder();
-        let handle = recorder.handle();
-        let r = &recorder;
-        let metrics = Metrics {
-            sql_statements: counter(
-                r,
-                "audit_sql_statements_total",
-                "SQL statements run for requests and the write path (not the tree's upkeep).",
-            ),
+impl Ingest {
+    fn new(r: &PrometheusRecorder) -> Self {
+        Ingest {
             commit_duration: histogram(
                 r,
                 "audit_ingest_commit_duration_seconds",
@@ -97,21 +105,35 @@ impl Metrics {
                 "audit_ingest_queue_depth",
                 "Write requests waiting for the committer.",
             ),
-            pool_connections: gauge(
+        }
+    }
+}
+
+impl Pool {
+    fn new(r: &PrometheusRecorder) -> Self {
+        Pool {
+            connections: gauge(
                 r,
                 "audit_db_pool_connections",
                 "Open connections of the request pool (idle and in use).",
             ),
-            pool_idle: gauge(
+            idle: gauge(
                 r,
                 "audit_db_pool_idle_connections",
                 "Idle connections of the request pool.",
             ),
-            pool_max: gauge(
+            max: gauge(
                 r,
                 "audit_db_pool_max_connections",
                 "Most connections the request pool opens (AUDIT_DB_POOL_SIZE).",
             ),
+        }
+    }
+}
+
+impl Live {
+    fn new(r: &PrometheusRecorder) -> Self {
+        Live {
             subscribers: gauge(
                 r,
                 "audit_live_subscribers",
@@ -132,6 +154,13 @@ impl Metrics {
                 "audit_live_lagged_total",
                 "Live subscribers dropped with SUBSCRIBER_LAGGED for falling behind.",
             ),
+        }
+    }
+}
+
+impl Tree {
+    fn new(r: &PrometheusRecorder) -> Self {
+        Tree {
             seal_duration: histogram(
                 r,
                 "audit_tree_seal_duration_seconds",
@@ -158,10 +187,38 @@ impl Metrics {
                 "audit_chain_verification_failures_total",
                 "Tenants whose chain or tree continuous verification found broken.",
             ),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".into()), EVENTS))
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let r = &recorder;
+        let metrics = Metrics {
+            handle: recorder.handle(),
+            sql_statements: counter(
+                r,
+                "audit_sql_statements_total",
+                "SQL statements run for requests and the write path (not the tree's upkeep).",
+            ),
+            ingest: Ingest::new(r),
+            pool: Pool::new(r),
+            live: Live::new(r),
+            tree: Tree::new(r),
             recorder,
-            handle,
         };
-        let r = &metrics.recorder;
+        metrics.describe_labelled();
+        metrics
+    }
+
+    /// Describes the metrics whose labels come with each sample, and the build's.
+    fn describe_labelled(&self) {
+        let r = &self.recorder;
         r.describe_counter(
             HTTP_REQUESTS.into(),
             None,
@@ -190,17 +247,17 @@ impl Metrics {
             "Always 1; the version is a label.".into(),
         );
         r.register_gauge(&info, &metadata()).set(1.0);
-        metrics
     }
 
     /// One ingest transaction: how long it took, and how much of that went to numbering and
     /// hashing the events (the hash chain's share of the write path) and to the rollup.
     pub fn committed(&self, events: usize, total: Duration, chain: Duration, rollup: Duration) {
-        self.commit_duration.record(total);
-        self.chain_duration.record(chain);
-        self.rollup_duration.record(rollup);
-        self.transaction_events.record(events as f64);
-        self.events.increment(events as u64);
+        let ingest = &self.ingest;
+        ingest.commit_duration.record(total);
+        ingest.chain_duration.record(chain);
+        ingest.rollup_duration.record(rollup);
+        ingest.transaction_events.record(events as f64);
+        ingest.events.increment(events as u64);
     }
 
     /// One HTTP request: its route (the matched pattern, `other` for none), status and
@@ -260,12 +317,12 @@ impl Metrics {
             }
             _ => (0, 0, 0),
         };
-        self.pool_connections.set(size);
-        self.pool_idle.set(idle as f64);
-        self.pool_max.set(max);
-        self.queue_depth.set(queued as f64);
-        self.subscribers.set(subscribers as f64);
-        self.executions.set(executions as f64);
+        self.pool.connections.set(size);
+        self.pool.idle.set(idle as f64);
+        self.pool.max.set(max);
+        self.ingest.queue_depth.set(queued as f64);
+        self.live.subscribers.set(subscribers as f64);
+        self.live.executions.set(executions as f64);
         self.handle.render()
     }
 

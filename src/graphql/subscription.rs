@@ -58,7 +58,7 @@ impl AuditSubscription {
             Ok(event) => Ok(AuditLog(event)),
             Err(err) => {
                 if matches!(err, Error::SubscriberLagged { .. }) {
-                    metrics.lagged.increment(1);
+                    metrics.live.lagged.increment(1);
                 }
                 Err(err.into())
             }

@@ -185,7 +185,7 @@ impl Fanout {
                 match received {
                     Ok(payload) => yield payload,
                     Err(Lagged(missed)) => {
-                        metrics.lagged.increment(1);
+                        metrics.live.lagged.increment(1);
                         let error: async_graphql::Error = Error::SubscriberLagged { missed }.into();
                         yield serialize(Response::from_errors(vec![error.into_server_error(Pos::default())]));
                         return;
@@ -204,7 +204,7 @@ impl Fanout {
         let metrics = self.metrics.clone();
         payloads.map(move |payload| {
             let _subscriber = &subscriber;
-            metrics.deliveries.increment(1);
+            metrics.live.deliveries.increment(1);
             payload
         })
     }

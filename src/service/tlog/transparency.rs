@@ -31,7 +31,7 @@ pub async fn seal(db: DatabaseConnection, every: Duration, metrics: Arc<Metrics>
         if let Err(err) = seal_grown(&db, &mut sealed).await {
             tracing::warn!(error = %err, "sealing tree tiles failed");
         }
-        metrics.seal_duration.record(started.elapsed());
+        metrics.tree.seal_duration.record(started.elapsed());
     }
 }
 
@@ -62,7 +62,7 @@ pub async fn checkpoints(
         if let Err(err) = checkpoint_grown(&db, &signer, &config.origin, &mut signed).await {
             tracing::warn!(error = %err, "signing checkpoints failed");
         }
-        metrics.checkpoint_duration.record(started.elapsed());
+        metrics.tree.checkpoint_duration.record(started.elapsed());
     }
 }
 
@@ -128,7 +128,7 @@ pub async fn verify(
                     if !state.failing {
                         tracing::error!(tenant = %tenant_id, sequence = seq, %reason,
                             "continuous verification found the log broken");
-                        metrics.verification_failures.increment(1);
+                        metrics.tree.verification_failures.increment(1);
                     }
                     state.failing = true;
                     state.next = None;
@@ -138,8 +138,8 @@ pub async fn verify(
             }
         }
         let verified: i64 = progress.values().map(|p| p.verified).sum();
-        metrics.verified_sequence.set(verified.max(0) as f64);
-        metrics.verification_duration.record(started.elapsed());
+        metrics.tree.verified_sequence.set(verified.max(0) as f64);
+        metrics.tree.verification_duration.record(started.elapsed());
     }
 }
 
