@@ -87,6 +87,62 @@ pub async fn verify_with_progress(
     let floor = checkpoint.as_ref().map_or(0, |c| c.seq);
     let from = from.unwrap_or(floor + 1);
     let to = to.unwrap_or(head_seq).min(head_seq);
+    check_range(from, head_seq, floor)?;
+
+    // The hash the event at `from` must chain to.
+    let prev = if from == 1 {
+        GENESIS.to_vec()
+    } else if from == floor + 1 {
+        checkpoint.map(|c| c.hash).unwrap_or_default()
+    } else {
+        let mut before = BySequence::after(memory, tenant_id, from - 2).through(from - 1);
+        match before.next(db).await?.pop() {
+            Some(row) => row.hash,
+            None => {
+                let missing = format!("event {} is missing", from - 1);
+                return Ok(Verification::broken(0, from - 1, missing));
+            }
+        }
+    };
+    let mut rows = BySequence::after(memory, tenant_id, from - 1).through(to);
+    let mut walk = Walk {
+        checked: 0,
+        expected: from,
+        prev,
+    };
+    while walk.expected <= to {
+        let batch = rows.next(db).await?;
+        checked_batch(batch.len() as u64);
+        if batch.is_empty() {
+            let missing = format!("event {} is missing", walk.expected);
+            return Ok(Verification::broken(walk.checked, walk.expected, missing));
+        }
+        if let Some(broken) = walk.check(batch) {
+            return Ok(broken);
+        }
+    }
+    if to == head_seq && walk.prev != head_hash && head_seq > floor {
+        let reason = format!("event {head_seq} does not match the chain head");
+        return Ok(Verification::broken(walk.checked, head_seq, reason));
+    }
+    if to == head_seq
+        && let Some(seq) = beyond_head(db, memory, tenant_id, head_seq).await?
+    {
+        let reason = format!(
+            "event {seq} is past the chain head {head_seq}: it was not written by audit-service"
+        );
+        return Ok(Verification::broken(walk.checked, seq, reason));
+    }
+    Ok(Verification {
+        valid: true,
+        checked_count: walk.checked,
+        first_invalid_sequence: None,
+        reason: None,
+    })
+}
+
+/// Refuses a range that starts before 1, past the head, or where retention purged.
+fn check_range(from: i64, head_seq: i64, floor: i64) -> Result<()> {
     if from < 1 {
         return Err(Error::bad_input("fromSequence", "fromSequence starts at 1"));
     }
@@ -105,97 +161,72 @@ pub async fn verify_with_progress(
             ),
         ));
     }
+    Ok(())
+}
 
-    // The hash the event at `from` must chain to.
-    let mut prev = if from == 1 {
-        GENESIS.to_vec()
-    } else if from == floor + 1 {
-        checkpoint.map(|c| c.hash).unwrap_or_default()
-    } else {
-        let mut before = BySequence::after(memory, tenant_id, from - 2).through(from - 1);
-        match before.next(db).await?.pop() {
-            Some(row) => row.hash,
-            None => {
-                return Ok(Verification::broken(
-                    0,
-                    from - 1,
-                    format!("event {} is missing", from - 1),
-                ));
-            }
-        }
-    };
+/// Where a verification stands: how many events it checked, the sequence number it
+/// expects next, and the hash that one must chain to.
+struct Walk {
+    checked: u64,
+    expected: i64,
+    prev: Vec<u8>,
+}
 
-    let mut checked = 0;
-    let mut expected = from;
-    let mut rows_in_range = BySequence::after(memory, tenant_id, from - 1).through(to);
-    while expected <= to {
-        let rows = rows_in_range.next(db).await?;
-        checked_batch(rows.len() as u64);
-        if rows.is_empty() {
-            return Ok(Verification::broken(
-                checked,
-                expected,
-                format!("event {expected} is missing"),
-            ));
-        }
+impl Walk {
+    /// Checks a batch of rows in sequence order; the first break, if there is one.
+    fn check(&mut self, rows: Vec<entity::audit_log::Model>) -> Option<Verification> {
         for row in rows {
+            let expected = self.expected;
+            let broken = |seq: i64, reason: String| Verification::broken(self.checked, seq, reason);
             if row.seq != expected {
                 let reason = if row.seq < expected {
                     format!("event {} appears twice", row.seq)
                 } else {
                     format!("event {expected} is missing")
                 };
-                return Ok(Verification::broken(checked, expected.min(row.seq), reason));
+                return Some(broken(expected.min(row.seq), reason));
             }
-            if row.prev_hash != prev {
+            if row.prev_hash != self.prev {
                 let reason = format!("event {expected} does not chain to event {}", expected - 1);
-                return Ok(Verification::broken(checked, expected, reason));
+                return Some(broken(expected, reason));
             }
             if !KNOWN_VERSIONS.contains(&row.chain_version) {
                 let reason = format!(
                     "event {expected} has chain version {}, which this verifier does not know",
                     row.chain_version
                 );
-                return Ok(Verification::broken(checked, expected, reason));
+                return Some(broken(expected, reason));
             }
-            if chain_hash(&prev, &row) != row.hash {
+            if chain_hash(&self.prev, &row) != row.hash {
                 let reason =
                     format!("event {expected} does not match its hash: its content changed");
-                return Ok(Verification::broken(checked, expected, reason));
+                return Some(broken(expected, reason));
             }
-            prev = row.hash;
-            checked += 1;
-            expected += 1;
+            self.prev = row.hash;
+            self.checked += 1;
+            self.expected += 1;
         }
+        None
     }
-    if to == head_seq && prev != head_hash && head_seq > floor {
-        let reason = format!("event {head_seq} does not match the chain head");
-        return Ok(Verification::broken(checked, head_seq, reason));
-    }
-    if to == head_seq {
-        let mut beyond = BySequence::after(memory, tenant_id, head_seq).batch(1);
-        let row = beyond.next(db).await?.pop();
-        // An event committed since the head was read is past the head read, not past the
-        // head: it is the head that moved. (A forged row in its place would have made that
-        // commit fail, as its sequence number would be taken.)
-        let moved = match &row {
-            Some(row) => self::head(db, tenant_id)
-                .await?
-                .is_some_and(|h| h.seq >= row.seq),
-            None => false,
-        };
-        if let Some(row) = row.filter(|_| !moved) {
-            let reason = format!(
-                "event {} is past the chain head {head_seq}: it was not written by audit-service",
-                row.seq
-            );
-            return Ok(Verification::broken(checked, row.seq, reason));
-        }
-    }
-    Ok(Verification {
-        valid: true,
-        checked_count: checked,
-        first_invalid_sequence: None,
-        reason: None,
-    })
+}
+
+/// The sequence number of a row past the chain head, if there is one that was not
+/// committed since the head was read.
+async fn beyond_head(
+    db: &(impl ConnectionTrait + StreamTrait),
+    memory: &Memory,
+    tenant_id: &str,
+    head_seq: i64,
+) -> Result<Option<i64>> {
+    let mut beyond = BySequence::after(memory, tenant_id, head_seq).batch(1);
+    let Some(row) = beyond.next(db).await?.pop() else {
+        return Ok(None);
+    };
+    // An event committed since the head was read is past the head read, not past the
+    // head: it is the head that moved. (A forged row in its place would have made that
+    // commit fail, as its sequence number would be taken.)
+    let moved = self::head(db, tenant_id)
+        .await?
+        .is_some_and(|h| h.seq >= row.seq);
+    Ok((!moved).then_some(row.seq))
 }
