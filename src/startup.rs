@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::http::HeaderValue;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::DbBackend;
+use sea_orm::{DatabaseConnection, DbBackend};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -52,22 +52,8 @@ pub struct Application {
 impl Application {
     /// Connects to the database, applies pending migrations, and binds the listener.
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
-        let mut db = migration::connect(
-            config.database.url.expose_secret(),
-            config.database.pool_size,
-        )
-        .await?;
         let metrics = Arc::new(Metrics::default());
-        // The tree's upkeep and continuous verification run on a handle made before the
-        // statement counter is attached: `audit_sql_statements_total` counts what requests
-        // and the write path cost (their time is in `audit_tree_microseconds_total`).
-        let background = db.clone();
-        let statements = metrics.sql_statements.clone();
-        db.set_metric_callback(move |statement| {
-            statements.increment(1);
-            telemetry::statement(statement);
-        });
-        Migrator::up(&db, None).await?;
+        let (db, background) = connect(config, &metrics).await?;
         let cors_origins = config
             .cors_origins
             .iter()
@@ -75,72 +61,37 @@ impl Application {
             .collect::<Result<Vec<_>, _>>()?;
         let feed = Feed::new(config.subscriber_buffer);
         let memory = Memory::default();
-        let mut tasks = JoinSet::new();
-        if db.get_database_backend() == DbBackend::Postgres {
-            let url = config.database.url.expose_secret().to_owned();
-            tasks.spawn(listener::listen(db.clone(), url, feed.clone()));
-        }
         let ingestor = Ingestor::start(db.clone(), feed.clone(), metrics.clone());
-        tasks.spawn(maintenance::run(
-            db.clone(),
-            ingestor.clone(),
-            config.retention.clone(),
-        ));
-        let transparency = &config.transparency;
-        let signer = transparency
+        let signer = config
+            .transparency
             .key_file
             .as_deref()
             .map(Signer::load)
             .transpose()?
             .map(Arc::new);
-        if transparency.seal_interval_ms > 0 {
-            let every = Duration::from_millis(transparency.seal_interval_ms);
-            tasks.spawn(transparency::seal(
-                background.clone(),
-                every,
-                metrics.clone(),
-            ));
+        let mut tasks = JoinSet::new();
+        if db.get_database_backend() == DbBackend::Postgres {
+            let url = config.database.url.expose_secret().to_owned();
+            tasks.spawn(listener::listen(db.clone(), url, feed.clone()));
         }
-        if let Some(signer) = &signer {
-            tasks.spawn(transparency::checkpoints(
-                background.clone(),
-                signer.clone(),
-                transparency.clone(),
-                metrics.clone(),
-            ));
+        let retention = config.retention.clone();
+        tasks.spawn(maintenance::run(db.clone(), ingestor.clone(), retention));
+        let transparency = &config.transparency;
+        for task in
+            transparency::tasks(&background, &memory, signer.clone(), transparency, &metrics)
+        {
+            tasks.spawn(task);
         }
-        let every = Duration::from_secs(transparency.verify_interval_seconds.max(1));
-        tasks.spawn(transparency::verify(
-            background,
-            memory.clone(),
-            signer.clone(),
-            every,
-            metrics.clone(),
-        ));
         tasks.spawn(upkeep(metrics.clone()));
-        let (stopping, stopping_rx) = watch::channel(false);
         let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
-        if auth.is_open().await? {
-            anyhow::ensure!(
-                config.listen.ip().is_loopback(),
-                "no credential source is configured (AUDIT_JWT_HS256_SECRET, \
-                 AUDIT_JWT_JWKS_FILE or an API key), so the server may only listen on a \
-                 loopback address, not {}",
-                config.listen
-            );
-            tracing::warn!(
-                "OPEN MODE: no JWT key and no API key is configured; every request is \
-                 accepted as tenant `default` with every scope. Create an API key or set \
-                 AUDIT_JWT_HS256_SECRET / AUDIT_JWT_JWKS_FILE before exposing the server."
-            );
-        }
-        let refusals = Arc::new(Refusals::new(&config.auth, ingestor.clone()));
+        refuse_open_mode_off_loopback(&auth, config).await?;
+        let (stopping, stopping_rx) = watch::channel(false);
         let context = AppContext {
             db,
+            refusals: Arc::new(Refusals::new(&config.auth, ingestor.clone())),
             ingestor,
             feed,
             auth,
-            refusals,
             metrics,
             memory,
             requests: Memory::new(REQUEST_MEMORY),
@@ -228,6 +179,48 @@ impl Application {
 
 /// How often histogram samples are drained into their buckets.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// The request pool, migrated, its statements counted; and a handle of the same pool whose
+/// statements are not counted, for the tree's upkeep and continuous verification
+/// (`audit_sql_statements_total` counts what requests and the write path cost).
+async fn connect(
+    config: &ServeConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<(DatabaseConnection, DatabaseConnection)> {
+    let url = config.database.url.expose_secret();
+    let mut db = migration::connect(url, config.database.pool_size).await?;
+    let background = db.clone();
+    let statements = metrics.sql_statements.clone();
+    db.set_metric_callback(move |statement| {
+        statements.increment(1);
+        telemetry::statement(statement);
+    });
+    Migrator::up(&db, None).await?;
+    Ok((db, background))
+}
+
+/// Open mode listens only on a loopback address, and says so.
+async fn refuse_open_mode_off_loopback(
+    auth: &Authenticator,
+    config: &ServeConfig,
+) -> anyhow::Result<()> {
+    if !auth.is_open().await? {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        config.listen.ip().is_loopback(),
+        "no credential source is configured (AUDIT_JWT_HS256_SECRET, \
+         AUDIT_JWT_JWKS_FILE or an API key), so the server may only listen on a \
+         loopback address, not {}",
+        config.listen
+    );
+    tracing::warn!(
+        "OPEN MODE: no JWT key and no API key is configured; every request is \
+         accepted as tenant `default` with every scope. Create an API key or set \
+         AUDIT_JWT_HS256_SECRET / AUDIT_JWT_JWKS_FILE before exposing the server."
+    );
+    Ok(())
+}
 
 async fn upkeep(metrics: Arc<Metrics>) {
     let mut ticks = tokio::time::interval(METRICS_UPKEEP);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use sea_orm::DatabaseConnection;
 
 use crate::config::TransparencyConfig;
@@ -19,6 +20,36 @@ use crate::service::tlog::tree::{self, Tree};
 
 /// Most events of one tenant verified per round; a longer log is verified over several.
 const VERIFY_BATCH: i64 = 100_000;
+
+/// The verifiable log's background work, as `config` asks: sealing tiles (unless switched
+/// off), signing checkpoints (with a key), and continuous verification. `db` should be a
+/// handle whose statements are not counted as requests'.
+pub fn tasks(
+    db: &DatabaseConnection,
+    memory: &Memory,
+    signer: Option<Arc<Signer>>,
+    config: &TransparencyConfig,
+    metrics: &Arc<Metrics>,
+) -> Vec<BoxFuture<'static, ()>> {
+    let mut tasks: Vec<BoxFuture<'static, ()>> = Vec::new();
+    if config.seal_interval_ms > 0 {
+        let every = Duration::from_millis(config.seal_interval_ms);
+        tasks.push(Box::pin(seal(db.clone(), every, metrics.clone())));
+    }
+    if let Some(signer) = &signer {
+        let (signer, config) = (signer.clone(), config.clone());
+        tasks.push(Box::pin(checkpoints(
+            db.clone(),
+            signer,
+            config,
+            metrics.clone(),
+        )));
+    }
+    let every = Duration::from_secs(config.verify_interval_seconds.max(1));
+    let (db, memory, metrics) = (db.clone(), memory.clone(), metrics.clone());
+    tasks.push(Box::pin(verify(db, memory, signer, every, metrics)));
+    tasks
+}
 
 /// Seals tiles for as long as the server runs. Remembers how far each tenant is sealed, so
 /// that a pass over tenants whose logs did not grow by a tile costs one read.
