@@ -7,7 +7,10 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 use secrecy::ExposeSecret;
 
-use crate::config::{CheckpointKeyCommand, Command, DatabaseConfig, KeysCommand, Parsed};
+use crate::config::{
+    CheckpointKeyCommand, Command, DatabaseConfig, ExportFormat, KeysCommand, Parsed,
+    RetentionConfig,
+};
 use crate::credentials::Principal;
 use crate::graphql::types::AuditLogFilter;
 use crate::progress::Progress;
@@ -55,16 +58,7 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         }
         // Printed by `run`, from what the parser saw.
         Command::Config(_) => {}
-        Command::Migrate(database) => {
-            let db = migration::connect(database.url.expose_secret(), 2).await?;
-            let pending = Migrator::get_pending_migrations(&db).await?.len();
-            let mut progress = Progress::new("migrate", pending as u64, "migrations");
-            for _ in 0..pending {
-                Migrator::up(&db, Some(1)).await?;
-                progress.advance(1);
-            }
-            progress.finish();
-        }
+        Command::Migrate(database) => migrate(&database).await?,
         Command::Verify {
             database,
             tenant,
@@ -77,20 +71,7 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             tenant,
             format,
             filter,
-        } => {
-            let filter = filter
-                .map(|text| export_filter(&tenant, &text))
-                .transpose()?;
-            let db = connect(&database).await?;
-            let head = chain::head(&db, &tenant).await?.map_or(0, |h| h.seq);
-            let mut progress = Progress::new("export", head.max(0) as u64, "events");
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let reached = |seq: i64| progress.set(seq.max(0) as u64);
-            let memory = Memory::default();
-            export::tenant(&db, &memory, &tenant, filter, format, &mut out, reached).await?;
-            out.flush()?;
-            progress.finish();
-        }
+        } => export(&database, &tenant, format, filter).await?,
         Command::Keys { database, action } => keys(&connect(&database).await?, action).await?,
         Command::CheckpointKey {
             action: CheckpointKeyCommand::Create { name, out },
@@ -104,33 +85,73 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             retention,
             tenant,
             before,
-        } => {
-            let db = connect(&database).await?;
-            let ingestor = Ingestor::start(db.clone(), Feed::new(1), Default::default());
-            let events = match tenant.zip(before) {
-                Some((tenant, before)) => {
-                    ingestor.purge(&tenant, before).await?.into_iter().collect()
-                }
-                None => {
-                    let tenants = chain::tenants(&db).await?;
-                    let mut progress = Progress::new("purge", tenants.len() as u64, "tenants");
-                    let now = chrono::Utc::now();
-                    let purged =
-                        maintenance::apply_retention(&ingestor, &retention, now, tenants, || {
-                            progress.advance(1)
-                        })
-                        .await?;
-                    progress.finish();
-                    purged
-                }
-            };
-            for event in &events {
-                println!("{}: {}", event.tenant_id, *event.metadata);
-            }
-            println!("{} tenant(s) purged", events.len());
-        }
+        } => purge(&database, &retention, tenant.zip(before)).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies pending migrations one at a time, showing progress.
+async fn migrate(database: &DatabaseConfig) -> anyhow::Result<()> {
+    let db = migration::connect(database.url.expose_secret(), 2).await?;
+    let pending = Migrator::get_pending_migrations(&db).await?.len();
+    let mut progress = Progress::new("migrate", pending as u64, "migrations");
+    for _ in 0..pending {
+        Migrator::up(&db, Some(1)).await?;
+        progress.advance(1);
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Writes a tenant's events (those `filter` matches) to standard output.
+async fn export(
+    database: &DatabaseConfig,
+    tenant: &str,
+    format: ExportFormat,
+    filter: Option<String>,
+) -> anyhow::Result<()> {
+    let filter = filter
+        .map(|text| export_filter(tenant, &text))
+        .transpose()?;
+    let db = connect(database).await?;
+    let head = chain::head(&db, tenant).await?.map_or(0, |h| h.seq);
+    let mut progress = Progress::new("export", head.max(0) as u64, "events");
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let reached = |seq: i64| progress.set(seq.max(0) as u64);
+    let memory = Memory::default();
+    export::tenant(&db, &memory, tenant, filter, format, &mut out, reached).await?;
+    out.flush()?;
+    progress.finish();
+    Ok(())
+}
+
+/// Purges one tenant before a time, or every tenant by the retention rules.
+async fn purge(
+    database: &DatabaseConfig,
+    retention: &RetentionConfig,
+    one: Option<(String, chrono::DateTime<chrono::Utc>)>,
+) -> anyhow::Result<()> {
+    let db = connect(database).await?;
+    let ingestor = Ingestor::start(db.clone(), Feed::new(1), Default::default());
+    let events = match one {
+        Some((tenant, before)) => ingestor.purge(&tenant, before).await?.into_iter().collect(),
+        None => {
+            let tenants = chain::tenants(&db).await?;
+            let mut progress = Progress::new("purge", tenants.len() as u64, "tenants");
+            let now = chrono::Utc::now();
+            let purged = maintenance::apply_retention(&ingestor, retention, now, tenants, || {
+                progress.advance(1)
+            })
+            .await?;
+            progress.finish();
+            purged
+        }
+    };
+    for event in &events {
+        println!("{}: {}", event.tenant_id, *event.metadata);
+    }
+    println!("{} tenant(s) purged", events.len());
+    Ok(())
 }
 
 /// The filter of `export --filter`, for the one tenant exported.
