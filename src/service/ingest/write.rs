@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
 use super::job::{Request, Work};
@@ -16,6 +16,9 @@ use super::tables::{Head, ROWS_PER_INSERT, load_keyed, lock_heads, move_heads, r
 use crate::error::{Error, Result};
 use crate::service::ingest::event::{NewEvent, Target, micros};
 use crate::service::retention;
+
+/// Events already stored, by tenant and idempotency key.
+type Known = HashMap<(String, String), audit_log::Model>;
 
 /// Per job, its events or its own failure.
 type JobResults = Vec<Result<Vec<audit_log::Model>>>;
@@ -37,19 +40,7 @@ pub(super) async fn write(
     let txn = db.begin().await?;
     let recorded_at = micros(Utc::now());
 
-    // Sorted, so that every writer locks tenants in the same order and none deadlock.
-    // Per tenant: the sequence when locked, and the head as it moves.
-    let mut tenant_ids: Vec<&str> = requests.iter().map(|(t, _)| t.as_str()).collect();
-    tenant_ids.sort_unstable();
-    tenant_ids.dedup();
-    let mut locked = lock_heads(&txn, &tenant_ids).await?;
-    let mut heads = BTreeMap::new();
-    for tenant_id in tenant_ids {
-        let head = locked
-            .remove(tenant_id)
-            .ok_or_else(|| Error::internal("chain head not locked"))?;
-        heads.insert(tenant_id, (head.seq, head));
-    }
+    let mut heads = locked_heads(&txn, requests).await?;
     let mut known = load_keyed(&txn, requests).await?;
 
     let mut results = Vec::with_capacity(requests.len());
@@ -75,25 +66,7 @@ pub(super) async fn write(
         let planning = Instant::now();
         let planned = plan(tenant_id, &events, head, recorded_at, &known);
         chain += planning.elapsed();
-        match planned {
-            Ok(planned) => {
-                let mut models = Vec::with_capacity(planned.len());
-                for Planned { model, is_new } in planned {
-                    if is_new {
-                        head.seq = model.seq;
-                        head.hash = model.hash.clone();
-                        head.recorded_at = Some(model.recorded_at);
-                        if let Some(key) = &model.idempotency_key {
-                            known.insert((tenant_id.clone(), key.clone()), model.clone());
-                        }
-                        rows.push(model.clone());
-                    }
-                    models.push(model);
-                }
-                results.push(Ok(models));
-            }
-            Err(err) => results.push(Err(err)),
-        }
+        results.push(planned.map(|planned| adopt(tenant_id, planned, head, &mut known, &mut rows)));
     }
 
     for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -112,6 +85,52 @@ pub(super) async fn write(
     }
     txn.commit().await?;
     Ok((results, rows, Spent { chain, rollup }))
+}
+
+/// Locks the heads of the tenants written to, in sorted order so that every writer locks
+/// them in the same order and none deadlock. Per tenant: the sequence when locked, and the
+/// head as it moves.
+async fn locked_heads<'r>(
+    txn: &DatabaseTransaction,
+    requests: &'r [Request],
+) -> Result<BTreeMap<&'r str, (i64, Head)>> {
+    let mut tenant_ids: Vec<&str> = requests.iter().map(|(t, _)| t.as_str()).collect();
+    tenant_ids.sort_unstable();
+    tenant_ids.dedup();
+    let mut locked = lock_heads(txn, &tenant_ids).await?;
+    let mut heads = BTreeMap::new();
+    for tenant_id in tenant_ids {
+        let head = locked
+            .remove(tenant_id)
+            .ok_or_else(|| Error::internal("chain head not locked"))?;
+        heads.insert(tenant_id, (head.seq, head));
+    }
+    Ok(heads)
+}
+
+/// Takes a job's planned events: the new ones move the head, become known by their keys
+/// and go to `rows`; all of them answer the job.
+fn adopt(
+    tenant_id: &str,
+    planned: Vec<Planned>,
+    head: &mut Head,
+    known: &mut Known,
+    rows: &mut Vec<audit_log::Model>,
+) -> Vec<audit_log::Model> {
+    let mut models = Vec::with_capacity(planned.len());
+    for Planned { model, is_new } in planned {
+        if is_new {
+            head.seq = model.seq;
+            head.hash = model.hash.clone();
+            head.recorded_at = Some(model.recorded_at);
+            if let Some(key) = &model.idempotency_key {
+                known.insert((tenant_id.to_owned(), key.clone()), model.clone());
+            }
+            rows.push(model.clone());
+        }
+        models.push(model);
+    }
+    models
 }
 
 /// The event that records a purge, in the purged tenant's own chain.
@@ -156,7 +175,7 @@ fn plan(
     events: &[NewEvent],
     head: &Head,
     recorded_at: DateTime<Utc>,
-    known: &HashMap<(String, String), audit_log::Model>,
+    known: &Known,
 ) -> Result<Vec<Planned>> {
     let mut seq = head.seq;
     let mut prev_hash = head.hash.clone();
