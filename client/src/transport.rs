@@ -165,34 +165,40 @@ impl Transport {
             });
         };
         if let Some(error) = parsed.errors.into_iter().flatten().next() {
-            let extensions = error.extensions.unwrap_or_default();
-            let code = extensions.code.unwrap_or_else(|| "INTERNAL".to_owned());
-            if is_rejection(&code) {
-                return Err(Error::Rejected {
-                    code,
-                    field: extensions.field,
-                    message: error.message,
-                });
-            }
-            if is_denial(&code) {
-                return Err(Error::Denied {
-                    code,
-                    message: error.message,
-                });
-            }
-            return Err(Error::Unavailable {
-                code,
-                message: error.message,
-                retry_after: extensions
-                    .retry_after
-                    .map(Duration::from_secs)
-                    .or(retry_after),
-            });
+            return Err(error_of(error, retry_after));
         }
         parsed.data.ok_or_else(|| Error::Unavailable {
             code: "PROTOCOL".to_owned(),
             message: format!("HTTP {status}: an answer with neither data nor errors"),
             retry_after,
         })
+    }
+}
+
+/// The client's error for the first error of an answer, by its code: refused for good
+/// (the event is at fault), denied (the credential is), or worth a retry.
+fn error_of(error: cynic::GraphQlError<Extensions>, retry_after: Option<Duration>) -> Error {
+    let extensions = error.extensions.unwrap_or_default();
+    let code = extensions.code.unwrap_or_else(|| "INTERNAL".to_owned());
+    if is_rejection(&code) {
+        return Error::Rejected {
+            code,
+            field: extensions.field,
+            message: error.message,
+        };
+    }
+    if is_denial(&code) {
+        return Error::Denied {
+            code,
+            message: error.message,
+        };
+    }
+    Error::Unavailable {
+        code,
+        message: error.message,
+        retry_after: extensions
+            .retry_after
+            .map(Duration::from_secs)
+            .or(retry_after),
     }
 }
