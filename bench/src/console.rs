@@ -9,7 +9,8 @@ use serde_json::json;
 use crate::events::TENANTS;
 use crate::load::{Graphql, new_histogram, token};
 use crate::pgbench;
-use crate::scenarios::{Bench, Report};
+use crate::report::Report;
+use crate::scenarios::Bench;
 use crate::server::{PeakRss, Server, fresh_database, psql};
 
 const STATS: &str = "query($since: DateTime) { auditLogStats(filter: { occurredAfter: $since }, groupBy: [ACTION], interval: DAY, first: 1000) { start action count } }";

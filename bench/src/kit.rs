@@ -15,7 +15,8 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::events::Generator;
 use crate::load::token;
-use crate::scenarios::{Bench, Report, rate};
+use crate::report::{Report, rate};
+use crate::scenarios::Bench;
 use crate::server::{Server, fresh_database};
 
 /// The rate `enqueue()` latency is measured at: half the throughput target.

@@ -5,10 +5,14 @@
 mod broadcast;
 mod console;
 mod events;
+mod ingest;
 mod kit;
+mod live;
 mod load;
 mod pgbench;
 mod proofs;
+mod query;
+mod report;
 mod scenarios;
 mod server;
 mod sqlite;
@@ -80,7 +84,7 @@ enum What {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut report = scenarios::Report::new(&cli.admin_url);
+    let mut report = report::Report::new(&cli.admin_url);
     let bench = scenarios::Bench {
         admin_url: cli.admin_url.clone(),
         bin: cli.server_bin.clone(),

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use crate::events::Generator;
 use crate::load::{Graphql, new_histogram, token};
-use crate::scenarios::{Bench, Report};
+use crate::report::Report;
+use crate::scenarios::Bench;
 use crate::server::{Server, fresh_database, psql};
 
 const INCLUSION: &str =
