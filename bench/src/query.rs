@@ -23,7 +23,22 @@ impl Bench {
         let seeded = self.seed(&server, events).await?;
         psql(&db, "ANALYZE control_plane.audit_logs")?;
         eprintln!("seeded {seeded} events");
+        self.filtered_pages(&server, &db, report).await?;
+        let gql = Graphql::new(&server.url, token("tenant-0"));
+        let filter = json!({ "occurredAfter": (chrono::Utc::now() - chrono::Duration::days(31)).to_rfc3339() });
+        let p1 = depth(&gql, &filter, report).await?;
+        counted(&gql, &filter, p1, report).await?;
+        Ok(db)
+    }
 
+    /// One actor's page of the last 7 days, from 8 clients and from one, beside pgbench
+    /// running the same SQL; the server's own time per page from `Server-Timing`.
+    async fn filtered_pages(
+        &self,
+        server: &Server,
+        db: &str,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
         let generator = Arc::new(Generator::new());
         let gql = Graphql::new(&server.url, token("tenant-0"));
         let since = (chrono::Utc::now() - chrono::Duration::days(7)).to_rfc3339();
@@ -49,7 +64,7 @@ impl Bench {
         let sampling = PeakRss::watch(server.pid());
         let stats = load::run(8, self.duration, page.clone()).await;
         let raw = pgbench::run(
-            &db,
+            db,
             "page",
             &[pgbench::page("tenant-0", 7)],
             8,
@@ -93,7 +108,7 @@ impl Bench {
             .clone();
         let p50 = server_side.value_at_quantile(0.5) as f64 / 1000.0;
         // What the database alone takes: the same SQL from one pgbench client.
-        let raw = pgbench::run(&db, "page-1", &[pgbench::page("tenant-0", 7)], 1, 5)?;
+        let raw = pgbench::run(db, "page-1", &[pgbench::page("tenant-0", 7)], 1, 5)?;
         report.add(
             "filtered page, one client at a time: time in the server (`Server-Timing`)",
             format!(
@@ -106,57 +121,7 @@ impl Bench {
             Some(p50 < 1.0),
         );
 
-        // Depth: the same tenant-wide filter, page 1 against page 2,000.
-        let filter = json!({ "occurredAfter": (chrono::Utc::now() - chrono::Duration::days(31)).to_rfc3339() });
-        let deep_query = "query($f: AuditLogFilter, $after: String) { auditLogs(first: 50, after: $after, filter: $f) { edges { node { id action occurredAt } } pageInfo { endCursor } } }";
-        let mut cursor = Value::Null;
-        for _ in 1..2000 {
-            let data = gql
-                .call(deep_query, json!({ "f": filter, "after": cursor }))
-                .await?;
-            cursor = data["auditLogs"]["pageInfo"]["endCursor"].clone();
-        }
-        let (mut first, mut deep) = (new_histogram(), new_histogram());
-        for _ in 0..300 {
-            for (after, histogram) in [(Value::Null, &mut first), (cursor.clone(), &mut deep)] {
-                let t0 = Instant::now();
-                gql.call(deep_query, json!({ "f": filter, "after": after }))
-                    .await?;
-                let _ = histogram.record(t0.elapsed().as_micros() as u64);
-            }
-        }
-        let (p1, p2000) = (
-            first.value_at_percentile(50.0) as f64 / 1000.0,
-            deep.value_at_percentile(50.0) as f64 / 1000.0,
-        );
-        report.add(
-            "keyset depth: page 2,000 vs page 1 (p50)",
-            format!("{p2000:.2} ms vs {p1:.2} ms"),
-            String::new(),
-            Some(p2000 / p1),
-            "<= 1.5",
-            Some(p2000 / p1 <= 1.5),
-        );
-
-        let count_query = "query($f: AuditLogFilter) { auditLogs(first: 50, filter: $f) { totalCount edges { node { id } } } }";
-        let mut counted = new_histogram();
-        for _ in 0..30 {
-            let t0 = Instant::now();
-            gql.call(count_query, json!({ "f": filter })).await?;
-            let _ = counted.record(t0.elapsed().as_micros() as u64);
-        }
-        report.add(
-            "the same page with totalCount selected (counts ~500k rows)",
-            format!(
-                "p50 {:.1} ms (vs {p1:.2} ms without)",
-                counted.value_at_percentile(50.0) as f64 / 1000.0
-            ),
-            String::new(),
-            None,
-            "costs nothing unless selected",
-            None,
-        );
-        Ok(db)
+        Ok(())
     }
 
     pub async fn seed(&self, server: &Server, events: u64) -> anyhow::Result<u64> {
@@ -252,4 +217,67 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// The same tenant-wide page, page 1 against page 2,000; page 1's p50, in ms.
+async fn depth(gql: &Graphql, filter: &Value, report: &mut Report) -> anyhow::Result<f64> {
+    let deep_query = "query($f: AuditLogFilter, $after: String) { auditLogs(first: 50, after: $after, filter: $f) { edges { node { id action occurredAt } } pageInfo { endCursor } } }";
+    let mut cursor = Value::Null;
+    for _ in 1..2000 {
+        let data = gql
+            .call(deep_query, json!({ "f": filter, "after": cursor }))
+            .await?;
+        cursor = data["auditLogs"]["pageInfo"]["endCursor"].clone();
+    }
+    let (mut first, mut deep) = (new_histogram(), new_histogram());
+    for _ in 0..300 {
+        for (after, histogram) in [(Value::Null, &mut first), (cursor.clone(), &mut deep)] {
+            let t0 = Instant::now();
+            gql.call(deep_query, json!({ "f": filter, "after": after }))
+                .await?;
+            let _ = histogram.record(t0.elapsed().as_micros() as u64);
+        }
+    }
+    let (p1, p2000) = (
+        first.value_at_percentile(50.0) as f64 / 1000.0,
+        deep.value_at_percentile(50.0) as f64 / 1000.0,
+    );
+    report.add(
+        "keyset depth: page 2,000 vs page 1 (p50)",
+        format!("{p2000:.2} ms vs {p1:.2} ms"),
+        String::new(),
+        Some(p2000 / p1),
+        "<= 1.5",
+        Some(p2000 / p1 <= 1.5),
+    );
+
+    Ok(p1)
+}
+
+/// The same page with `totalCount` selected, which counts every matching event.
+async fn counted(
+    gql: &Graphql,
+    filter: &Value,
+    p1: f64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let count_query = "query($f: AuditLogFilter) { auditLogs(first: 50, filter: $f) { totalCount edges { node { id } } } }";
+    let mut counted = new_histogram();
+    for _ in 0..30 {
+        let t0 = Instant::now();
+        gql.call(count_query, json!({ "f": filter })).await?;
+        let _ = counted.record(t0.elapsed().as_micros() as u64);
+    }
+    report.add(
+        "the same page with totalCount selected (counts ~500k rows)",
+        format!(
+            "p50 {:.1} ms (vs {p1:.2} ms without)",
+            counted.value_at_percentile(50.0) as f64 / 1000.0
+        ),
+        String::new(),
+        None,
+        "costs nothing unless selected",
+        None,
+    );
+    Ok(())
 }
