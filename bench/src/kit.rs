@@ -35,8 +35,22 @@ impl Bench {
         // audit-bench's own batch load, the baseline, in the same run.
         let baseline = self.batch_load(&server, 4).await;
 
+        self.delivery(&server, &events, &baseline, report).await?;
+        self.enqueue_latency(&server, &events, report).await?;
+        layer_overhead(&server, report).await
+    }
+
+    /// One client, one producer enqueueing as fast as the buffer lets it, beside the
+    /// batch load.
+    async fn delivery(
+        &self,
+        server: &Server,
+        events: &[Event],
+        baseline: &crate::load::Stats,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
         // One client, one producer enqueueing as fast as the buffer lets it.
-        let audit = client(&server, "tenant-1", None)?;
+        let audit = client(server, "tenant-1", None)?;
         let started = Instant::now();
         let mut sent = 0u64;
         while started.elapsed() < self.duration {
@@ -62,10 +76,20 @@ impl Bench {
             Some(per_second >= 10_000.0 && ratio >= 0.6),
         );
 
+        Ok(())
+    }
+
+    /// What one enqueue() costs the calling task, in memory and with the spool.
+    async fn enqueue_latency(
+        &self,
+        server: &Server,
+        events: &[Event],
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
         // What one enqueue() costs the calling task, at a rate the client sustains, beside
         // the same paced loop timing only a copy of the event: the floor this machine puts
         // under any microsecond-sized step after a sleep.
-        let floor = paced(&events, self.duration, |event| async move {
+        let floor = paced(events, self.duration, |event| async move {
             std::hint::black_box(event.clone());
             Ok(())
         })
@@ -81,8 +105,8 @@ impl Bench {
                 Some((fsync_spool.as_path(), true)),
             ),
         ] {
-            let audit = client(&server, "tenant-2", spool)?;
-            let latency = paced_enqueue(&audit, &events, self.duration).await?;
+            let audit = client(server, "tenant-2", spool)?;
+            let latency = paced_enqueue(&audit, events, self.duration).await?;
             audit.flush().await;
             let p99 = latency.value_at_percentile(99.0) as f64 / 1000.0;
             let target = if spool.is_none() {
@@ -112,7 +136,7 @@ impl Bench {
             .buffer(room, OnFull::Wait)
             .buffer_bytes(room * 2048)
             .build()?;
-        let latency = paced_enqueue(&idle, &events, self.duration).await?;
+        let latency = paced_enqueue(&idle, events, self.duration).await?;
         let p99 = latency.value_at_percentile(99.0) as f64 / 1000.0;
         report.add(
             &format!("enqueue() on the caller's task, in memory, {PACED_RATE} events/s, machine otherwise idle"),
@@ -124,41 +148,46 @@ impl Bench {
         );
         drop(idle);
 
-        // AuditLayer around a trivial handler, called in process: with and without it.
-        let audit = client(&server, "tenant-3", None)?;
-        let bare = tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
-        let requests = 200_000;
-        let without = call_many(bare, requests).await?;
-        let with = call_many(
-            audit
-                .layer("project.updated")
-                .target(
-                    "project",
-                    audit_client::layer::from_header("x-project".parse()?),
-                )
-                .layer(bare),
-            requests,
-        )
-        .await?;
-        audit.flush().await;
-        let us = |h: &Histogram<u64>, p: f64| h.value_at_percentile(p) as f64 / 1000.0;
-        let overhead = us(&with, 99.0) - us(&without, 99.0);
-        report.add(
-            "AuditLayer on a trivial handler, per request",
-            format!("p50 {:.2} / p99 {:.2} µs", us(&with, 50.0), us(&with, 99.0)),
-            format!(
-                "without the layer: p50 {:.2} / p99 {:.2} µs",
-                us(&without, 50.0),
-                us(&without, 99.0)
-            ),
-            None,
-            "< 10 µs p99 added",
-            Some(overhead < 10.0),
-        );
         Ok(())
     }
+}
+
+/// AuditLayer around a trivial handler, called in process: with and without it.
+async fn layer_overhead(server: &Server, report: &mut Report) -> anyhow::Result<()> {
+    // AuditLayer around a trivial handler, called in process: with and without it.
+    let audit = client(server, "tenant-3", None)?;
+    let bare = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let requests = 200_000;
+    let without = call_many(bare, requests).await?;
+    let with = call_many(
+        audit
+            .layer("project.updated")
+            .target(
+                "project",
+                audit_client::layer::from_header("x-project".parse()?),
+            )
+            .layer(bare),
+        requests,
+    )
+    .await?;
+    audit.flush().await;
+    let us = |h: &Histogram<u64>, p: f64| h.value_at_percentile(p) as f64 / 1000.0;
+    let overhead = us(&with, 99.0) - us(&without, 99.0);
+    report.add(
+        "AuditLayer on a trivial handler, per request",
+        format!("p50 {:.2} / p99 {:.2} µs", us(&with, 50.0), us(&with, 99.0)),
+        format!(
+            "without the layer: p50 {:.2} / p99 {:.2} µs",
+            us(&without, 50.0),
+            us(&without, 99.0)
+        ),
+        None,
+        "< 10 µs p99 added",
+        Some(overhead < 10.0),
+    );
+    Ok(())
 }
 
 fn client(
