@@ -38,11 +38,23 @@ impl Bench {
         ];
         let without_tree = [("AUDIT_TREE_SEAL_INTERVAL_MS", "0")];
 
-        // Ingest with and without the tree, alternating three times, each on its own database.
+        self.ingest_with_and_without_tree(&with_tree, &without_tree, report)
+            .await?;
+        self.proofs_at_scale(events, &with_tree, report).await
+    }
+
+    /// Ingest with and without the tree, alternating three times, each on its own
+    /// database.
+    async fn ingest_with_and_without_tree(
+        &self,
+        with_tree: &[(&str, &str)],
+        without_tree: &[(&str, &str)],
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
         let on_db = fresh_database(&self.admin_url, "audit_bench_tree_on")?;
         let off_db = fresh_database(&self.admin_url, "audit_bench_tree_off")?;
-        let on = Server::start_with(&self.bin, &on_db, 18191, &with_tree).await?;
-        let off = Server::start_with(&self.bin, &off_db, 18192, &without_tree).await?;
+        let on = Server::start_with(&self.bin, &on_db, 18191, with_tree).await?;
+        let off = Server::start_with(&self.bin, &off_db, 18192, without_tree).await?;
         let (mut batch, mut single) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
         for _ in 0..3 {
             for (i, server) in [&off, &on].into_iter().enumerate() {
@@ -67,9 +79,18 @@ impl Bench {
         }
         drop((on, off));
 
-        // A million events in one tenant, then proofs against its latest checkpoint.
+        Ok(())
+    }
+
+    /// A million events in one tenant, then proofs against its latest checkpoint.
+    async fn proofs_at_scale(
+        &self,
+        events: u64,
+        with_tree: &[(&str, &str)],
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
         let db = fresh_database(&self.admin_url, "audit_bench_proofs")?;
-        let server = Server::start_with(&self.bin, &db, 18193, &with_tree).await?;
+        let server = Server::start_with(&self.bin, &db, 18193, with_tree).await?;
         let gql = Graphql::new(&server.url, token("tenant-0"));
         let generator = Generator::new();
         let mut rng = SmallRng::seed_from_u64(11);
