@@ -70,7 +70,7 @@ impl Bench {
                 "{per_second:.0} events/s ({} delivered, {} retries, {} dead-lettered)",
                 metrics.delivered, metrics.retries, metrics.dead_lettered
             ),
-            format!("audit-bench batch load: {}", rate(&baseline, "events")),
+            format!("audit-bench batch load: {}", rate(baseline, "events")),
             Some(ratio),
             ">= 10,000/s and >= 0.60",
             Some(per_second >= 10_000.0 && ratio >= 0.6),
