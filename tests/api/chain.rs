@@ -264,7 +264,7 @@ async fn the_independent_verifier_agrees(app: &TestApp) {
     std::fs::write(&clean, &export.stdout).expect("write");
     let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_export.py");
     let run = |path: &std::path::Path| {
-        std::process::Command::new("python3")
+        std::process::Command::new(crate::helpers::python())
             .arg(verifier)
             .arg(path)
             .output()
@@ -610,7 +610,7 @@ async fn version_1_events_keep_verifying(app: &TestApp) {
     let path = dir.path().join("export.ndjson");
     std::fs::write(&path, &text).expect("write");
     let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_export.py");
-    let output = std::process::Command::new("python3")
+    let output = std::process::Command::new(crate::helpers::python())
         .arg(verifier)
         .arg(&path)
         .output()

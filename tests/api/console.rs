@@ -57,6 +57,7 @@ async fn viewer_in_a_browser(backend: Backend, signed_in: bool) {
     else {
         return;
     };
+    crate::helpers::node_packages("tests/console", "playwright-core");
     let screenshots = format!("{SCREENSHOTS}/{backend:?}").to_lowercase();
     let mut command = tokio::process::Command::new("node");
     command

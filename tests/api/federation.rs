@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
@@ -42,24 +41,6 @@ async fn entities_cost_a_constant_number_of_statements_postgres() {
 
 const FEDERATION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/federation");
 
-/// Installs the pinned Node packages once (`.ci/run` does it up front).
-fn node_tools() {
-    static INSTALLED: Mutex<bool> = Mutex::new(false);
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if !*installed
-        && !std::path::Path::new(FEDERATION)
-            .join("node_modules/@apollo/gateway")
-            .exists()
-    {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix", FEDERATION])
-            .status()
-            .expect("npm runs (Node.js is needed for the federation tests)");
-        assert!(status.success(), "npm ci in tests/federation failed");
-    }
-    *installed = true;
-}
-
 #[tokio::test]
 async fn the_subgraph_sdl_is_served_and_committed() {
     let app = spawn_app(Backend::Sqlite)
@@ -97,7 +78,7 @@ async fn the_subgraph_sdl_is_served_and_committed() {
 
 #[test]
 fn the_subgraph_composes_with_another() {
-    node_tools();
+    crate::helpers::node_packages("tests/federation", "@apollo/gateway");
     let output = Command::new("node")
         .arg(format!("{FEDERATION}/compose.mjs"))
         .arg(concat!(
@@ -133,7 +114,7 @@ impl Drop for Gateway {
 }
 
 fn start_gateway(audit_url: &str) -> Gateway {
-    node_tools();
+    crate::helpers::node_packages("tests/federation", "@apollo/gateway");
     let mut child = Command::new("node")
         .arg(format!("{FEDERATION}/gateway.mjs"))
         .env("AUDIT_URL", audit_url)

@@ -380,3 +380,61 @@ impl Binary {
         std::fs::read_to_string(self.log.path()).expect("log")
     }
 }
+
+/// Installs the Node packages pinned in `dir` (under the repository) once, unless `module`
+/// is there already: the test command sets up what its tests need (`.ci/run` does it up
+/// front too).
+pub fn node_packages(dir: &str, module: &str) {
+    static INSTALLED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    if dir.join("node_modules").join(module).exists() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .status()
+        .expect("npm runs (Node.js is needed by these tests)");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
+}
+
+/// A Python with the independent verifiers' packages (`tools/requirements.txt`): a virtual
+/// environment under `target/`, made on first use.
+pub fn python() -> String {
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target/test-python");
+    let python = venv.join("bin/python3");
+    let ready = venv.join("requirements.txt");
+    let requirements = root.join("tools/requirements.txt");
+    let wanted = std::fs::read(&requirements).expect("tools/requirements.txt");
+    if std::fs::read(&ready).ok().as_ref() == Some(&wanted) {
+        return python.display().to_string();
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{} runs: {e}", program.display()));
+        assert!(status.success(), "{} {args:?} failed", program.display());
+    };
+    let venv_arg = venv.display().to_string();
+    run(std::path::Path::new("python3"), &["-m", "venv", &venv_arg]);
+    let requirements_arg = requirements.display().to_string();
+    run(
+        &python,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            &requirements_arg,
+        ],
+    );
+    std::fs::write(&ready, wanted).expect("write the marker");
+    python.display().to_string()
+}

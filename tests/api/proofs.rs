@@ -114,7 +114,7 @@ impl Auditable {
     /// Runs `tools/verify_proofs.py`; returns its exit code and output.
     fn python(&self, args: &[&str]) -> (i32, String) {
         let verifier = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_proofs.py");
-        let output = std::process::Command::new("python3")
+        let output = std::process::Command::new(crate::helpers::python())
             .arg(verifier)
             .args(args)
             .args(["--key", &self.verifier_key])
