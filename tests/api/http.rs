@@ -206,6 +206,21 @@ async fn graphiql_loads_without_the_internet() {
     assert_eq!(response.status(), 200);
     let page = response.text().await.expect("html");
     assert!(page.contains("graphiql"), "{page}");
+    // It opens on an example of this API, whose queries and mutation all run.
+    let example = page
+        .split("const example = `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("an example document");
+    for operation in ["LogOne", "Recent", "Verify"] {
+        let body = app
+            .post(json!({ "query": example, "operationName": operation }))
+            .await
+            .json::<Value>()
+            .await
+            .expect("JSON");
+        assert_eq!(body["errors"], Value::Null, "{operation}: {body}");
+    }
     assert!(
         !page.contains("http://") && !page.contains("https://"),
         "page reaches out: {page}"
