@@ -23,9 +23,7 @@ static CACHE: LazyLock<Mutex<LruCache<String, ExecutableDocument>>> = LazyLock::
 /// `request`'s parsed document: from the cache, or parsed (and kept when it parses). A
 /// document nested too deep is refused before parsing, which recurses.
 pub fn parsed(request: &mut Request) -> Result<&ExecutableDocument, ServerError> {
-    if limits::nesting(&request.query) > limits::MAX_NESTING {
-        return Err(limits::too_deep());
-    }
+    limits::check_text(&request.query)?;
     if request.query.len() <= MAX_LEN {
         let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(document) = cache.get(request.query.as_str()) {

@@ -21,25 +21,73 @@ pub const MAX_NESTING: usize = 64;
 /// Most root fields (aliases included) in one operation.
 pub const MAX_ROOT_FIELDS: usize = 100;
 
-/// How deeply `{`, `[` and `(` nest in GraphQL text, read as async-graphql's grammar reads
-/// it: brackets inside strings, block strings and comments do not count.
+/// Most names a document's text may hold where selections are (inside `{}` and outside
+/// arguments: fields, aliases, fragment spreads and type conditions, directives). A
+/// selection takes one to three of them, so a text past this expands past
+/// `expansion::MAX_SELECTIONS` whatever it holds, and is refused before it is parsed.
+pub const MAX_SELECTION_NAMES: usize = 3 * super::expansion::MAX_SELECTIONS;
+
+/// What a document's text shows before it is parsed, in one linear pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Text {
+    /// How deeply `{`, `[` and `(` nest.
+    pub nesting: usize,
+    /// Names (and `...`) inside braces and outside parentheses.
+    pub selection_names: usize,
+}
+
+/// Refuses a document whose text nests too deep (parsing recurses) or names too many
+/// selections (parsing a megabyte takes a hundred milliseconds), before it is parsed.
+pub fn check_text(text: &str) -> Result<(), ServerError> {
+    let seen = scan(text);
+    if seen.nesting > MAX_NESTING {
+        return Err(too_deep());
+    }
+    if seen.selection_names > MAX_SELECTION_NAMES {
+        return Err(ServerError::new(
+            format!(
+                "the document names {} selections or more; at most {} are allowed",
+                seen.selection_names / 3,
+                super::expansion::MAX_SELECTIONS
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// How deeply `{`, `[` and `(` nest in GraphQL text (see [`scan`]).
+pub fn nesting(text: &str) -> usize {
+    scan(text).nesting
+}
+
+/// Reads GraphQL text as async-graphql's grammar reads it: brackets and names inside
+/// strings, block strings and comments do not count.
 ///
-/// The count never falls short of what the parser would recurse through. Where the grammar
-/// backtracks (an unterminated block string `"""` re-reads as the empty string `""`
+/// The nesting never falls short of what the parser would recurse through. Where the
+/// grammar backtracks (an unterminated block string `"""` re-reads as the empty string `""`
 /// followed by a string), so does this; where a token cannot parse (a string broken by a
 /// line end), the parser stops there, and this counts on as if it were code.
-pub fn nesting(text: &str) -> usize {
+pub fn scan(text: &str) -> Text {
     let bytes = text.as_bytes();
-    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    let (mut depth, mut braces, mut parens, mut i) = (0usize, 0usize, 0usize, 0usize);
+    let mut seen = Text::default();
     while i < bytes.len() {
         match bytes[i] {
-            b'{' | b'[' | b'(' => {
+            open @ (b'{' | b'[' | b'(') => {
                 depth += 1;
-                deepest = deepest.max(depth);
+                seen.nesting = seen.nesting.max(depth);
+                braces += usize::from(open == b'{');
+                parens += usize::from(open == b'(');
                 i += 1;
             }
-            b'}' | b']' | b')' => {
+            close @ (b'}' | b']' | b')') => {
                 depth = depth.saturating_sub(1);
+                if close == b'}' {
+                    braces = braces.saturating_sub(1);
+                } else if close == b')' {
+                    parens = parens.saturating_sub(1);
+                }
                 i += 1;
             }
             b'#' => {
@@ -55,10 +103,21 @@ pub fn nesting(text: &str) -> usize {
                 };
             }
             b'"' => i = string_end(bytes, i + 1),
+            b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'.' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'_' | b'.' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                if braces > 0 && parens == 0 && i > start {
+                    seen.selection_names += 1;
+                }
+            }
             _ => i += 1,
         }
     }
-    deepest
+    seen
 }
 
 /// Where a block string whose content starts at `i` ends (after its closing `"""`); `None`
@@ -118,9 +177,7 @@ impl Extension for DocumentLimits {
         mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        if nesting(&request.query) > MAX_NESTING {
-            return Err(too_deep());
-        }
+        check_text(&request.query)?;
         expansion::expansion(request.parsed_query()?)?;
         next.run(ctx, request).await
     }
@@ -132,9 +189,7 @@ impl Extension for DocumentLimits {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        if nesting(query) > MAX_NESTING {
-            return Err(too_deep());
-        }
+        check_text(query)?;
         let document = next.run(ctx, query, variables).await?;
         for (_, operation) in document.operations.iter() {
             // async-graphql's validation panics on a default value of an unknown type.
@@ -263,7 +318,21 @@ fn root_fields<'d>(
 
 #[cfg(test)]
 mod tests {
-    use super::nesting;
+    use super::{check_text, nesting, scan};
+
+    #[test]
+    fn selection_names_are_counted_outside_arguments() {
+        let text = r#"query Q($v: Int = 3) { a: f(x: {y: [z]}, s: "w w") @d(if: true) { ...F ... on T { g } } } fragment F on T { h }"#;
+        // a f d ...F ... on T g (in braces, outside parentheses), then h.
+        assert_eq!(scan(text).selection_names, 9);
+        let flat = format!("{{ {} }}", "a: __typename ".repeat(20_000));
+        assert!(check_text(&flat).is_err());
+        let inline = format!(
+            "mutation {{ m(x: [{}]) {{ id }} }}",
+            "{a: 1, b: \"c\"}, ".repeat(20_000)
+        );
+        assert!(check_text(&inline).is_ok(), "arguments are not selections");
+    }
 
     #[test]
     fn nesting_ignores_strings_and_comments() {

@@ -70,7 +70,7 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
     };
     let (asked, filter) = match asked(&state, &parts, &principal, &origin) {
         Ok(asked) => asked,
-        Err(refused) => return refused,
+        Err(err) => return error_response(status_of(&err), err),
     };
     let exports = &state.context.exports;
     let Ok(slot) = exports.acquire(&principal.tenant_id, 1, SLOT_WAIT).await else {
@@ -107,14 +107,14 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
     attachment(asked.format, body)
 }
 
-/// What an export asks for, checked, and its filter for the caller; or the answer refusing
-/// it (403 without `audit:read`, on record; 400 naming the parameter at fault).
+/// What an export asks for, checked, and its filter for the caller; or why it is refused
+/// (`FORBIDDEN` without `audit:read`, on record; `BAD_USER_INPUT` naming the parameter).
 fn asked(
     state: &AppState,
     parts: &Parts,
     principal: &Principal,
     origin: &Origin,
-) -> Result<(Asked, Filter), Response> {
+) -> Result<(Asked, Filter), Error> {
     if !principal.has(Scope::Read) {
         let reason = "`/export` needs the audit:read scope";
         state.context.refusals.record_denial(
@@ -124,26 +124,21 @@ fn asked(
             reason,
             origin,
         );
-        let refused = Error::Forbidden(reason.to_owned());
-        return Err(error_response(StatusCode::FORBIDDEN, refused));
+        return Err(Error::Forbidden(reason.to_owned()));
     }
-    let refuse = |err: Error| error_response(status_of(&err), err);
     let asked = Query::<Params>::try_from_uri(&parts.uri)
         .map_err(|err| Error::bad_input("", format!("the query string is not valid: {err}")))
-        .and_then(|Query(params)| check(params))
-        .map_err(refuse)?;
+        .and_then(|Query(params)| check(params))?;
     let filter = AuditLogFilter::from_json(asked.filter_json.clone())
         .and_then(|filter| filter.into_filter(principal));
     // The SQL is built once here too, so that what this backend cannot filter on (some
     // metadata filters on SQLite) is refused before the first byte.
     let backend = state.context.db.get_database_backend();
-    let filter = filter
-        .and_then(|f| {
-            f.condition(backend)
-                .map_err(|e| e.rooted_at("filter.", true))
-                .map(|_| f)
-        })
-        .map_err(refuse)?;
+    let filter = filter.and_then(|f| {
+        f.condition(backend)
+            .map_err(|e| e.rooted_at("filter.", true))
+            .map(|_| f)
+    })?;
     Ok((asked, filter))
 }
 

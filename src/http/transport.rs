@@ -217,11 +217,8 @@ pub(super) async fn run(
     principal: Principal,
     origin: Origin,
 ) -> Response {
-    if limits::nesting(&request.query) > limits::MAX_NESTING {
-        return encode(
-            async_graphql::Response::from_errors(vec![limits::too_deep()]),
-            media,
-        );
+    if let Err(refused) = limits::check_text(&request.query) {
+        return encode(async_graphql::Response::from_errors(vec![refused]), media);
     }
     let (operation, missing) = inspect(&mut request).unzip();
     let answer = respond_to(state, request, missing.flatten(), principal, origin).await;
