@@ -38,7 +38,9 @@ pub fn document(data: &[u8]) {
 }
 
 /// The guard's count of a document it lets through against a walk that unrolls every
-/// fragment spread, as async-graphql's recursion check and validation do.
+/// fragment spread, as async-graphql's recursion check and validation do; and the count
+/// of its text (checked before parsing) never above it, so that the text's check refuses
+/// nothing the guard would let through.
 fn guard_counts_enough(text: &str) {
     use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
     if limits::nesting(text) > limits::MAX_NESTING {

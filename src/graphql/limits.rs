@@ -21,18 +21,18 @@ pub const MAX_NESTING: usize = 64;
 /// Most root fields (aliases included) in one operation.
 pub const MAX_ROOT_FIELDS: usize = 100;
 
-/// Most names a document's text may hold where selections are (inside `{}` and outside
-/// arguments: fields, aliases, fragment spreads and type conditions, directives). A
-/// selection takes one to three of them, so a text past this expands past
-/// `expansion::MAX_SELECTIONS` whatever it holds, and is refused before it is parsed.
-pub const MAX_SELECTION_NAMES: usize = 3 * super::expansion::MAX_SELECTIONS;
+/// Most selections a document's text may hold: each field (not its alias), fragment spread,
+/// inline fragment and directive, inside `{}` and outside arguments. Expanded, a document
+/// holds at least as many, so a text past this is past `expansion::MAX_SELECTIONS` too, and
+/// is refused before it is parsed.
+pub const MAX_SELECTION_NAMES: usize = super::expansion::MAX_SELECTIONS;
 
 /// What a document's text shows before it is parsed, in one linear pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Text {
     /// How deeply `{`, `[` and `(` nest.
     pub nesting: usize,
-    /// Names (and `...`) inside braces and outside parentheses.
+    /// Selections written out (see [`MAX_SELECTION_NAMES`]).
     pub selection_names: usize,
 }
 
@@ -46,8 +46,8 @@ pub fn check_text(text: &str) -> Result<(), ServerError> {
     if seen.selection_names > MAX_SELECTION_NAMES {
         return Err(ServerError::new(
             format!(
-                "the document names {} selections or more; at most {} are allowed",
-                seen.selection_names / 3,
+                "the document holds {} selections; at most {} are allowed",
+                seen.selection_names,
                 super::expansion::MAX_SELECTIONS
             ),
             None,
@@ -103,21 +103,46 @@ pub fn scan(text: &str) -> Text {
                 };
             }
             b'"' => i = string_end(bytes, i + 1),
-            b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'.' => {
-                let start = i;
-                while i < bytes.len()
-                    && matches!(bytes[i], b'_' | b'.' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9')
-                {
-                    i += 1;
-                }
-                if braces > 0 && parens == 0 && i > start {
-                    seen.selection_names += 1;
-                }
+            b'.' if bytes[i..].starts_with(b"...") => {
+                // A spread or an inline fragment: one selection, whatever names follow
+                // (`...F`, `... on T`).
+                seen.selection_names += usize::from(braces > 0 && parens == 0);
+                i = skip_ignored(bytes, i + 3);
+                let (name, end) = name_at(bytes, i);
+                i = match name {
+                    b"on" => name_at(bytes, skip_ignored(bytes, end)).1,
+                    _ => end,
+                };
+            }
+            b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
+                let (_, end) = name_at(bytes, i);
+                // A name followed by `:` is an alias: its field is the selection.
+                let alias = bytes.get(skip_ignored(bytes, end)) == Some(&b':');
+                seen.selection_names += usize::from(braces > 0 && parens == 0 && !alias);
+                i = end;
             }
             _ => i += 1,
         }
     }
     seen
+}
+
+/// The name starting at `i` (empty if none), and where it ends.
+fn name_at(bytes: &[u8], i: usize) -> (&[u8], usize) {
+    let mut end = i;
+    while end < bytes.len() && matches!(bytes[end], b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9')
+    {
+        end += 1;
+    }
+    (&bytes[i..end], end)
+}
+
+/// Where the next token after `i` starts: past white space and commas.
+fn skip_ignored(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b',') {
+        i += 1;
+    }
+    i
 }
 
 /// Where a block string whose content starts at `i` ends (after its closing `"""`); `None`
@@ -318,13 +343,15 @@ fn root_fields<'d>(
 
 #[cfg(test)]
 mod tests {
-    use super::{check_text, nesting, scan};
+    use super::{check_text, expansion, nesting, scan};
 
     #[test]
     fn selection_names_are_counted_outside_arguments() {
         let text = r#"query Q($v: Int = 3) { a: f(x: {y: [z]}, s: "w w") @d(if: true) { ...F ... on T { g } } } fragment F on T { h }"#;
-        // a f d ...F ... on T g (in braces, outside parentheses), then h.
-        assert_eq!(scan(text).selection_names, 9);
+        // f d ...F (... on T) g (in braces, outside parentheses), then h.
+        assert_eq!(scan(text).selection_names, 6);
+        let expanded = expansion::expansion(&async_graphql::parser::parse_query(text).unwrap());
+        assert!(expanded.unwrap() >= 6);
         let flat = format!("{{ {} }}", "a: __typename ".repeat(20_000));
         assert!(check_text(&flat).is_err());
         let inline = format!(
