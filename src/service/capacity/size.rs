@@ -25,46 +25,27 @@ pub fn row_size(row: &QueryResult) -> usize {
     size_of::<audit_log::Model>() + 2 * string_size(32) + strings + json_size(metadata)
 }
 
-/// The columns of an event held as strings, besides metadata.
-const TEXT_COLUMNS: [audit_log::Column; 13] = {
-    use audit_log::Column::*;
-    [
-        TenantId,
-        ActorId,
-        ActorName,
-        Action,
-        TargetType,
-        TargetId,
-        TargetName,
-        Reason,
-        IpAddress,
-        UserAgent,
-        RequestId,
-        TraceId,
-        IdempotencyKey,
-    ]
-};
-
-/// The heap of a raw row's text columns other than metadata, and metadata's text.
+/// The heap of a raw row's text columns other than metadata, and metadata's text. Only
+/// text columns are read (SQLite lets a value be read as one type only), by name, as they
+/// are: this runs for every row read.
 fn raw_texts<R: sea_orm::sqlx::Row>(row: &R) -> (usize, &str)
 where
     for<'r> &'r str: sea_orm::sqlx::Decode<'r, R::Database> + sea_orm::sqlx::Type<R::Database>,
     usize: sea_orm::sqlx::ColumnIndex<R>,
 {
-    use sea_orm::IdenStatic;
     use sea_orm::sqlx::Column;
     let mut strings = 0;
     let mut metadata = "";
     for (index, column) in row.columns().iter().enumerate() {
         let name = column.name();
-        let text = name == audit_log::Column::Metadata.as_str();
-        if !text && !TEXT_COLUMNS.iter().any(|c| c.as_str() == name) {
+        let is_metadata = name == "metadata";
+        if !is_metadata && !is_text(name) {
             continue;
         }
         let Ok(Some(value)) = row.try_get_unchecked::<Option<&str>, _>(index) else {
             continue;
         };
-        match text {
+        match is_metadata {
             true => metadata = value,
             false => strings += string_size(value.len()),
         }
@@ -72,9 +53,28 @@ where
     (strings, metadata)
 }
 
+/// Whether an event's column of that name holds text (besides metadata).
+fn is_text(name: &str) -> bool {
+    matches!(
+        name,
+        "tenant_id"
+            | "actor_id"
+            | "actor_name"
+            | "action"
+            | "target_type"
+            | "target_id"
+            | "target_name"
+            | "reason"
+            | "ip_address"
+            | "user_agent"
+            | "request_id"
+            | "trace_id"
+            | "idempotency_key"
+    )
+}
+
 /// About what `model` takes in memory, by the same measure as [`row_size`].
 pub fn event_size(model: &audit_log::Model) -> usize {
-    // In `TEXT_COLUMNS`' order.
     let texts = [
         Some(&model.tenant_id),
         Some(&model.actor_id),
