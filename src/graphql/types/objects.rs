@@ -146,6 +146,11 @@ impl AuditLog {
     async fn chain_version(&self) -> i32 {
         i32::from(self.0.chain_version)
     }
+    /// The idempotency key the event was recorded with, if any: what a sender reconciles
+    /// what it sent against.
+    async fn idempotency_key(&self) -> Option<&str> {
+        self.0.idempotency_key.as_deref()
+    }
     /// Where the request came from.
     async fn context(&self) -> RequestContext {
         RequestContext {
