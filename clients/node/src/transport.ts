@@ -1,0 +1,122 @@
+// One GraphQL request over HTTP, and what its failure means: every answer becomes data or
+// an `AuditError` whose class says whether to retry.
+
+import {
+  AuditError,
+  DeniedError,
+  RejectedError,
+  UnavailableError,
+  isDenial,
+  isRejection,
+} from './errors.js';
+
+/** How the client proves who it is: a fixed API key, or a function giving a token (called
+ * for every request, so that it can renew one). */
+export interface Credentials {
+  apiKey?: string | undefined;
+  token?: (() => Promise<string> | string) | undefined;
+}
+
+/** The longest wait a server's `Retry-After` may impose, in milliseconds. */
+const MAX_RETRY_AFTER_MS = 60_000;
+
+interface GraphQLError {
+  message?: unknown;
+  extensions?: { code?: unknown; field?: unknown; retryAfter?: unknown };
+}
+
+/** Posts GraphQL requests to `url`. */
+export class Transport {
+  readonly url: string;
+  private readonly credentials: Credentials;
+  private readonly timeoutMs: number;
+
+  constructor(url: string, credentials: Credentials, timeoutMs: number) {
+    this.url = url;
+    this.credentials = credentials;
+    this.timeoutMs = timeoutMs;
+  }
+
+  /** The `authorization` header's value, if any. */
+  async authorization(): Promise<string | undefined> {
+    if (this.credentials.token) return `Bearer ${await this.credentials.token()}`;
+    if (this.credentials.apiKey) return `Bearer ${this.credentials.apiKey}`;
+    return undefined;
+  }
+
+  /** Sends `query` with `variables` and resolves with `data`. */
+  async request<T>(query: string, variables: unknown, signal?: AbortSignal): Promise<T> {
+    return this.post<T>(JSON.stringify({ query, variables }), signal);
+  }
+
+  /** Sends a request body already written as JSON and resolves with its `data`. */
+  async post<T>(body: string, signal?: AbortSignal): Promise<T> {
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      accept: 'application/graphql-response+json, application/json',
+    };
+    let response: Response;
+    let text: string;
+    try {
+      const authorization = await this.authorization();
+      if (authorization) headers.authorization = authorization;
+      const timeout = AbortSignal.timeout(this.timeoutMs);
+      response = await fetch(this.url, {
+        method: 'POST',
+        headers,
+        body,
+        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
+      });
+      text = await response.text();
+    } catch (error) {
+      throw new UnavailableError('NETWORK', `audit-service unreachable: ${describe(error)}`);
+    }
+    return parse<T>(response, text);
+  }
+}
+
+function parse<T>(response: Response, text: string): T {
+  const retryAfter = retryAfterMs(response.headers.get('retry-after'));
+  if (response.status === 413) {
+    throw new RejectedError('PAYLOAD_TOO_LARGE', 'the request is larger than the server takes');
+  }
+  let body: { data?: unknown; errors?: GraphQLError[] } | undefined;
+  try {
+    body = JSON.parse(text) as typeof body;
+  } catch {
+    body = undefined;
+  }
+  const error = body?.errors?.[0];
+  if (error) throw fromGraphQL(error, retryAfter);
+  if (response.status >= 500 || response.status === 429 || body?.data == null) {
+    throw new UnavailableError(`HTTP_${response.status}`, `audit-service answered HTTP ${response.status}`, retryAfter);
+  }
+  return body.data as T;
+}
+
+function fromGraphQL(error: GraphQLError, retryAfter: number | undefined): AuditError {
+  const code = typeof error.extensions?.code === 'string' ? error.extensions.code : 'INTERNAL';
+  const message = typeof error.message === 'string' ? error.message : code;
+  const field = typeof error.extensions?.field === 'string' ? error.extensions.field : undefined;
+  if (isRejection(code)) return new RejectedError(code, message, field);
+  if (isDenial(code)) return new DeniedError(code, message);
+  const seconds = error.extensions?.retryAfter;
+  const wait = typeof seconds === 'number' ? Math.min(seconds * 1000, MAX_RETRY_AFTER_MS) : retryAfter;
+  return new UnavailableError(code, message, wait);
+}
+
+/** `Retry-After` in milliseconds: seconds or an HTTP date, capped. */
+function retryAfterMs(header: string | null): number | undefined {
+  if (header === null) return undefined;
+  const seconds = Number(header);
+  const ms = Number.isFinite(seconds) ? seconds * 1000 : Date.parse(header) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), MAX_RETRY_AFTER_MS) : undefined;
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const cause = error.cause instanceof Error ? `: ${error.cause.message}` : '';
+    return `${error.message}${cause}`;
+  }
+  return String(error);
+}

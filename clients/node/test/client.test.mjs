@@ -1,0 +1,198 @@
+// The client against the real server: helpers stored field by field, send(), enqueue()'s
+// refusals, a refused event isolated from its batch, the buffer's policies, paging and
+// the live tail across a restart.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import {
+  BufferFullError,
+  CONTRACT,
+  InvalidEventError,
+  createAuditClient,
+  configureAudit,
+  logProjectAction,
+  logAuditEvent,
+} from '../dist/index.js';
+import { Server, freePort } from './server.mjs';
+
+let server;
+before(async () => {
+  server = await Server.start();
+});
+after(() => server.stop());
+
+const scratch = () => mkdtempSync(join(tmpdir(), 'audit-kit-'));
+
+function client(options = {}) {
+  return createAuditClient({ url: server.url, deadLetterFile: join(scratch(), 'dead.jsonl'), ...options });
+}
+
+const camel = (name) => name.replace(/_([a-z0-9])/g, (_, c) => c.toUpperCase());
+
+test('every helper of the catalog records its action, target and outcome', async () => {
+  const audit = client({ actor: { type: 'SERVICE', id: 'api-gateway', name: 'API gateway' } });
+  const run = randomUUID();
+  const keys = new Map();
+  for (const entry of CONTRACT.catalog) {
+    const family = camel(entry.family);
+    const helper = audit[family][camel(entry.helper)];
+    assert.equal(typeof helper, 'function', `${family}.${camel(entry.helper)}`);
+    const key = await helper({
+      [family]: { id: `${run}-${entry.action}`, name: 'Thing' },
+      metadata: { run, n: 1 },
+      context: { requestId: `req-${run}`, ipAddress: '10.1.2.3', userAgent: 'kit-test' },
+    });
+    keys.set(key, entry);
+  }
+  const report = await audit.flush();
+  assert.equal(report.undelivered, 0);
+  const stored = await server.events({ requestId: `req-${run}` });
+  assert.equal(stored.length, CONTRACT.catalog.length);
+  for (const event of stored) {
+    const entry = keys.get(event.idempotencyKey);
+    assert.ok(entry, `stored under a key enqueue() returned: ${event.idempotencyKey}`);
+    assert.equal(event.action, entry.action);
+    assert.deepEqual(event.actor, { type: 'SERVICE', id: 'api-gateway', name: 'API gateway' });
+    assert.deepEqual(event.target, { type: entry.targetType, id: `${run}-${entry.action}`, name: 'Thing' });
+    assert.equal(event.outcome, entry.outcome ?? 'SUCCESS');
+    assert.deepEqual(event.metadata, { run, n: 1 });
+    assert.deepEqual(event.context, { ipAddress: '10.1.2.3', userAgent: 'kit-test', requestId: `req-${run}`, traceId: null });
+  }
+  await audit.shutdown();
+});
+
+test('the audit-logs names record through the default client', async () => {
+  configureAudit({ url: server.url, deadLetterFile: false });
+  const run = randomUUID();
+  const created = await logProjectAction.created({ actor: 'u-7', project: run, metadata: { name: 'Apollo' } });
+  const failed = await logAuditEvent({ action: 'session.login_failed', actor: 'u-7', outcome: 'FAILURE', reason: 'bad password', target: { type: 'project', id: run } });
+  const { getDefaultClient } = await import('../dist/index.js');
+  await getDefaultClient().shutdown();
+  const stored = await server.events({ targetType: 'project', targetIds: [run] });
+  assert.deepEqual(stored.map((e) => [e.idempotencyKey, e.action, e.outcome, e.actor.id, e.reason]).sort(), [
+    [created, 'project.created', 'SUCCESS', 'u-7', null],
+    [failed, 'session.login_failed', 'FAILURE', 'u-7', 'bad password'],
+  ].sort());
+});
+
+test('send() resolves with the event as committed', async () => {
+  const audit = client();
+  const key = randomUUID();
+  const recorded = await audit.send({ action: 'role.assigned', actor: 'u-1', target: { type: 'role', id: 'admin' }, idempotencyKey: key });
+  const [stored] = await server.events({ targetType: 'role', targetIds: ['admin'], actorIds: ['u-1'] }).then((all) => all.filter((e) => e.idempotencyKey === key));
+  assert.equal(recorded.id, stored.id);
+  assert.equal(recorded.sequence, stored.sequence);
+  assert.equal(recorded.occurredAt, stored.occurredAt);
+  assert.match(recorded.hash, /^[0-9a-f]{64}$/);
+  await assert.rejects(audit.send({ action: 'Bad', actor: 'u-1' }), { code: 'BAD_USER_INPUT', field: 'action' });
+  await audit.shutdown();
+});
+
+test('enqueue() refuses a bad event at once, with its field, and never leaves an unhandled rejection', async () => {
+  const errors = [];
+  const audit = client({ onError: (error) => errors.push(error) });
+  const unhandled = [];
+  const onUnhandled = (reason) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  audit.enqueue({ action: 'project.created', actor: 'u', metadata: { n: 2 ** 60 } }); // ignored
+  await assert.rejects(audit.enqueue({ action: 'project.created' }), (error) => error instanceof InvalidEventError && error.field === 'actor');
+  await assert.rejects(audit.enqueue({ action: 'project.created', actor: '\u0000' }), { field: 'actor.id' });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  process.off('unhandledRejection', onUnhandled);
+  assert.deepEqual(unhandled, []);
+  assert.deepEqual(errors.map((e) => e.field), ['metadata', 'actor', 'actor.id']);
+  assert.equal(audit.metrics().enqueued, 0);
+  await audit.shutdown();
+});
+
+test('an event the server refuses is dead-lettered and the rest of its batch delivered', async () => {
+  const run = randomUUID();
+  const taken = randomUUID();
+  const first = client();
+  await first.send({ action: 'project.created', actor: 'u-1', idempotencyKey: taken });
+  await first.shutdown();
+
+  const dir = scratch();
+  const errors = [];
+  const audit = client({ deadLetterFile: join(dir, 'dead.jsonl'), onError: (e) => errors.push(e) });
+  const keys = [];
+  for (let i = 0; i < 10; i += 1) {
+    // The fifth reuses a key for another event: IDEMPOTENCY_CONFLICT, for that event only.
+    const idempotencyKey = i === 4 ? taken : `${run}-${i}`;
+    keys.push(await audit.enqueue({ action: 'project.updated', actor: 'u-1', target: { type: 'project', id: run }, idempotencyKey }));
+  }
+  const report = await audit.flush();
+  assert.deepEqual(report, { delivered: 9, deadLettered: 1, undelivered: 0 });
+  const stored = await server.events({ targetType: 'project', targetIds: [run] });
+  assert.deepEqual(stored.map((e) => e.idempotencyKey).sort(), keys.filter((k) => k !== taken).sort());
+  const [line, ...rest] = readFileSync(join(dir, 'dead.jsonl'), 'utf8').trim().split('\n');
+  assert.equal(rest.length, 0);
+  const dead = JSON.parse(line);
+  assert.equal(dead.code, 'IDEMPOTENCY_CONFLICT');
+  assert.equal(dead.field, 'idempotencyKey');
+  assert.equal(dead.event.idempotencyKey, taken);
+  assert.deepEqual(errors.map((e) => e.code), ['IDEMPOTENCY_CONFLICT']);
+  assert.equal(audit.metrics().deadLettered, 1);
+  await audit.shutdown();
+});
+
+test('a full buffer drops under `drop` and waits under `wait`', async () => {
+  const nowhere = `http://127.0.0.1:${await freePort()}/graphql`;
+  const dropping = createAuditClient({ url: nowhere, deadLetterFile: false, maxEvents: 10, onFull: 'drop' });
+  for (let i = 0; i < 10; i += 1) await dropping.enqueue({ action: 'project.created', actor: 'u' });
+  await assert.rejects(dropping.enqueue({ action: 'project.created', actor: 'u' }), BufferFullError);
+  assert.equal(dropping.metrics().dropped, 1);
+  assert.deepEqual(await dropping.shutdown({ deadline: 300 }), { delivered: 0, deadLettered: 0, undelivered: 10 });
+
+  const run = randomUUID();
+  const waiting = client({ maxEvents: 5 });
+  for (let i = 0; i < 60; i += 1) {
+    await waiting.enqueue({ action: 'project.created', actor: 'u', target: { type: 'project', id: run } });
+    assert.ok(waiting.metrics().buffered <= 5);
+  }
+  assert.equal((await waiting.shutdown()).delivered, 60);
+  assert.equal((await server.events({ targetType: 'project', targetIds: [run] })).length, 60);
+});
+
+test('events() walks every page', async () => {
+  const audit = client();
+  const run = randomUUID();
+  for (let i = 0; i < 23; i += 1) audit.enqueue({ action: 'member.added', actor: 'u', target: { type: 'user', id: run }, metadata: { i } });
+  await audit.flush();
+  const seen = [];
+  for await (const event of audit.events({ targetType: 'user', targetIds: [run] }, { pageSize: 5, orderBy: 'OCCURRED_AT_ASC' })) {
+    seen.push(event.metadata.i);
+  }
+  assert.deepEqual(seen.sort((a, b) => a - b), [...Array(23).keys()]);
+  await audit.shutdown();
+});
+
+test('tail() resumes after the server restarts, with no gap and no duplicate', async () => {
+  const audit = client();
+  const run = randomUUID();
+  const filter = { targetType: 'project', targetIds: [run] };
+  const controller = new AbortController();
+  const seen = [];
+  const reading = (async () => {
+    for await (const event of audit.tail(filter, { signal: controller.signal })) {
+      seen.push(event.metadata.i);
+      if (seen.length === 10) controller.abort();
+    }
+  })();
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  for (let i = 0; i < 5; i += 1) await audit.send({ action: 'project.updated', actor: 'u', target: { type: 'project', id: run }, metadata: { i } });
+  for (const deadline = Date.now() + 10_000; seen.length < 5 && Date.now() < deadline; ) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.equal(seen.length, 5);
+  server.kill();
+  await server.start();
+  // Written at once after the restart, before the tail has connected again.
+  for (let i = 5; i < 10; i += 1) await audit.send({ action: 'project.updated', actor: 'u', target: { type: 'project', id: run }, metadata: { i } });
+  await Promise.race([reading, new Promise((_, reject) => setTimeout(() => reject(new Error(`tail saw ${seen}`)), 20_000))]);
+  assert.deepEqual(seen, [...Array(10).keys()]);
+  await audit.shutdown();
+});
