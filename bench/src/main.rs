@@ -7,6 +7,7 @@ mod console;
 mod events;
 mod ingest;
 mod kit;
+mod node;
 mod live;
 mod load;
 mod pgbench;
@@ -79,6 +80,9 @@ enum What {
     /// The client kit: one client's batched delivery beside the batch load, enqueue()
     /// latency with and without the spool, AuditLayer overhead.
     Client,
+    /// The Node kit (clients/node, built): its batched delivery beside the batch load,
+    /// enqueue() latency, the Express middleware's overhead.
+    Node,
 }
 
 #[tokio::main]
@@ -98,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             bench.console(Some(&seeded), events, &mut report).await?;
             bench.subscribers(&mut report).await?;
             bench.client(&mut report).await?;
+            bench.node(&mut report).await?;
             bench.proofs(events, &mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
@@ -108,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         What::Subscribers => bench.subscribers(&mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,
         What::Client => bench.client(&mut report).await?,
+        What::Node => bench.node(&mut report).await?,
     }
     let table = report.markdown();
     println!("{table}");

@@ -24,6 +24,7 @@ mod http;
 mod limits;
 mod memory;
 mod metrics;
+mod node_kit;
 mod outage;
 mod pagination;
 mod proofs;

@@ -1,0 +1,79 @@
+//! The Node kit (`clients/node`) measured: its own script (`bench/kit.mjs`) run beside
+//! audit-bench's batch load on the same server, in the same run.
+
+use std::process::Command;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::load::token;
+use crate::report::{Report, rate};
+use crate::scenarios::Bench;
+use crate::server::{Server, fresh_database};
+
+impl Bench {
+    pub async fn node(&self, report: &mut Report) -> anyhow::Result<()> {
+        let db = fresh_database(&self.admin_url, "audit_bench_node")?;
+        let server = Server::start(&self.bin, &db, 18186).await?;
+        let baseline = self.batch_load(&server, 4).await;
+
+        let kit = concat!(env!("CARGO_MANIFEST_DIR"), "/../clients/node");
+        let output = Command::new("node")
+            .arg("bench/kit.mjs")
+            .current_dir(kit)
+            .env("AUDIT_URL", format!("{}/graphql", server.url))
+            .env("AUDIT_API_KEY", token("tenant-1"))
+            .env("SECONDS", self.duration.as_secs().to_string())
+            .output()
+            .context("node bench/kit.mjs (build the kit first: npm ci && npm run build)")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "bench/kit.mjs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let kit: Value = serde_json::from_slice(&output.stdout)?;
+        let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let percentiles = |v: &Value| format!("p50 {} / p99 {} µs", v["p50"], v["p99"]);
+
+        let delivery = &kit["delivery"];
+        let per_second = num(&delivery["perSecond"]);
+        let ratio = per_second / baseline.per_second();
+        report.add(
+            "Node kit: one client's batched delivery (enqueue until flushed)",
+            format!(
+                "{per_second:.0} events/s ({} delivered, {} retries, {} dead-lettered)",
+                delivery["delivered"], delivery["retries"], delivery["deadLettered"]
+            ),
+            format!("audit-bench batch load: {}", rate(&baseline, "events")),
+            Some(ratio),
+            ">= 0.60",
+            Some(ratio >= 0.6),
+        );
+        for (name, what, target) in [
+            ("memory", "in memory", "p99 < 20 µs"),
+            ("spool", "with the spool (written)", "(the spool's cost)"),
+            ("fsync", "with the spool (fsync per event)", "(the spool's cost)"),
+        ] {
+            let latency = &kit["enqueue"][name];
+            report.add(
+                &format!("Node kit: enqueue() on the caller's event loop, {what}"),
+                percentiles(latency),
+                String::new(),
+                None,
+                target,
+                (name == "memory").then(|| num(&latency["p99"]) < 20.0),
+            );
+        }
+        let middleware = &kit["middleware"];
+        let added = num(&middleware["addedP99"]);
+        report.add(
+            "Node kit: auditMiddleware on a trivial Express handler, per request over HTTP",
+            percentiles(&middleware["audited"]),
+            format!("without it: {}", percentiles(&middleware["bare"])),
+            None,
+            "< 50 µs p99 added",
+            Some(added < 50.0),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+// The Node kit measured: what enqueue() costs the caller (in memory, with the spool, with
+// fsync), one client's batched delivery, and what the Express middleware adds to a request.
+// Prints one JSON object; `audit-bench node` runs it beside its own batch load and reports.
+//
+//   AUDIT_URL=http://127.0.0.1:8080/graphql AUDIT_API_KEY=... SECONDS=10 node bench/kit.mjs
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import express from 'express';
+import { Bench } from 'tinybench';
+import { auditMiddleware, createAuditClient } from '../dist/index.js';
+
+const url = process.env.AUDIT_URL ?? 'http://127.0.0.1:8080/graphql';
+const apiKey = process.env.AUDIT_API_KEY;
+const seconds = Number(process.env.SECONDS ?? 10);
+const out = {};
+
+const event = (i) => ({
+  action: 'project.updated',
+  actor: { type: 'USER', id: `user-${i % 500}`, name: 'Ada Lovelace' },
+  target: { type: 'project', id: `project-${i % 2000}`, name: 'Apollo' },
+  metadata: { field: 'name', from: 'old name', to: 'new name', attempt: i % 7, tags: ['a', 'b'] },
+  context: { ipAddress: '10.20.30.40', userAgent: 'Mozilla/5.0 (X11; Linux x86_64)', requestId: `req-${i}` },
+});
+
+/** p50/p99 of a tinybench task, in microseconds. */
+const micros = (task) => ({
+  p50: +(task.result.latency.p50 * 1000).toFixed(2),
+  p99: +(task.result.latency.p99 * 1000).toFixed(2),
+  samples: task.result.latency.samplesCount ?? task.runs,
+});
+
+// 1. One client's batched delivery: one producer enqueueing as fast as the buffer lets it.
+{
+  const audit = createAuditClient({ url, apiKey, deadLetterFile: false });
+  const started = performance.now();
+  let i = 0;
+  while (performance.now() - started < seconds * 1000) {
+    const waiting = audit.enqueue(event(i++));
+    // Yield when the buffer is full (the promise waits) and now and then, as a service would.
+    if (audit.metrics().buffered >= 49_000 || i % 1000 === 0) await waiting;
+  }
+  const report = await audit.flush();
+  const elapsed = (performance.now() - started) / 1000;
+  const metrics = audit.metrics();
+  out.delivery = { perSecond: Math.round(report.delivered / elapsed), ...report, retries: metrics.retries, batches: metrics.batches };
+  await audit.shutdown();
+}
+
+// 2. enqueue() on the caller's event loop. The clients point nowhere (nothing is
+//    delivered, so the machine's cores do nothing else) and have room for every call.
+{
+  const dirs = [mkdtempSync(join(tmpdir(), 'kit-spool-')), mkdtempSync(join(tmpdir(), 'kit-fsync-'))];
+  const idle = (spool) =>
+    createAuditClient({ url: 'http://127.0.0.1:9/graphql', deadLetterFile: false, maxEvents: 5_000_000, maxBytes: 4 * 1024 ** 3, spool });
+  const clients = {
+    memory: idle(undefined),
+    spool: idle({ dir: dirs[0] }),
+    fsync: idle({ dir: dirs[1], fsync: true }),
+  };
+  const bench = new Bench({ time: 2000, warmupTime: 200 });
+  let n = 0;
+  for (const [name, audit] of Object.entries(clients)) bench.add(name, () => void audit.enqueue(event(n++)));
+  await bench.run();
+  out.enqueue = Object.fromEntries(bench.tasks.map((task) => [task.name, micros(task)]));
+  for (const audit of Object.values(clients)) await audit.shutdown({ deadline: 0 });
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+}
+
+// 3. The Express middleware (fail-open) around a trivial handler, over keep-alive HTTP,
+//    beside the same handler without it.
+{
+  const audit = createAuditClient({ url, apiKey, deadLetterFile: false });
+  const app = express();
+  const handler = (req, res) => res.status(200).json({ ok: true });
+  app.get('/bare/:id', handler);
+  app.get('/audited/:id', auditMiddleware(audit, { action: 'project.viewed', target: (req) => ({ type: 'project', id: req.params.id }), actor: () => 'bench-user' }), handler);
+  const server = createServer(app);
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const base = `http://127.0.0.1:${server.address().port}`;
+  const bench = new Bench({ time: 3000, warmupTime: 300 });
+  let n = 0;
+  bench.add('bare', async () => void (await (await fetch(`${base}/bare/p-${n++ % 100}`)).text()));
+  bench.add('audited', async () => void (await (await fetch(`${base}/audited/p-${n++ % 100}`)).text()));
+  await bench.run();
+  out.middleware = Object.fromEntries(bench.tasks.map((task) => [task.name, micros(task)]));
+  out.middleware.addedP99 = +(out.middleware.audited.p99 - out.middleware.bare.p99).toFixed(2);
+  out.middleware.addedP50 = +(out.middleware.audited.p50 - out.middleware.bare.p50).toFixed(2);
+  server.close();
+  out.middleware.recorded = (await audit.shutdown()).delivered;
+}
+
+process.stdout.write(`${JSON.stringify(out)}\n`);
