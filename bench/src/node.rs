@@ -52,7 +52,11 @@ impl Bench {
         for (name, what, target) in [
             ("memory", "in memory", "p99 < 20 µs"),
             ("spool", "with the spool (written)", "(the spool's cost)"),
-            ("fsync", "with the spool (fsync per event)", "(the spool's cost)"),
+            (
+                "fsync",
+                "with the spool (fsync per event)",
+                "(the spool's cost)",
+            ),
         ] {
             let latency = &kit["enqueue"][name];
             report.add(

@@ -15,7 +15,11 @@ fn npm(args: &[&str], env: &[(&str, &str)]) {
         .envs(env.iter().copied())
         .status()
         .expect("npm runs (Node.js is needed by these tests)");
-    assert!(status.success(), "npm {} failed in clients/node", args.join(" "));
+    assert!(
+        status.success(),
+        "npm {} failed in clients/node",
+        args.join(" ")
+    );
 }
 
 /// Installs and builds the kit once for both backends' runs.

@@ -33,7 +33,8 @@ export interface AuditClientOptions extends Credentials, Partial<DeliveryOptions
   onError?: ErrorHandler;
   /** One request's time limit, in milliseconds. */
   timeoutMs?: number;
-  /** How long `send()` keeps retrying, in milliseconds. */
+  /** How long `send()` keeps retrying, in milliseconds (10 s): also how long a
+   * fail-closed request waits before its 503. */
   sendTimeoutMs?: number;
 }
 
@@ -58,7 +59,7 @@ export class AuditClient implements AuditSink {
   constructor(options: AuditClientOptions) {
     this.transport = new Transport(options.url, options, options.timeoutMs ?? 10_000);
     this.actor = options.actor === undefined ? undefined : toActor(options.actor);
-    this.sendTimeoutMs = options.sendTimeoutMs ?? 30_000;
+    this.sendTimeoutMs = options.sendTimeoutMs ?? 10_000;
     const deadLetterFile =
       options.deadLetterFile === false
         ? undefined
