@@ -16,7 +16,7 @@ if (!url) throw new Error('AUDIT_URL must name the audit server\'s /graphql URL'
 const audit = createAuditClient({
   url,
   apiKey: process.env.AUDIT_API_KEY,
-  // How long a fail-closed request waits for the audit server (30 s by default).
+  // How long a fail-closed request waits for the audit server (10 s by default).
   sendTimeoutMs: process.env.AUDIT_SEND_TIMEOUT_MS ? Number(process.env.AUDIT_SEND_TIMEOUT_MS) : undefined,
 });
 

@@ -24,7 +24,7 @@ const failClosed = process.env.FAIL_CLOSED === '1';
 const audit = createAuditClient({
   url,
   apiKey: process.env.AUDIT_API_KEY,
-  // How long a fail-closed request waits for the audit server (30 s by default).
+  // How long a fail-closed request waits for the audit server (10 s by default).
   sendTimeoutMs: process.env.AUDIT_SEND_TIMEOUT_MS ? Number(process.env.AUDIT_SEND_TIMEOUT_MS) : undefined,
 });
 

@@ -58,7 +58,10 @@ export interface AuditPluginOptions<TContext extends BaseContext = BaseContext> 
   context?: (contextValue: TContext) => RequestContext | undefined;
 }
 
-const SECRET = /password|secret|token/i;
+// Names that hold credentials: `password`, `secret`, `token` as the issue names them, and the
+// other usual ones (`apiKey`, `privateKey`, `passphrase`, `pwd`, `otp`, `authorization`,
+// `cookie`, `credential`).
+const SECRET = /pass(word|phrase)|secret|token|api_?key|access_?key|private_?key|^pwd$|^otp$|authori[sz]ation|cookie|credential/i;
 
 /** The plugin: `new ApolloServer({ plugins: [auditPlugin(client, { operations })] })`.
  * Events are recorded in the background (`enqueue`) and never affect the response. */

@@ -163,9 +163,14 @@ function visit(value: unknown, depth: number, walk: Walk): unknown {
       return Number.isNaN(object.getTime()) ? null : object.toISOString();
     }
     if (depth > METADATA_DEPTH) return TRUNCATED;
-    return Array.isArray(object) || object instanceof Set
-      ? visitList(Array.from(object as Iterable<unknown>), depth, walk)
-      : visitRecord(entriesOf(object), depth, walk);
+    // Lists are read lazily, so that a sparse array of length 2^31 or a typed array of
+    // millions costs no more than the values kept.
+    if (Array.isArray(object) || ArrayBuffer.isView(object)) {
+      return visitList(indexed(object as unknown as ArrayLike<unknown>), depth, walk);
+    }
+    if (object instanceof Set) return visitList(object.values(), depth, walk);
+    if (object instanceof ArrayBuffer) return `[${object.byteLength} bytes]`;
+    return visitRecord(entriesOf(object), depth, walk);
   } catch {
     return '[unreadable]'; // a throwing getter, `toJSON` or proxy
   } finally {
@@ -173,10 +178,17 @@ function visit(value: unknown, depth: number, walk: Walk): unknown {
   }
 }
 
-function entriesOf(object: object): Array<[string, unknown]> {
-  if (object instanceof Map) {
-    return Array.from(object.entries(), ([key, item]): [string, unknown] => [toText(key), item]);
-  }
+function* indexed(list: ArrayLike<unknown>): Generator<unknown> {
+  const length = typeof list.length === 'number' ? list.length : 0;
+  for (let i = 0; i < length; i += 1) yield list[i];
+}
+
+function* mapEntries(map: Map<unknown, unknown>): Generator<[string, unknown]> {
+  for (const [key, item] of map) yield [toText(key), item];
+}
+
+function entriesOf(object: object): Iterable<[string, unknown]> {
+  if (object instanceof Map) return mapEntries(object);
   if (object instanceof Error) {
     return [['name', object.name], ['message', object.message]];
   }
@@ -195,7 +207,7 @@ function entriesOf(object: object): Array<[string, unknown]> {
   });
 }
 
-function visitList(items: unknown[], depth: number, walk: Walk): unknown[] | string {
+function visitList(items: Iterable<unknown>, depth: number, walk: Walk): unknown[] | string {
   const out: unknown[] = [];
   for (const item of items) {
     if (walk.left <= 0) {
@@ -212,7 +224,7 @@ function visitList(items: unknown[], depth: number, walk: Walk): unknown[] | str
   return out;
 }
 
-function visitRecord(entries: Array<[string, unknown]>, depth: number, walk: Walk): Record<string, unknown> {
+function visitRecord(entries: Iterable<[string, unknown]>, depth: number, walk: Walk): Record<string, unknown> {
   const out: Array<[string, unknown]> = [];
   for (const [rawKey, item] of entries) {
     if (walk.left <= 0) {

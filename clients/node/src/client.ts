@@ -13,7 +13,8 @@ import { toActor, toInput, type Actor, type AuditEvent, type RecordedEvent, type
 import type { LogOneMutation } from './generated/graphql.js';
 import { LOG_ONE } from './operations.js';
 import { events, tail, type AuditLogFilter, type EventsOptions, type TailOptions } from './read.js';
-import { checkInput } from './rules.js';
+import { checkFields, checkMetadataSize, checkOccurredAt } from './rules.js';
+import { CONTRACT } from './generated/contract.js';
 import { Spool, type SpoolOptions } from './spool.js';
 import { Transport, type Credentials } from './transport.js';
 
@@ -109,9 +110,14 @@ export class AuditClient implements AuditSink {
     let accepted: Promise<string>;
     try {
       if (this.closed) throw new ClosedError();
-      const input = this.input(event);
+      const input = this.input(event, false);
       const key = input.idempotencyKey as string;
-      const waiting = this.delivery.accept(JSON.stringify(input));
+      const json = JSON.stringify(input);
+      // Metadata is a part of the event's JSON: only a large event needs its own count.
+      if (json.length * 3 > CONTRACT.limits.metadataBytes && input.metadata != null) {
+        checkMetadataSize(input.metadata);
+      }
+      const waiting = this.delivery.accept(json);
       accepted = waiting ? waiting.then(() => key) : Promise.resolve(key);
     } catch (error) {
       const failure = error instanceof AuditError ? error : new AuditError('INTERNAL', String(error));
@@ -155,14 +161,17 @@ export class AuditClient implements AuditSink {
     return tail(this.transport, filter, options);
   }
 
-  private input(event: AuditEvent) {
+  /** `event` as the mutation's input, stamped and checked (with `metadataSize: false`, but
+   * for the metadata's size, which the caller checks). */
+  private input(event: AuditEvent, metadataSize = true) {
     const scope = currentAudit();
     const input = toInput(
       event,
       { actor: scope?.actor ?? this.actor, context: scope?.context },
       uuidv7,
     );
-    checkInput(input);
+    checkFields(input, metadataSize);
+    if (event.occurredAt !== undefined) checkOccurredAt(input.occurredAt);
     return input;
   }
 }

@@ -36,7 +36,9 @@ export class DeadLetter {
   /** Tells `onError`, which must not break delivery by throwing. */
   report(error: AuditError, event: unknown): void {
     try {
-      this.onError?.(error, typeof event === 'string' ? safeParse(event) : event);
+      const handled: unknown = this.onError?.(error, typeof event === 'string' ? safeParse(event) : event);
+      // An async handler's rejection is the handler's failure too, never an unhandled one.
+      if (handled instanceof Promise) handled.catch(() => {});
     } catch {
       // the caller's handler failed; delivery goes on
     }

@@ -82,15 +82,21 @@ function wrap(method: Function, action: string, options: AuditedOptions): (...ar
       throw error;
     }
     // Only real promises: calling `then` on another thenable (a lazy query builder) could
-    // run it. The caller gets the same promise; the event hangs off a branch of it.
+    // run it. The caller gets a promise settled as the method's was, with the same value or
+    // error, and so still an unhandled rejection when it ignores a failure.
     if (result instanceof Promise) {
-      result.then(
-        (value: unknown) => record(action, options, args, value, undefined, false),
-        (error: unknown) => record(action, options, args, undefined, error, true),
+      return result.then(
+        (value: unknown) => {
+          record(action, options, args, value, undefined, false);
+          return value;
+        },
+        (error: unknown) => {
+          record(action, options, args, undefined, error, true);
+          throw error;
+        },
       );
-    } else {
-      record(action, options, args, result, undefined, false);
     }
+    record(action, options, args, result, undefined, false);
     return result;
   };
   Object.defineProperty(audited, 'name', { value: method.name, configurable: true });

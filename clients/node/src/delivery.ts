@@ -5,7 +5,7 @@
 // acknowledgement follows the settled prefix of what was accepted.
 
 import type { DeadLetter } from './dead-letter.js';
-import { AuditError, BufferFullError, RejectedError, UnavailableError } from './errors.js';
+import { AuditError, BufferFullError, ClosedError, RejectedError, UnavailableError } from './errors.js';
 import { LOG_MANY } from './operations.js';
 import type { Position, Spool } from './spool.js';
 import type { Transport } from './transport.js';
@@ -44,7 +44,8 @@ export const DEFAULT_DELIVERY: DeliveryOptions = {
 interface Item {
   json: string;
   bytes: number;
-  /** Its place in the order of acceptance, for the spool's acknowledgement. */
+  /** Its place in the order of acceptance, for the spool's acknowledgement (set when it
+   * enters the queue). */
   seq: number;
   at: Position | undefined;
   since: number;
@@ -62,11 +63,13 @@ export class Delivery {
   private readonly transport: Transport;
   private readonly spool: Spool | undefined;
   private readonly deadLetter: DeadLetter;
-  /** Waiting events, oldest first, from `head` on; retried batches go to `retry`. */
+  /** Waiting events, oldest first, from `head` on. */
   private queue: Item[] = [];
   private head = 0;
-  private retry: Item[] = [];
-  private readonly waiting: Array<{ item: Omit<Item, 'seq' | 'at'>; admit: () => void }> = [];
+  /** Batches to send again as they are: retried, or halves of a refused one, which must
+   * not be merged again. */
+  private retry: Item[][] = [];
+  private readonly waiting: Array<{ item: Item; admit: (error?: Error) => void }> = [];
   private inFlight = 0;
   private pendingEvents = 0;
   private pendingBytes = 0;
@@ -90,7 +93,7 @@ export class Delivery {
   /** Takes `json` (a checked input) for delivery. Resolves once it is in the buffer (and
    * the spool): at once, or when there is room under `wait`. */
   accept(json: string): Promise<void> | undefined {
-    const item = { json, bytes: Buffer.byteLength(json), since: Date.now() };
+    const item: Item = { json, bytes: Buffer.byteLength(json), seq: -1, at: undefined, since: Date.now() };
     if (this.hasRoom(item.bytes) && this.waiting.length === 0) {
       this.admit(item);
       return undefined;
@@ -99,12 +102,23 @@ export class Delivery {
       this.counts.dropped += 1;
       throw new BufferFullError();
     }
-    return new Promise((resolve) => this.waiting.push({ item, admit: resolve }));
+    return new Promise((resolve, reject) =>
+      this.waiting.push({ item, admit: (error) => (error ? reject(error) : resolve()) }),
+    );
   }
 
-  /** Puts events found in the spool back in the queue, with their original keys. */
+  /** Puts events found in the spool back in the queue, with their original keys; a line
+   * that is not JSON (a damaged spool) is dead-lettered. */
   replay(pending: Array<{ json: string; at: Position }>): void {
-    for (const { json, at } of pending) this.push({ json, bytes: Buffer.byteLength(json), since: Date.now() }, at);
+    for (const { json, at } of pending) {
+      const item = this.push({ json, bytes: Buffer.byteLength(json), seq: -1, at: undefined, since: Date.now() }, at);
+      if (!isJsonObject(json)) {
+        // Taken back out of the queue, and settled so that the spool moves past it.
+        this.queue.pop();
+        this.deadLetter.write(new AuditError('SPOOL_DAMAGED', 'a spooled line is not an event'), JSON.stringify(json));
+        this.settle(item, false);
+      }
+    }
   }
 
   /** Resolves when everything accepted so far is settled, or at `deadline` (ms since the
@@ -125,7 +139,8 @@ export class Delivery {
     return this.report();
   }
 
-  /** Stops sending: requests in flight are abandoned (their events stay in the spool). */
+  /** Stops sending: requests in flight are abandoned (their events stay in the spool), and
+   * events still waiting for room are refused. */
   stop(): void {
     this.aborter.abort();
     clearTimeout(this.timer);
@@ -133,6 +148,12 @@ export class Delivery {
     this.queue = [];
     this.retry = [];
     this.head = 0;
+    for (const { item, admit } of this.waiting.splice(0)) {
+      const error = new ClosedError();
+      this.deadLetter.report(error, item.json);
+      admit(error);
+    }
+    for (const resolve of this.idle.splice(0)) resolve();
   }
 
   report(): Report {
@@ -159,18 +180,21 @@ export class Delivery {
     );
   }
 
-  private admit(item: Omit<Item, 'seq' | 'at'>): void {
+  private admit(item: Item): void {
     const at = this.spool?.append(item.json);
     this.counts.enqueued += 1;
     this.push(item, at);
   }
 
-  private push(item: Omit<Item, 'seq' | 'at'>, at: Position | undefined): void {
-    this.queue.push({ ...item, seq: this.nextSeq++, at });
+  private push(queued: Item, at: Position | undefined): Item {
+    queued.seq = this.nextSeq++;
+    queued.at = at;
+    this.queue.push(queued);
     this.pendingEvents += 1;
-    this.pendingBytes += item.bytes;
+    this.pendingBytes += queued.bytes;
     if (this.queued() === 1) this.schedule(this.options.lingerMs);
     else if (this.queued() >= this.options.maxBatch) this.schedule(0);
+    return queued;
   }
 
   private queued(): number {
@@ -194,7 +218,7 @@ export class Delivery {
     const now = Date.now();
     if (now < this.pausedUntil) return this.schedule(0);
     while (this.inFlight < this.options.maxInFlight && this.queued() > 0) {
-      const oldest = this.retry[0] ?? this.queue[this.head];
+      const oldest = this.retry[0]?.[0] ?? this.queue[this.head];
       const full = this.queued() >= this.options.maxBatch;
       if (!full && this.flushing === 0 && oldest && now - oldest.since < this.options.lingerMs && this.retry.length === 0) {
         return this.schedule(this.options.lingerMs - (now - oldest.since));
@@ -203,17 +227,14 @@ export class Delivery {
     }
   }
 
-  /** The next batch: retried events first, then the oldest waiting. */
+  /** The next batch: a batch to retry as it is, else the oldest waiting events. */
   private take(): Item[] {
+    const again = this.retry.shift();
+    if (again) return again;
     const batch: Item[] = [];
     let bytes = BODY_HEAD.length + BODY_TAIL.length;
     const fits = (item: Item) =>
       batch.length === 0 || (batch.length < this.options.maxBatch && bytes + item.bytes + 1 <= this.options.maxBatchBytes);
-    while (this.retry.length > 0 && fits(this.retry[0] as Item)) {
-      const item = this.retry.shift() as Item;
-      batch.push(item);
-      bytes += item.bytes + 1;
-    }
     while (this.head < this.queue.length && fits(this.queue[this.head] as Item)) {
       const item = this.queue[this.head++] as Item;
       batch.push(item);
@@ -231,7 +252,11 @@ export class Delivery {
     this.counts.batches += 1;
     try {
       const body = BODY_HEAD + batch.map((item) => item.json).join(',') + BODY_TAIL;
-      await this.transport.post(body, this.aborter.signal);
+      const data = await this.transport.post<{ logAuditEvents?: unknown }>(body, this.aborter.signal);
+      // Anything but one result per event is not an acknowledgement (a misdirected URL).
+      if (!Array.isArray(data.logAuditEvents) || data.logAuditEvents.length !== batch.length) {
+        throw new UnavailableError('BAD_RESPONSE', 'the answer does not acknowledge the batch');
+      }
       this.backoff = BACKOFF_MIN_MS;
       for (const item of batch) this.settle(item, true);
     } catch (error) {
@@ -280,7 +305,7 @@ export class Delivery {
   }
 
   private requeue(items: Item[]): void {
-    this.retry.push(...items);
+    if (items.length > 0) this.retry.push(items);
   }
 
   private settle(item: Item, delivered: boolean): void {
@@ -318,5 +343,14 @@ class Tracker {
       this.next += 1;
     }
     return moved;
+  }
+}
+
+function isJsonObject(json: string): boolean {
+  try {
+    const value: unknown = JSON.parse(json);
+    return typeof value === 'object' && value !== null && !Array.isArray(value);
+  } catch {
+    return false;
   }
 }

@@ -95,12 +95,32 @@ export function toInput(event: AuditEvent, defaults: Defaults, key: () => string
   if (event.reason !== undefined) input.reason = event.reason;
   if (event.metadata !== undefined) input.metadata = event.metadata;
   const context = event.context ?? defaults.context;
-  if (context !== undefined) input.context = { ...context };
+  if (context != null) {
+    if (typeof context !== 'object') {
+      throw new InvalidEventError('context', 'context must be an object');
+    }
+    // Only the fields the server knows: it refuses an input with any other.
+    const { ipAddress, userAgent, requestId, traceId } = context;
+    input.context = { ipAddress, userAgent, requestId, traceId };
+  }
   return input;
 }
 
+let stampedAt = -1;
+let stamp = '';
+
+/** Now, in RFC 3339: one string per millisecond, shared by the events stamped within it. */
+function now(): string {
+  const ms = Date.now();
+  if (ms !== stampedAt) {
+    stampedAt = ms;
+    stamp = new Date(ms).toISOString();
+  }
+  return stamp;
+}
+
 function occurredAt(value: Date | string | undefined): string {
-  if (value === undefined) return new Date().toISOString();
+  if (value === undefined) return now();
   if (value instanceof Date) {
     if (Number.isNaN(value.getTime())) {
       throw new InvalidEventError('occurredAt', 'occurredAt is not a valid date');

@@ -16,28 +16,69 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
 type Limit = keyof typeof LIMITS;
 
+/** One rule of the contract, compiled: how to read its field, and its length limit. */
+interface Compiled {
+  field: string;
+  rule: string;
+  max: number;
+  read: (input: AuditEventInput) => unknown;
+  required: (input: AuditEventInput) => boolean;
+}
+
+const RULES: Compiled[] = CONTRACT.rules.map((rule) => {
+  const path = rule.field.split('.');
+  return {
+    field: rule.field,
+    rule: rule.rule,
+    max: 'length' in rule ? (LIMITS[rule.length as Limit] as number) : 0,
+    read: (input) => {
+      let value: unknown = input;
+      for (const part of path) {
+        if (typeof value !== 'object' || value === null) return undefined;
+        value = (value as Record<string, unknown>)[part];
+      }
+      return value;
+    },
+    required:
+      rule.field === 'action' || rule.field === 'actor.id'
+        ? () => true
+        : rule.field === 'target.type' || rule.field === 'target.id'
+          ? (input) => input.target != null
+          : () => false,
+  };
+});
+
+const ACTOR_TYPES: ReadonlySet<unknown> = new Set(['USER', 'SERVICE', 'SYSTEM']);
+const OUTCOMES: ReadonlySet<unknown> = new Set(['SUCCESS', 'FAILURE', 'DENIED']);
+
 /** Throws `InvalidEventError` at the first field of `input` that breaks a rule, in the
  * contract's order, as the server would. */
 export function checkInput(input: AuditEventInput): void {
-  for (const rule of CONTRACT.rules) {
-    const value = fieldOf(input, rule.field);
+  checkFields(input);
+  checkOccurredAt(input.occurredAt);
+}
+
+/** `checkInput` but for `occurredAt`, for an input whose time was stamped just now; with
+ * `metadataSize: false`, but for the metadata's size too (see `checkMetadata`). */
+export function checkFields(input: AuditEventInput, metadataSize = true): void {
+  for (const rule of RULES) {
+    const value = rule.read(input);
     if (value === undefined || value === null) {
-      if (isRequired(input, rule.field)) fail(rule.field, `${rule.field} is missing`);
+      if (rule.required(input)) fail(rule.field, `${rule.field} is missing`);
       continue;
     }
-    const max = 'length' in rule ? (LIMITS[rule.length as Limit] as number) : 0;
     switch (rule.rule) {
       case 'action':
         checkAction(value);
         break;
       case 'id':
-        checkId(rule.field, value, max);
+        checkId(rule.field, value, rule.max);
         break;
       case 'text':
-        checkText(rule.field, value, max);
+        checkText(rule.field, value, rule.max);
         break;
       case 'metadata':
-        checkMetadata(value);
+        checkMetadata(value, metadataSize);
         break;
       case 'ip':
         if (typeof value !== 'string' || isIP(value) === 0 || value.includes('%')) {
@@ -54,24 +95,11 @@ export function checkInput(input: AuditEventInput): void {
         break;
     }
   }
-  checkOccurredAt(input.occurredAt);
-}
-
-function fieldOf(input: AuditEventInput, path: string): unknown {
-  let value: unknown = input;
-  for (const part of path.split('.')) {
-    if (typeof value !== 'object' || value === null) return undefined;
-    value = (value as Record<string, unknown>)[part];
+  // What GraphQL itself checks: the enums.
+  if (!ACTOR_TYPES.has(input.actor.type)) fail('actor.type', 'actor.type must be USER, SERVICE or SYSTEM');
+  if (input.outcome != null && !OUTCOMES.has(input.outcome)) {
+    fail('outcome', 'outcome must be SUCCESS, FAILURE or DENIED');
   }
-  return value;
-}
-
-function isRequired(input: AuditEventInput, field: string): boolean {
-  return (
-    field === 'action' ||
-    field === 'actor.id' ||
-    (input.target != null && (field === 'target.type' || field === 'target.id'))
-  );
 }
 
 function fail(field: string, message: string): never {
@@ -118,11 +146,27 @@ function checkLength(field: string, value: string, max: number): void {
   }
 }
 
-const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
 
-function checkOccurredAt(value: unknown): void {
-  const time = typeof value === 'string' && RFC3339.test(value) ? Date.parse(value) : Number.NaN;
-  if (Number.isNaN(time)) fail('occurredAt', 'occurredAt is not an RFC 3339 date-time');
+/** An RFC 3339 date-time that is a real instant (no 30 February, no hour 24, no leap
+ * second), from 1970 on, at most the allowed skew into the future. */
+export function checkOccurredAt(value: unknown): void {
+  const parts = typeof value === 'string' ? RFC3339.exec(value) : null;
+  if (parts === null) fail('occurredAt', 'occurredAt is not an RFC 3339 date-time');
+  const [year, month, day, hour, minute, second] = parts.slice(1, 7).map(Number) as number[];
+  const civil = new Date(Date.UTC(year ?? 0, (month ?? 0) - 1, day, hour, minute, second));
+  if (
+    civil.getUTCFullYear() !== year ||
+    civil.getUTCMonth() + 1 !== month ||
+    civil.getUTCDate() !== day ||
+    civil.getUTCHours() !== hour ||
+    civil.getUTCMinutes() !== minute ||
+    civil.getUTCSeconds() !== second
+  ) {
+    fail('occurredAt', 'occurredAt is not a real date and time');
+  }
+  const time = Date.parse(value as string);
+  if (!(time >= 0)) fail('occurredAt', 'occurredAt is before 1970');
   if (time > Date.now() + LIMITS.futureSkewSeconds * 1000) {
     fail('occurredAt', `occurredAt is more than ${LIMITS.futureSkewSeconds} s in the future`);
   }
@@ -130,52 +174,66 @@ function checkOccurredAt(value: unknown): void {
 
 /** Metadata: a plain JSON object nested at most `metadataDepth` deep, no NUL in keys or
  * strings, at most `metadataValues` values and `metadataBytes` of compact JSON, integers
- * within ±(2^53 - 1). The walk stops at the first broken bound, so a hostile object costs
- * no more than the bounds. */
-export function checkMetadata(value: unknown): void {
+ * within ±(2^53 - 1). The walk stops at the first broken bound, so a hostile object (a
+ * sparse array of length 2^31, a cycle, a diamond of shared objects) costs no more than
+ * the bounds. `size: false` leaves the size to `checkMetadataSize`, for a caller that
+ * knows the whole event's JSON is smaller than the limit. */
+export function checkMetadata(value: unknown, size = true): void {
   if (!isPlainObject(value)) fail('metadata', 'metadata must be a JSON object');
-  const seen = new Set<object>();
-  let values = 0;
-  const walk = (node: unknown, depth: number): void => {
-    values += 1;
-    if (node === null || node === undefined || typeof node === 'boolean') return;
-    if (values > LIMITS.metadataValues) {
-      fail('metadata', `metadata holds more than the limit of ${LIMITS.metadataValues} values`);
-    }
-    if (typeof node === 'string') {
+  walkMetadata(value, 0, { values: 0 });
+  if (size) checkMetadataSize(value);
+}
+
+/** The size rule of metadata alone. */
+export function checkMetadataSize(value: unknown): void {
+  const size = Buffer.byteLength(JSON.stringify(value));
+  if (size > LIMITS.metadataBytes) {
+    fail('metadata', `metadata is ${size} bytes, more than the limit of ${LIMITS.metadataBytes}`);
+  }
+}
+
+function walkMetadata(node: unknown, depth: number, count: { values: number }): void {
+  count.values += 1;
+  if (count.values > LIMITS.metadataValues) {
+    fail('metadata', `metadata holds more than the limit of ${LIMITS.metadataValues} values`);
+  }
+  switch (typeof node) {
+    case 'boolean':
+    case 'undefined':
+      return;
+    case 'string':
       if (node.includes('\0')) fail('metadata', 'metadata must not contain NUL characters');
       if (!node.isWellFormed()) fail('metadata', 'metadata is not well-formed Unicode');
-    } else if (typeof node === 'number') {
+      return;
+    case 'number':
       if (!Number.isFinite(node)) fail('metadata', 'metadata numbers must be finite');
       if (Number.isInteger(node) && Math.abs(node) > LIMITS.safeInteger && Math.abs(node) < 1e21) {
         fail('metadata', 'metadata integers must be between -(2^53 - 1) and 2^53 - 1');
       }
-    } else if (typeof node === 'object' && node !== null) {
-      if (depth >= LIMITS.metadataDepth) {
-        fail('metadata', `metadata nests deeper than ${LIMITS.metadataDepth} levels`);
-      }
-      if (seen.has(node)) fail('metadata', 'metadata refers to itself');
-      seen.add(node);
-      if (Array.isArray(node)) {
-        for (const item of node) walk(item, depth + 1);
-      } else if (isPlainObject(node)) {
-        for (const [key, item] of Object.entries(node)) {
-          if (key.includes('\0')) fail('metadata', 'metadata must not contain NUL characters');
-          // JSON leaves out a property whose value is undefined; so does the server.
-          if (item !== undefined) walk(item, depth + 1);
-        }
-      } else {
-        fail('metadata', 'metadata must hold JSON values only');
-      }
-      seen.delete(node);
-    } else {
+      return;
+    case 'object':
+      break;
+    default:
       fail('metadata', `metadata must hold JSON values only, not ${typeof node}`);
+  }
+  if (node === null) return;
+  // A cycle ends here too, as nesting too deep.
+  if (depth >= LIMITS.metadataDepth) {
+    fail('metadata', `metadata nests deeper than ${LIMITS.metadataDepth} levels (or refers to itself)`);
+  }
+  if (Array.isArray(node)) {
+    for (const item of node) walkMetadata(item, depth + 1, count);
+  } else if (isPlainObject(node)) {
+    for (const key in node) {
+      if (!Object.hasOwn(node, key)) continue;
+      if (key.includes('\0')) fail('metadata', 'metadata must not contain NUL characters');
+      if (!key.isWellFormed()) fail('metadata', 'metadata is not well-formed Unicode');
+      const item = node[key];
+      // JSON leaves out a property whose value is undefined; so does the server.
+      if (item !== undefined) walkMetadata(item, depth + 1, count);
     }
-  };
-  walk(value, 0);
-  const size = Buffer.byteLength(JSON.stringify(value));
-  if (size > LIMITS.metadataBytes) {
-    fail('metadata', `metadata is ${size} bytes, more than the limit of ${LIMITS.metadataBytes}`);
+  } else {
+    fail('metadata', 'metadata must hold JSON values only');
   }
 }
 

@@ -68,10 +68,10 @@ export class Spool {
     lock(options.dir);
     // Not opened for appending: the acknowledgement is rewritten in place.
     const ack = openSync(join(options.dir, 'spool.ack'), constants.O_RDWR | constants.O_CREAT);
-    const acked = parseAck(readFileSync(join(options.dir, 'spool.ack'), 'utf8'));
+    const segments = segmentsIn(options.dir);
+    const acked = checkedAck(options.dir, parseAck(readFileSync(join(options.dir, 'spool.ack'), 'utf8')), segments);
     const spool = new Spool(options, ack, acked);
     const pending: Unacknowledged[] = [];
-    const segments = segmentsIn(options.dir);
     for (const segment of segments) {
       if (segment < acked.segment) {
         unlinkSync(join(options.dir, segmentName(segment)));
@@ -138,12 +138,24 @@ function segmentsIn(dir: string): number[] {
     .sort((a, b) => a - b);
 }
 
+const START: Position = { segment: 1, offset: 0 };
+
 function parseAck(text: string): Position {
-  const [segment, offset] = text.trim().split(/\s+/).map(Number);
-  if (segment === undefined || offset === undefined || !(segment >= 1) || !(offset >= 0)) {
-    return { segment: 1, offset: 0 };
-  }
-  return { segment, offset };
+  const match = /^(\d{1,9}) (\d{1,15})\s*$/.exec(text);
+  return match ? { segment: Number(match[1]), offset: Number(match[2]) } : START;
+}
+
+/** `ack` if it points at the end of a line of an existing segment (or past every segment
+ * there is); anything else (a damaged file) means replaying the whole spool, which the
+ * keys make harmless. */
+function checkedAck(dir: string, ack: Position, segments: number[]): Position {
+  const first = segments[0];
+  if (first === undefined) return ack.offset === 0 ? ack : START;
+  const replayAll = { segment: first, offset: 0 };
+  if (!segments.includes(ack.segment)) return replayAll;
+  if (ack.offset === 0) return ack;
+  const bytes = readFileSync(join(dir, segmentName(ack.segment)));
+  return ack.offset <= bytes.length && bytes[ack.offset - 1] === 0x0a ? ack : replayAll;
 }
 
 /** The complete lines of a segment from `start`; a torn last line (the process died while

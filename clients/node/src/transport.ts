@@ -20,6 +20,38 @@ export interface Credentials {
 /** The longest wait a server's `Retry-After` may impose, in milliseconds. */
 const MAX_RETRY_AFTER_MS = 60_000;
 
+/** The largest answer read: the client's own answers are a few KiB; a misdirected URL's may
+ * be anything. */
+const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
+
+/** `promise`, or a rejection when `signal` aborts first. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    if (signal.aborted) return abort();
+    signal.addEventListener('abort', abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
+  });
+}
+
+/** The answer's body as text, refused past `MAX_ANSWER_BYTES`. */
+async function readText(response: Response): Promise<string> {
+  const body = response.body;
+  if (body === null) return '';
+  if (Number(response.headers.get('content-length') ?? 0) > MAX_ANSWER_BYTES) {
+    await body.cancel();
+    throw new Error('the answer is too large');
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.byteLength;
+    if (size > MAX_ANSWER_BYTES) throw new Error('the answer is too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 interface GraphQLError {
   message?: unknown;
   extensions?: { code?: unknown; field?: unknown; retryAfter?: unknown };
@@ -57,17 +89,14 @@ export class Transport {
     };
     let response: Response;
     let text: string;
+    // One time limit for everything: the credential, the request and the answer.
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const limit = signal ? AbortSignal.any([signal, timeout]) : timeout;
     try {
-      const authorization = await this.authorization();
+      const authorization = await abortable(this.authorization(), limit);
       if (authorization) headers.authorization = authorization;
-      const timeout = AbortSignal.timeout(this.timeoutMs);
-      response = await fetch(this.url, {
-        method: 'POST',
-        headers,
-        body,
-        signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-      });
-      text = await response.text();
+      response = await fetch(this.url, { method: 'POST', headers, body, signal: limit });
+      text = await readText(response);
     } catch (error) {
       throw new UnavailableError('NETWORK', `audit-service unreachable: ${describe(error)}`);
     }

@@ -196,3 +196,101 @@ test('tail() resumes after the server restarts, with no gap and no duplicate', a
   assert.deepEqual(seen, [...Array(10).keys()]);
   await audit.shutdown();
 });
+
+test('what GraphQL checks is checked too: enums, context fields, real dates, every metadata value counted', async () => {
+  const audit = client();
+  const base = { action: 'project.created', actor: 'u-1' };
+  const refusals = [
+    [{ ...base, actor: { type: 'user', id: 'u-1' } }, 'actor.type'],
+    [{ ...base, outcome: 'success' }, 'outcome'],
+    [{ ...base, metadata: { a: Array(5000).fill(null) } }, 'metadata'],
+    [{ ...base, metadata: { a: Array(2 ** 31) } }, 'metadata'],
+    [{ ...base, metadata: { ['k\ud800']: 1 } }, 'metadata'],
+    [{ ...base, occurredAt: '2024-02-30T00:00:00Z' }, 'occurredAt'],
+    [{ ...base, occurredAt: '2024-02-01T24:00:00Z' }, 'occurredAt'],
+    [{ ...base, occurredAt: '1969-12-31T23:59:59Z' }, 'occurredAt'],
+    [{ ...base, context: 'abc' }, 'context'],
+  ];
+  for (const [event, field] of refusals) {
+    await assert.rejects(audit.enqueue(event), { field }, field);
+  }
+  // A context field the server does not know is left out, not sent.
+  const requestId = randomUUID();
+  await audit.send({ ...base, context: { requestId, spanId: 'x' }, occurredAt: '2024-02-29T23:59:59.123456Z' });
+  const [stored] = await server.events({ requestId });
+  assert.equal(stored.occurredAt, '2024-02-29T23:59:59.123456Z');
+  await audit.shutdown();
+});
+
+/** A stand-in for audit-service that refuses, without naming an event, any request that
+ * holds the word `poison`, and acknowledges the rest. */
+async function poisonServer() {
+  const { createServer } = await import('node:http');
+  const requests = [];
+  const fake = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      const { variables } = JSON.parse(body);
+      requests.push(variables.inputs.length);
+      res.setHeader('content-type', 'application/json');
+      if (body.includes('poison')) {
+        res.end(JSON.stringify({ errors: [{ message: 'refused', extensions: { code: 'BAD_USER_INPUT' } }] }));
+      } else {
+        res.end(JSON.stringify({ data: { logAuditEvents: variables.inputs.map((_, i) => ({ id: String(i) })) } }));
+      }
+    });
+  });
+  await new Promise((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${fake.address().port}/graphql`, requests, close: () => fake.close() };
+}
+
+test('a batch refused without naming its culprit is halved until the culprit is found, and the rest delivered', async () => {
+  const fake = await poisonServer();
+  const errors = [];
+  const audit = createAuditClient({ url: fake.url, deadLetterFile: false, onError: (e) => errors.push(e.code) });
+  for (let i = 0; i < 64; i += 1) {
+    audit.enqueue({ action: 'project.created', actor: 'u', metadata: { word: i === 37 ? 'poison' : 'fine' } });
+  }
+  assert.deepEqual(await audit.flush({ deadline: 10_000 }), { delivered: 63, deadLettered: 1, undelivered: 0 });
+  assert.deepEqual(errors, ['BAD_USER_INPUT']);
+  // 64 → 32 → 16 → 8 → 4 → 2 → 1: two requests per level at most, and the first.
+  assert.ok(fake.requests.length <= 1 + 2 * 6, `${fake.requests.length} requests: ${fake.requests}`);
+  await audit.shutdown();
+  fake.close();
+});
+
+test('a damaged spool: a line that is not an event is dead-lettered, a bad acknowledgement replays everything', async () => {
+  const { appendFileSync, writeFileSync } = await import('node:fs');
+  const dir = scratch();
+  const nowhere = `http://127.0.0.1:${await freePort()}/graphql`;
+  const run = randomUUID();
+  const first = createAuditClient({ url: nowhere, spool: { dir }, deadLetterFile: false });
+  const keys = [];
+  for (let i = 0; i < 5; i += 1) keys.push(await first.enqueue({ action: 'project.created', actor: 'u', target: { type: 'project', id: run } }));
+  assert.equal((await first.shutdown({ deadline: 0 })).undelivered, 5);
+  appendFileSync(join(dir, 'spool-000001.jsonl'), 'not an event\n');
+  writeFileSync(join(dir, 'spool.ack'), '999999 0');
+
+  const errors = [];
+  const second = createAuditClient({ url: server.url, spool: { dir }, onError: (e) => errors.push(e.code) });
+  assert.deepEqual(await second.flush(), { delivered: 5, deadLettered: 1, undelivered: 0 });
+  assert.deepEqual(errors, ['SPOOL_DAMAGED']);
+  assert.deepEqual((await server.events({ targetType: 'project', targetIds: [run] })).map((e) => e.idempotencyKey).sort(), keys.sort());
+  await second.shutdown();
+});
+
+test('shutdown refuses the events still waiting for room, and a token that never comes times out', async () => {
+  const nowhere = `http://127.0.0.1:${await freePort()}/graphql`;
+  const audit = createAuditClient({ url: nowhere, deadLetterFile: false, maxEvents: 2 });
+  const waiting = [];
+  for (let i = 0; i < 4; i += 1) waiting.push(audit.enqueue({ action: 'project.created', actor: 'u' }));
+  await audit.shutdown({ deadline: 100 });
+  const settled = await Promise.allSettled(waiting);
+  assert.deepEqual(settled.map((s) => s.status), ['fulfilled', 'fulfilled', 'rejected', 'rejected']);
+  assert.equal(settled[2].reason.code, 'CLOSED');
+
+  const stuck = createAuditClient({ url: server.url, token: () => new Promise(() => {}), timeoutMs: 200, sendTimeoutMs: 500, deadLetterFile: false });
+  await assert.rejects(stuck.send({ action: 'project.created', actor: 'u' }), { code: 'NETWORK' });
+  await stuck.shutdown({ deadline: 0 });
+});

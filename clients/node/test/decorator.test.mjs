@@ -53,7 +53,7 @@ for (const kind of ['standard', 'experimental']) {
       assert.equal(event.context.ipAddress, '10.1.2.3');
     });
 
-    test('async: the same promise, resolved unchanged, SUCCESS with the target from the result', async () => {
+    test('async: a promise resolved with the same value, SUCCESS with the target from the result', async () => {
       const requestId = `${kind}-async-${randomUUID()}`;
       const id = `p-${randomUUID()}`;
       const promise = runWithAudit(scope(requestId), () => service.archive(id));
