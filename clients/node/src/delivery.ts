@@ -1,5 +1,5 @@
 // Background delivery: accepted events wait in a bounded buffer and go out in batches (at
-// most 500 events and 768 KiB, within 20 ms of the first, 4 batches in flight). A batch the
+// most 500 events and 768 KiB, within 20 ms of the first, 8 batches in flight). A batch the
 // server cannot take now is retried with backoff; an event it refuses for good is taken
 // out of its batch and dead-lettered, and the rest go on. With a spool, the spool's
 // acknowledgement follows the settled prefix of what was accepted.
@@ -33,7 +33,7 @@ export const DEFAULT_DELIVERY: DeliveryOptions = {
   maxBatch: 500,
   maxBatchBytes: 768 * 1024,
   lingerMs: 20,
-  maxInFlight: 4,
+  maxInFlight: 8,
   maxEvents: 50_000,
   maxBytes: 64 * 1024 * 1024,
   onFull: 'wait',
