@@ -14,6 +14,7 @@ use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
 use crate::service::live::feed::Feed;
+use crate::service::replicas::Reads;
 use crate::service::tlog::cache::TileCache;
 use crate::service::tlog::checkpoint::Signer;
 
@@ -21,7 +22,10 @@ use crate::service::tlog::checkpoint::Signer;
 /// the checkpoint key of one server instance. Cheap to clone.
 #[derive(Clone)]
 pub struct AppContext {
+    /// The primary: writes, and what must read the latest.
     pub db: DatabaseConnection,
+    /// Where reads go: a replica when one is configured and usable, else `db`.
+    pub reads: Reads,
     pub ingestor: Ingestor,
     pub feed: Feed,
     pub auth: Arc<Authenticator>,

@@ -326,6 +326,31 @@ impl Metrics {
         self.handle.render()
     }
 
+    /// The gauges of read replica `index`: its lag in bytes and seconds, and whether it
+    /// answers.
+    pub fn replica(&self, index: usize) -> (Gauge, Gauge, Gauge) {
+        let r = &self.recorder;
+        let labelled = |name: &'static str, help: &'static str| {
+            r.describe_gauge(name.into(), None, help.into());
+            let key = Key::from_parts(name, vec![Label::new("replica", index.to_string())]);
+            r.register_gauge(&key, &metadata())
+        };
+        (
+            labelled(
+                "audit_replica_lag_bytes",
+                "How far a read replica's replay is behind the primary's WAL, in bytes.",
+            ),
+            labelled(
+                "audit_replica_lag_seconds",
+                "How long ago a lagging read replica replayed its last transaction (0 when caught up).",
+            ),
+            labelled(
+                "audit_replica_up",
+                "1 when a read replica answers, 0 when it does not.",
+            ),
+        )
+    }
+
     /// Drains histogram samples into their buckets; without it they pile up between scrapes.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();

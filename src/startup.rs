@@ -25,6 +25,7 @@ use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
 use crate::service::live::feed::Feed;
 use crate::service::live::listener;
+use crate::service::replicas::Reads;
 use crate::service::retention::maintenance;
 use crate::service::tlog::cache::TileCache;
 use crate::service::tlog::checkpoint::Signer;
@@ -83,11 +84,25 @@ impl Application {
             tasks.spawn(task);
         }
         tasks.spawn(upkeep(metrics.clone()));
+        let replicas = &config.replicas;
+        let reads = Reads::connect(
+            db.clone(),
+            &replicas.urls,
+            config.database.pool_size,
+            (
+                Duration::from_millis(replicas.wait_ms),
+                Duration::from_secs(replicas.max_lag_seconds),
+            ),
+            &metrics,
+        )
+        .await?;
+        tasks.spawn(reads.clone().monitor());
         let auth = Arc::new(Authenticator::new(db.clone(), &config.auth)?);
         refuse_open_mode_off_loopback(&auth, config).await?;
         let (stopping, stopping_rx) = watch::channel(false);
         let context = AppContext {
             db,
+            reads,
             refusals: Arc::new(Refusals::new(&config.auth, ingestor.clone())),
             ingestor,
             feed,

@@ -112,6 +112,13 @@ impl AuditClient {
         self.inner.queue.shutdown(deadline).await
     }
 
+    /// The consistency token of this client's latest write, when audit-service reads from
+    /// replicas: send it as the `x-audit-consistency` header with a read (GraphQL or
+    /// `/export`) to see that write however far the replicas lag.
+    pub fn consistency_token(&self) -> Option<String> {
+        self.inner.transport.consistency()
+    }
+
     /// Delivery counters.
     pub fn metrics(&self) -> Metrics {
         self.inner.queue.metrics()

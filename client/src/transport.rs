@@ -63,6 +63,9 @@ pub(crate) struct Transport {
     http: reqwest::Client,
     url: String,
     credential: Credential,
+    /// The latest consistency token a write was answered with (`x-audit-consistency`), by
+    /// its WAL position.
+    consistency: std::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl Transport {
@@ -83,6 +86,7 @@ impl Transport {
             http,
             url,
             credential,
+            consistency: std::sync::Mutex::default(),
         })
     }
 
@@ -108,6 +112,32 @@ impl Transport {
         Ok(data.log_audit_events)
     }
 
+    /// The consistency token of this client's latest write: a server behind read replicas
+    /// serves a read that sends it back (as `x-audit-consistency`) from a replica that has
+    /// that write.
+    pub fn consistency(&self) -> Option<String> {
+        let latest = self.consistency.lock().unwrap_or_else(|e| e.into_inner());
+        latest.as_ref().map(|(_, token)| token.clone())
+    }
+
+    fn remember(&self, token: Option<&http::HeaderValue>) {
+        let Some(token) = token.and_then(|t| t.to_str().ok()) else {
+            return;
+        };
+        let Some((high, low)) = token.split_once('/') else {
+            return;
+        };
+        let (Ok(high), Ok(low)) = (u64::from_str_radix(high, 16), u64::from_str_radix(low, 16))
+        else {
+            return;
+        };
+        let at = high << 32 | low;
+        let mut latest = self.consistency.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.as_ref().is_none_or(|(seen, _)| at > *seen) {
+            *latest = Some((at, token.to_owned()));
+        }
+    }
+
     async fn post<T: DeserializeOwned>(&self, body: Vec<u8>) -> Result<T> {
         let mut request = self
             .http
@@ -130,6 +160,7 @@ impl Transport {
             .send()
             .await
             .map_err(|e| Error::unavailable("NETWORK", e.to_string()))?;
+        self.remember(response.headers().get("x-audit-consistency"));
         let status = response.status();
         let retry_after = response
             .headers()

@@ -148,7 +148,7 @@ fn set_default(command: clap::Command, key: &str, values: &[String]) -> clap::Co
 
 /// Settings whose values are never printed: secrets, and URLs that may hold a password.
 const SECRET: [&str; 1] = ["jwt-hs256-secret"];
-const URLS: [&str; 1] = ["database-url"];
+const URLS: [&str; 2] = ["database-url", "read-database-url"];
 
 /// The `config` subcommand's settings as TOML lines, each with where its value came from.
 fn effective(

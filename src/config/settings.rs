@@ -245,6 +245,8 @@ pub struct ServeConfig {
     pub retention: RetentionConfig,
     #[command(flatten)]
     pub transparency: TransparencyConfig,
+    #[command(flatten)]
+    pub replicas: ReplicaConfig,
     /// Seconds a SIGTERM or SIGINT gives in-flight requests, queued writes and live
     /// subscriptions to finish before the process exits anyway.
     #[arg(
@@ -253,6 +255,35 @@ pub struct ServeConfig {
         default_value_t = 30
     )]
     pub shutdown_timeout_seconds: u64,
+}
+
+/// PostgreSQL streaming replicas that serve reads.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReplicaConfig {
+    /// Replicas of the PostgreSQL database to read from (`postgres://...`, comma-separated);
+    /// queries, stats, exports, proofs and replays go to them. Never logged.
+    #[arg(
+        long = "read-database-url",
+        env = "AUDIT_READ_DATABASE_URL",
+        value_delimiter = ',',
+        value_parser = secret
+    )]
+    pub urls: Vec<SecretString>,
+    /// Milliseconds a read that sends a write's `x-audit-consistency` token waits for a
+    /// replica to replay that far; after that the primary serves it.
+    #[arg(
+        long = "replica-wait-ms",
+        env = "AUDIT_REPLICA_WAIT_MS",
+        default_value_t = 500
+    )]
+    pub wait_ms: u64,
+    /// A replica more than this many seconds behind is skipped until it catches up.
+    #[arg(
+        long = "replica-max-lag-seconds",
+        env = "AUDIT_REPLICA_MAX_LAG_SECONDS",
+        default_value_t = 30
+    )]
+    pub max_lag_seconds: u64,
 }
 
 /// The tenants' Merkle trees: signed checkpoints and continuous verification.

@@ -18,7 +18,6 @@ use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Request, Response, ServerError, ServerResult, ValidationResult, Variables};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use sea_orm::DatabaseConnection;
 
 use super::budget::Budget;
 use super::loaders::{AuditLoader, MAX_BATCH};
@@ -29,6 +28,7 @@ use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::query::stats::MAX_BUCKETS;
 use crate::service::query::{DEFAULT_PAGE, MAX_PAGE};
+use crate::service::replicas::{CONSISTENCY_HEADER, Consistency, ReadSource, Reads};
 
 /// What runs an admitted query: a schema without extensions (see [`Capacity`]).
 pub type Executor = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
@@ -57,7 +57,7 @@ pub struct Capacity {
     shares: Shares,
     memory: Memory,
     max_complexity: usize,
-    db: DatabaseConnection,
+    reads: Reads,
     /// How long a loader batch waits for more keys after its first.
     batch_window: Duration,
     executor: Executor,
@@ -69,7 +69,7 @@ impl Capacity {
     pub fn new(
         max_complexity: usize,
         concurrent: usize,
-        db: DatabaseConnection,
+        reads: Reads,
         memory: Memory,
         batch_window: Duration,
         executor: Executor,
@@ -80,7 +80,7 @@ impl Capacity {
             shares: Shares::new(total, total / 2),
             max_complexity,
             memory,
-            db,
+            reads,
             batch_window,
             executor,
         }
@@ -126,14 +126,21 @@ impl Extension for Admitted {
         let streaming = self.streaming.load(Ordering::Relaxed);
         let budget = Arc::new(Budget::new(&self.capacity.memory, &tenant_id, streaming));
         *self.tenant_id.lock().unwrap_or_else(|e| e.into_inner()) = tenant_id;
+        let consistency = request
+            .data
+            .get(&TypeId::of::<Consistency>())
+            .and_then(|data| data.downcast_ref::<Consistency>())
+            .cloned()
+            .unwrap_or_default();
+        let reads = Arc::new(ReadSource::new(self.capacity.reads.clone(), consistency));
         let loader = AuditLoader {
-            db: self.capacity.db.clone(),
+            reads: reads.clone(),
             budget: budget.clone(),
         };
         let loader = DataLoader::new(loader, tokio::spawn)
             .max_batch_size(MAX_BATCH)
             .delay(self.capacity.batch_window);
-        let mut request = request.data(budget).data(loader);
+        let mut request = request.data(budget).data(loader).data(reads);
         if let Some(query) = for_executor(&mut request) {
             *self.query.lock().unwrap_or_else(|e| e.into_inner()) = Some(query);
         }
@@ -210,7 +217,16 @@ impl Extension for Admitted {
                 let query = self.query.lock().unwrap_or_else(|e| e.into_inner()).take();
                 match query {
                     Some(query) => (self.capacity.executor)(query).await,
-                    None => next.run(ctx, operation_name).await,
+                    // A mutation: its answer carries the consistency token of its writes.
+                    None => {
+                        let mut response = next.run(ctx, operation_name).await;
+                        if let Some(token) = self.capacity.reads.token().await
+                            && let Ok(value) = token.parse()
+                        {
+                            response.http_headers.insert(CONSISTENCY_HEADER, value);
+                        }
+                        response
+                    }
                 }
             }
             Err(_) => {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
 use entity::audit_log;
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::budget::Budget;
@@ -14,6 +13,7 @@ use crate::service::query;
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
 use crate::service::query::trail::{self, Subject};
+use crate::service::replicas::ReadSource;
 
 /// Most keys per batch (SQLite allows 500 members in one UNION).
 pub const MAX_BATCH: usize = 250;
@@ -22,7 +22,8 @@ const LOAD_CHUNK_ROWS: usize = 1000;
 /// Loads for one request, against its budget (see `admission`). Keys carry the caller's
 /// tenants too.
 pub struct AuditLoader {
-    pub db: DatabaseConnection,
+    /// Where the request reads.
+    pub reads: Arc<ReadSource>,
     pub budget: Arc<Budget>,
 }
 
@@ -110,7 +111,7 @@ impl Loader<EventKey> for AuditLoader {
         for (tenant_ids, ids) in by_tenants {
             let turn = self.budget.turn().await;
             let meter = self.budget.meter();
-            let rows = query::find_many(&self.db, &tenant_ids, ids, &meter).await?;
+            let rows = query::find_many(self.reads.db().await, &tenant_ids, ids, &meter).await?;
             drop(turn);
             for row in rows {
                 let key = EventKey {
@@ -138,7 +139,7 @@ impl Loader<TrailKey> for AuditLoader {
                 let turn = self.budget.turn().await;
                 let meter = self.budget.meter();
                 let pages = trail::pages(
-                    &self.db,
+                    self.reads.db().await,
                     chunk,
                     &args.filter,
                     args.after.as_ref(),
@@ -170,7 +171,7 @@ impl Loader<CountKey> for AuditLoader {
         let mut found = HashMap::new();
         for ((args, _), subjects) in batches(keys.iter().map(|k| &k.0)) {
             let turn = self.budget.turn().await;
-            let counts = trail::counts(&self.db, &subjects, &args.filter).await?;
+            let counts = trail::counts(self.reads.db().await, &subjects, &args.filter).await?;
             drop(turn);
             for (subject, n) in counts {
                 found.insert(

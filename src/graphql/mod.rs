@@ -11,6 +11,7 @@ pub mod limits;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
+pub mod reads;
 pub mod scalars;
 mod spans;
 pub mod subscription;
@@ -130,7 +131,7 @@ pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
         .extension(capacity::Capacity::new(
             config.max_complexity,
             CONCURRENT_COMPLEXITY_LIMITS,
-            context.db.clone(),
+            context.reads.clone(),
             context.memory.clone(),
             config.batch_window,
             executor,

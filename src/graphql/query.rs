@@ -1,11 +1,13 @@
 //! Read resolvers: one event by id, and filtered pages of events.
 
 use async_graphql::{Context, ID, Object};
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::budget;
 use super::capacity::{page_cost, stats_cost};
 use super::guards::RequireScope;
+use super::reads;
 use super::types::{
     AuditChainHead, AuditChainVerification, AuditCheckpoint, AuditConsistencyProof,
     AuditInclusionProof, AuditLog, AuditLogConnection, AuditLogFilter, AuditLogOrder,
@@ -40,7 +42,7 @@ impl AuditQuery {
         let principal = ctx.data::<Principal>()?;
         let id = Uuid::parse_str(&id)
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
-        let db = &ctx.data::<AppContext>()?.db;
+        let db = reads::db(ctx).await?;
         let meter = budget::meter(ctx)?;
         let _turn = budget::turn(ctx).await;
         let found = query::find(db, &principal.readable_tenants(), id, &meter).await?;
@@ -84,7 +86,7 @@ impl AuditQuery {
         let look_ahead = ctx.look_ahead();
         let want_far_side = look_ahead.field("pageInfo").field(far_flag).exists();
         budget::charge(ctx, query::page_size(args.first, args.last)? as usize)?;
-        let db = &ctx.data::<AppContext>()?.db;
+        let db = reads::db(ctx).await?;
         let columns = AuditLog::columns(&look_ahead);
         let meter = budget::meter(ctx)?;
         let _turn = budget::turn(ctx).await;
@@ -122,7 +124,7 @@ impl AuditQuery {
             )
         })?;
         let group_by: Vec<Dimension> = group_by.into_iter().map(Into::into).collect();
-        let db = &ctx.data::<AppContext>()?.db;
+        let db = reads::db(ctx).await?;
         let _turn = budget::turn(ctx).await;
         let buckets = stats::count(
             db,
@@ -151,7 +153,7 @@ impl AuditQuery {
         tenant_id: Option<String>,
     ) -> async_graphql::Result<Option<AuditChainHead>> {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
-        let db = &ctx.data::<AppContext>()?.db;
+        let db = reads::db(ctx).await?;
         let _turn = budget::turn(ctx).await;
         Ok(chain::head(db, &tenant_id).await?.map(Into::into))
     }
@@ -180,8 +182,9 @@ impl AuditQuery {
             .into());
         }
         let context = ctx.data::<AppContext>()?;
+        let db = reads::db(ctx).await?;
         let _turn = budget::turn(ctx).await;
-        let verified = chain::verify(&context.db, &context.memory, &tenant_id, from, to).await?;
+        let verified = chain::verify(db, &context.memory, &tenant_id, from, to).await?;
         Ok(verified.into())
     }
 }
@@ -198,8 +201,9 @@ impl AuditProofQuery {
     ) -> async_graphql::Result<Option<AuditCheckpoint>> {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
         let context = ctx.data::<AppContext>()?;
+        let db = reads::db(ctx).await?;
         let _turn = budget::turn(ctx).await;
-        let latest = checkpoint::latest(&context.db, &tenant_id).await?;
+        let latest = checkpoint::latest(db, &tenant_id).await?;
         Ok(latest.map(|c| AuditCheckpoint::new(c, verifier_key(context))))
     }
 
@@ -217,17 +221,18 @@ impl AuditProofQuery {
     ) -> async_graphql::Result<Option<AuditInclusionProof>> {
         let principal = ctx.data::<Principal>()?;
         let context = ctx.data::<AppContext>()?;
+        let db = reads::db(ctx).await?;
         let id = Uuid::parse_str(&id)
             .map_err(|_| Error::bad_input("id", "id is not a valid event id (a UUID)"))?;
         let tree_size = sequence_arg("treeSize", tree_size)?;
         let _turn = budget::turn(ctx).await;
         let tenants = principal.readable_tenants();
         let meter = budget::meter(ctx)?;
-        let Some(event) = query::find(&context.db, &tenants, id, &meter).await? else {
+        let Some(event) = query::find(db, &tenants, id, &meter).await? else {
             return Ok(None);
         };
         let tenant_id = event.tenant_id;
-        let (size, latest) = signed_size(context, &tenant_id, tree_size, "treeSize").await?;
+        let (size, latest) = signed_size(db, &tenant_id, tree_size, "treeSize").await?;
         let index = event.seq as u64 - 1;
         if index >= size {
             return Err(Error::bad_input(
@@ -236,12 +241,12 @@ impl AuditProofQuery {
             )
             .into());
         }
-        let hashes = Tree::cached(&context.db, &tenant_id, &context.tiles)
+        let hashes = Tree::cached(db, &tenant_id, &context.tiles)
             .inclusion(index, size)
             .await?;
         let checkpoint = match latest.tree_size as u64 == size {
             true => Some(latest),
-            false => checkpoint::at(&context.db, &tenant_id, size).await?,
+            false => checkpoint::at(db, &tenant_id, size).await?,
         };
         Ok(Some(AuditInclusionProof {
             leaf_index: index.to_string(),
@@ -266,14 +271,15 @@ impl AuditProofQuery {
     ) -> async_graphql::Result<AuditConsistencyProof> {
         let tenant_id = readable_tenant(ctx, tenant_id)?;
         let context = ctx.data::<AppContext>()?;
+        let db = reads::db(ctx).await?;
         let from = sequence_arg("fromSize", Some(from_size))?.unwrap_or_default() as u64;
         let to = sequence_arg("toSize", to_size)?;
         let _turn = budget::turn(ctx).await;
-        let (to, _) = signed_size(context, &tenant_id, to, "toSize").await?;
+        let (to, _) = signed_size(db, &tenant_id, to, "toSize").await?;
         if from > to {
             return Err(Error::bad_input("fromSize", "fromSize must not be above toSize").into());
         }
-        let hashes = Tree::cached(&context.db, &tenant_id, &context.tiles)
+        let hashes = Tree::cached(db, &tenant_id, &context.tiles)
             .consistency(from, to)
             .await?;
         Ok(AuditConsistencyProof {
@@ -291,12 +297,12 @@ const PROOF_COST: usize = 50;
 /// The tree size a proof is asked for, by default the latest checkpoint's, never beyond it;
 /// and that latest checkpoint.
 async fn signed_size(
-    context: &AppContext,
+    db: &DatabaseConnection,
     tenant_id: &str,
     asked: Option<i64>,
     field: &str,
 ) -> Result<(u64, tree_checkpoint::Model), Error> {
-    let latest = checkpoint::latest(&context.db, tenant_id).await?;
+    let latest = checkpoint::latest(db, tenant_id).await?;
     let signed = latest.as_ref().map_or(0, |c| c.tree_size);
     let size = asked.unwrap_or(signed);
     match latest {

@@ -52,8 +52,9 @@ impl AuditSubscription {
         // The same leeway as when the token was accepted over HTTP.
         let deadline = principal.expires_at.map(|exp| exp + JWT_LEEWAY);
         let metrics = context.metrics.clone();
+        let replica = context.reads.replica();
         let (db, memory) = (context.db.clone(), context.memory.clone());
-        let tail = live::tail(db, memory, filter, after, live, deadline);
+        let tail = live::tail((replica, db), memory, filter, after, live, deadline);
         Ok(tail.map(move |event| match event {
             Ok(event) => Ok(AuditLog(event)),
             Err(err) => {

@@ -30,6 +30,7 @@ use crate::service::ingest::event::NewEvent;
 use crate::service::query::PageOrder;
 use crate::service::query::export;
 use crate::service::query::filter::Filter;
+use crate::service::replicas::Consistency;
 
 use super::caller::admit;
 use super::errors::{error_response, status_of};
@@ -96,8 +97,10 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         complete: false,
     };
     let context = &state.context;
+    let consistency = Consistency::of(&parts.headers);
+    let db = context.reads.pick(consistency.0.as_deref()).await;
     let pages = export::pages(
-        context.db.clone(),
+        db,
         context.memory.clone(),
         finished.record.principal.tenant_id.clone(),
         filter,

@@ -12,8 +12,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use sea_orm::DatabaseConnection;
+
 use crate::credentials::Scope;
 use crate::error::{Error, Result};
+use crate::service::replicas::Consistency;
 use crate::service::tlog::checkpoint;
 use crate::service::tlog::tree::{TILE_WIDTH, Tree};
 
@@ -59,7 +62,14 @@ async fn respond(
         ))
     };
     let served = match allowed {
-        Ok(()) => serve(state, tenant_id, path).await,
+        Ok(()) => {
+            let db = state
+                .context
+                .reads
+                .pick(Consistency::of(&parts.headers).0.as_deref())
+                .await;
+            serve(state, &db, tenant_id, path).await
+        }
         Err(err) => Err(err),
     };
     match served {
@@ -69,8 +79,12 @@ async fn respond(
     }
 }
 
-async fn serve(state: &AppState, tenant_id: &str, path: Option<&str>) -> Result<Response> {
-    let db = &state.context.db;
+async fn serve(
+    state: &AppState,
+    db: &DatabaseConnection,
+    tenant_id: &str,
+    path: Option<&str>,
+) -> Result<Response> {
     let latest = checkpoint::latest(db, tenant_id)
         .await?
         .ok_or(Error::NotFound)?;

@@ -21,6 +21,7 @@ use crate::error::{Code, Error};
 use crate::graphql::{budget, documents, limits};
 use crate::refusals::Origin;
 use crate::service::capacity::size::json_size;
+use crate::service::replicas::Consistency;
 
 use super::caller::admit;
 use super::errors::{ErrorCodes, error_response, http_error, server_error};
@@ -118,6 +119,7 @@ pub(super) async fn graphql_post(
             );
         }
     };
+    let request = request.data(Consistency::of(&parts.headers));
     run(&state, request, media, principal, origin).await
 }
 
@@ -181,6 +183,7 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
+    let request = request.data(Consistency::of(&parts.headers));
     run(&state, request, media, principal, origin).await
 }
 
@@ -264,6 +267,8 @@ async fn respond_to(
 /// The HTTP response for a GraphQL response, in the negotiated media type; one larger than
 /// `MAX_RESPONSE_BYTES` is replaced by an error saying so.
 pub(super) fn encode(mut response: async_graphql::Response, media: Media) -> Response {
+    // What resolvers set (a write's consistency token).
+    let headers = std::mem::take(&mut response.http_headers);
     response.errors.iter_mut().for_each(crate::graphql::label);
     // Errors before execution (parse, validation, variables) carry no path and leave no data.
     let request_error = response.data == async_graphql::Value::Null
@@ -309,6 +314,7 @@ pub(super) fn encode(mut response: async_graphql::Response, media: Media) -> Res
         Media::GraphqlResponseJson => GRAPHQL_RESPONSE_JSON,
     };
     let mut response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    response.headers_mut().extend(headers);
     if !response_errors.0.is_empty() {
         response.extensions_mut().insert(response_errors);
     }

@@ -6,5 +6,6 @@ pub mod ingest;
 pub mod keys;
 pub mod live;
 pub mod query;
+pub mod replicas;
 pub mod retention;
 pub mod tlog;

@@ -307,6 +307,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         batch_window_ms: 2,
         auth: Default::default(),
         transparency: Default::default(),
+        replicas: Default::default(),
         shutdown_timeout_seconds: 30,
     }
 }

@@ -9,6 +9,7 @@
 mod auth;
 mod chain;
 mod client;
+mod cluster;
 mod config;
 mod console;
 mod cost;
@@ -28,6 +29,7 @@ mod node_kit;
 mod outage;
 mod pagination;
 mod proofs;
+mod replicas;
 mod schema;
 mod shutdown;
 mod stats;

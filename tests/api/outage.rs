@@ -4,8 +4,6 @@
 //! each way, the server recovers by itself, and no acknowledged event is lost.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,103 +12,8 @@ use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::cluster::Cluster;
 use crate::helpers::{event, post_json, start_server};
-
-/// A PostgreSQL cluster in a temporary directory, stopped and removed on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Cluster {
-    /// `None` (loudly) when PostgreSQL's server programs are not installed; in CI that
-    /// fails instead.
-    fn start() -> Option<Cluster> {
-        if Command::new("initdb").arg("--version").output().is_err() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "initdb must be installed in CI: the outage test may not be skipped"
-            );
-            eprintln!("*** SKIPPED: initdb is not installed ***");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let cluster = Cluster { dir, port };
-        // PostgreSQL refuses to run as root: then the cluster belongs to `postgres`.
-        if is_root() {
-            run(Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(cluster.dir.path()));
-        }
-        run(cluster
-            .command("initdb")
-            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
-            .arg(cluster.data()));
-        cluster.pg_ctl("start");
-        Some(cluster)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// A command run as the cluster's owner.
-    fn command(&self, program: &str) -> Command {
-        if is_root() {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--", program]);
-            command
-        } else {
-            Command::new(program)
-        }
-    }
-
-    fn pg_ctl(&self, action: &str) {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {}",
-            self.port,
-            self.dir.path().display()
-        );
-        run(self
-            .command("pg_ctl")
-            .args(["-D"])
-            .arg(self.data())
-            .args(["-o", &options, "-m", "fast", "-w", "-l"])
-            .arg(self.dir.path().join("log"))
-            .arg(action));
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-D"])
-            .arg(self.data())
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().expect("runs");
-    assert!(output.status.success(), "{command:?}: {output:?}");
-}
 
 /// What the writers saw.
 #[derive(Default)]

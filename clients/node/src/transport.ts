@@ -57,11 +57,24 @@ interface GraphQLError {
   extensions?: { code?: unknown; field?: unknown; retryAfter?: unknown };
 }
 
+/** Where a server behind read replicas says how far a write got, and a read asks to see
+ * at least that far. */
+const CONSISTENCY = 'x-audit-consistency';
+
+/** A `pg_lsn` (`16/B374D848`) as a number that orders like it. */
+function lsn(token: string): bigint | undefined {
+  const match = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(token);
+  return match ? (BigInt(`0x${match[1]}`) << 32n) | BigInt(`0x${match[2]}`) : undefined;
+}
+
 /** Posts GraphQL requests to `url`. */
 export class Transport {
   readonly url: string;
   private readonly credentials: Credentials;
   private readonly timeoutMs: number;
+  /** The consistency token of this client's latest write, sent with its reads so that
+   * they see its writes even on a lagging replica. */
+  private consistency: { token: string; at: bigint } | undefined;
 
   constructor(url: string, credentials: Credentials, timeoutMs: number) {
     this.url = url;
@@ -95,12 +108,22 @@ export class Transport {
     try {
       const authorization = await abortable(this.authorization(), limit);
       if (authorization) headers.authorization = authorization;
+      if (this.consistency) headers[CONSISTENCY] = this.consistency.token;
       response = await fetch(this.url, { method: 'POST', headers, body, signal: limit });
       text = await readText(response);
     } catch (error) {
       throw new UnavailableError('NETWORK', `audit-service unreachable: ${describe(error)}`);
     }
+    this.remember(response.headers.get(CONSISTENCY));
     return parse<T>(response, text);
+  }
+
+  /** Keeps the latest of the tokens writes answered with. */
+  private remember(token: string | null): void {
+    const at = token === null ? undefined : lsn(token);
+    if (token !== null && at !== undefined && (this.consistency === undefined || at > this.consistency.at)) {
+      this.consistency = { token, at };
+    }
   }
 }
 

@@ -294,3 +294,36 @@ test('shutdown refuses the events still waiting for room, and a token that never
   await assert.rejects(stuck.send({ action: 'project.created', actor: 'u' }), { code: 'NETWORK' });
   await stuck.shutdown({ deadline: 0 });
 });
+
+test('a write\'s consistency token goes with the same client\'s next reads', async () => {
+  const { createServer } = await import('node:http');
+  const seen = [];
+  let written = 0;
+  const fake = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      seen.push(req.headers['x-audit-consistency'] ?? null);
+      res.setHeader('content-type', 'application/json');
+      if (body.includes('logAuditEvent(')) {
+        written += 1;
+        // Later writes answer later positions; an older answer arriving late is ignored.
+        res.setHeader('x-audit-consistency', written === 2 ? '0/1000' : `0/${written}A0`);
+        res.end(JSON.stringify({ data: { logAuditEvent: { id: 'e', sequence: '1', hash: 'h', occurredAt: '2026-01-01T00:00:00Z' } } }));
+      } else {
+        res.end(JSON.stringify({ data: { auditLogs: { edges: [], pageInfo: { hasNextPage: false, endCursor: null } } } }));
+      }
+    });
+  });
+  await new Promise((resolve) => fake.listen(0, '127.0.0.1', resolve));
+  const audit = createAuditClient({ url: `http://127.0.0.1:${fake.address().port}/graphql`, deadLetterFile: false });
+  for await (const _ of audit.events()) break;
+  await audit.send({ action: 'project.created', actor: 'u' });
+  for await (const _ of audit.events()) break;
+  await audit.send({ action: 'project.created', actor: 'u' });
+  await audit.send({ action: 'project.created', actor: 'u' });
+  for await (const _ of audit.events()) break;
+  assert.deepEqual(seen, [null, null, '0/1A0', '0/1A0', '0/1000', '0/1000']);
+  await audit.shutdown();
+  fake.close();
+});

@@ -8,11 +8,10 @@ use async_graphql::{ComplexObject, Context, ID, Json, Lookahead, Object, SimpleO
 use entity::audit_log;
 use serde_json::Value;
 
-use crate::context::AppContext;
 use crate::credentials::Principal;
-use crate::graphql::budget;
 use crate::graphql::capacity::page_cost;
 use crate::graphql::scalars::DateTime;
+use crate::graphql::{budget, reads};
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
 use crate::service::query::trail::Subject;
@@ -314,7 +313,7 @@ impl AuditLogConnection {
     async fn total_count(&self, ctx: &Context<'_>) -> async_graphql::Result<u64> {
         match &self.count {
             Count::Query(filter) => {
-                let db = &ctx.data::<AppContext>()?.db;
+                let db = reads::db(ctx).await?;
                 let _turn = budget::turn(ctx).await;
                 Ok(query::count(db, filter).await?)
             }

@@ -76,7 +76,7 @@ const REPLAY_BATCH: u64 = 100;
 /// replay's last query is in `live`, and the ones the replay already delivered are
 /// recognized by their sequence number (per tenant, sequence order is commit order).
 pub fn tail(
-    db: DatabaseConnection,
+    (replica, db): (Option<DatabaseConnection>, DatabaseConnection),
     memory: Memory,
     filter: Filter,
     after: Option<Cursor>,
@@ -96,11 +96,15 @@ pub fn tail(
             let mut reader = BySequence::after(&memory, cursor.tenant_id.clone(), cursor.seq)
                 .matching(filter.clone())
                 .batch(REPLAY_BATCH);
+            // Most of the replay from a replica (when one serves reads); what it has not
+            // replayed yet from the primary, so that the live events follow with no gap.
+            let mut replica = replica;
+            let mut source = replica.clone().unwrap_or_else(|| db.clone());
             loop {
                 // On a task of its own: a client that stops reading stops this stream from
                 // being polled, and a query suspended mid-way would keep its connection.
                 let batch = {
-                    let db = db.clone();
+                    let db = source.clone();
                     tokio::spawn(async move {
                         let rows = reader.next(&db).await;
                         (reader, rows)
@@ -121,7 +125,11 @@ pub fn tail(
                     }
                 };
                 if rows.is_empty() {
-                    break;
+                    if replica.take().is_none() {
+                        break;
+                    }
+                    source = db.clone();
+                    continue;
                 }
                 for row in rows {
                     yield Ok(Arc::new(row));
