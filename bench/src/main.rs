@@ -13,6 +13,7 @@ mod node;
 mod pgbench;
 mod proofs;
 mod query;
+mod replicas;
 mod report;
 mod scenarios;
 mod server;
@@ -83,6 +84,12 @@ enum What {
     /// The Node kit (clients/node, built): its batched delivery beside the batch load,
     /// enqueue() latency, the Express middleware's overhead.
     Node,
+    /// Filtered pages with reads on a streaming replica beside reads on the primary, under
+    /// a write load (a primary and a replica made for the run with initdb).
+    Replicas {
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+    },
 }
 
 #[tokio::main]
@@ -103,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             bench.subscribers(&mut report).await?;
             bench.client(&mut report).await?;
             bench.node(&mut report).await?;
+            bench.replicas(200_000, &mut report).await?;
             bench.proofs(events, &mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
@@ -114,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         What::Federation => bench.federation(None, &mut report).await?,
         What::Client => bench.client(&mut report).await?,
         What::Node => bench.node(&mut report).await?,
+        What::Replicas { events } => bench.replicas(events, &mut report).await?,
     }
     let table = report.markdown();
     println!("{table}");
