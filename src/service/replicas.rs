@@ -102,10 +102,35 @@ struct Inner {
     max_lag: Duration,
     /// Round robin over the usable replicas.
     next: AtomicUsize,
+    started: Instant,
+}
+
+impl Replica {
+    /// Asks how far it has replayed, unless that was asked within the last `WAIT_STEP`.
+    async fn refresh(&self, started: Instant) {
+        let now = started.elapsed().as_millis() as u64;
+        let asked = self.asked_at.load(Ordering::Relaxed);
+        let step = WAIT_STEP.as_millis() as u64;
+        if now < asked + step
+            || self
+                .asked_at
+                .compare_exchange(asked, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Some(lsn) = wal_position(&self.db, "pg_last_wal_replay_lsn()").await {
+            self.replayed.fetch_max(lsn.0, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Replica {
     db: DatabaseConnection,
+    /// When its replay position was last asked for on behalf of waiting reads, in
+    /// milliseconds since `Inner::started`: however many reads wait, it is asked at most
+    /// once per `WAIT_STEP`.
+    asked_at: AtomicU64,
     /// Usable: answering, and within `max_lag`.
     usable: AtomicBool,
     /// What it had replayed when last asked.
@@ -151,6 +176,7 @@ impl Reads {
             let (lag_bytes, lag_seconds, up) = metrics.replica(index);
             replicas.push(Replica {
                 db: Database::connect(options).await?,
+                asked_at: AtomicU64::new(0),
                 usable: AtomicBool::new(false),
                 replayed: AtomicU64::new(0),
                 lag_bytes,
@@ -174,6 +200,7 @@ impl Reads {
                 wait,
                 max_lag,
                 next: AtomicUsize::new(0),
+                started: Instant::now(),
             }),
         }
     }
@@ -242,9 +269,7 @@ impl Reads {
             }
             tokio::time::sleep(WAIT_STEP).await;
             for replica in &candidates {
-                if let Some(lsn) = wal_position(&replica.db, "pg_last_wal_replay_lsn()").await {
-                    replica.replayed.fetch_max(lsn.0, Ordering::Relaxed);
-                }
+                replica.refresh(inner.started).await;
             }
         }
     }
