@@ -5,15 +5,17 @@
 import type { ApolloServerPlugin, BaseContext, GraphQLRequestListener } from '@apollo/server';
 
 import type { AuditSink } from './api.js';
-import { assertAction, cleanMetadata, idText } from './clean.js';
+import { assertAction, cleanMetadata } from './clean.js';
 import { currentAudit } from './context.js';
 import type { Actor, AuditEvent, RequestContext, Target } from './event.js';
 import {
   ANONYMOUS,
   cleanIp,
   cleanUserAgent,
+  field,
   reasonOf,
   requestIdOf,
+  targetOf,
   toCleanActor,
   toCleanTarget,
 } from './request.js';
@@ -36,11 +38,6 @@ export function fromArg(name: string, type: string): NonNullable<AuditedOperatio
 /** The target `{ type, id: result[name] }` of what the resolver returned. */
 export function fromResult(name: string, type: string): NonNullable<AuditedOperation['target']> {
   return (_args, result) => targetOf(type, field(result, name));
-}
-
-function targetOf(type: string, id: unknown): Target | undefined {
-  const text = idText(id);
-  return text === undefined ? undefined : { type, id: text };
 }
 
 /** The plugin's settings. */
@@ -146,15 +143,6 @@ function fromHttp(headers: { get(name: string): string | undefined } | undefined
     cleanIp(field(field(req, 'socket'), 'remoteAddress'));
   if (ip !== undefined) context.ipAddress = ip;
   return context;
-}
-
-function field(source: unknown, name: string): unknown {
-  if (typeof source !== 'object' || source === null) return undefined;
-  try {
-    return (source as Record<string, unknown>)[name];
-  } catch {
-    return undefined;
-  }
 }
 
 function safe<T>(fn: () => T): T | undefined {

@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
 import type { AuditSink } from './api.js';
-import { assertAction, cleanMetadata, idText } from './clean.js';
+import { assertAction, cleanMetadata } from './clean.js';
 import { currentAudit, runWithAudit, type AuditScope } from './context.js';
 import type { Actor, AuditEvent, Outcome, RequestContext, Target } from './event.js';
 import { holdResponse } from './hold.js';
@@ -13,7 +13,9 @@ import {
   ANONYMOUS,
   cleanIp,
   cleanUserAgent,
+  field,
   requestIdOf,
+  targetOf,
   toCleanActor,
   toCleanTarget,
 } from './request.js';
@@ -90,20 +92,6 @@ export function fromResponse<Req extends AuditRequest = AuditRequestView, Res ex
   type: string,
 ): TargetSource<Req, Res> {
   return (_req, _res, body) => targetOf(type, field(body, name));
-}
-
-function field(source: unknown, name: string): unknown {
-  if (typeof source !== 'object' || source === null) return undefined;
-  try {
-    return (source as Record<string, unknown>)[name];
-  } catch {
-    return undefined;
-  }
-}
-
-function targetOf(type: string, id: unknown): Target | undefined {
-  const text = idText(id);
-  return text === undefined ? undefined : { type, id: text };
 }
 
 const contexts = new WeakMap<IncomingMessage, RequestContext>();

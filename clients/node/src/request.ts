@@ -94,3 +94,20 @@ export function reasonOf(error: unknown): string {
   const reason = cleanText(message, 4096);
   return reason.trim() === '' ? 'error' : reason;
 }
+
+/** `source[name]`, or `undefined` when `source` is not an object or reading it throws (a
+ * hostile getter or proxy). */
+export function field(source: unknown, name: string): unknown {
+  if (typeof source !== 'object' || source === null) return undefined;
+  try {
+    return (source as Record<string, unknown>)[name];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The target `{ type, id }` of an id read from a request or a result, if it is one. */
+export function targetOf(type: string, id: unknown): Target | undefined {
+  const text = idText(id);
+  return text === undefined ? undefined : { type, id: text };
+}
