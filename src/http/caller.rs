@@ -3,12 +3,13 @@
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use crate::credentials::{Principal, Refusal};
 use crate::error::Error;
 use crate::refusals::Origin;
+use crate::service::replicas::{CONSISTENCY_HEADER, Consistency};
 
 use super::errors::{error_response, status_of};
 use super::listener::Peer;
@@ -69,4 +70,13 @@ pub(super) async fn admit(
         return Err(error_response(StatusCode::TOO_MANY_REQUESTS, err));
     }
     Ok((principal, origin))
+}
+
+/// The consistency token the request sent back from a write, if any.
+pub(super) fn consistency(headers: &HeaderMap) -> Consistency {
+    Consistency::of(
+        headers
+            .get(CONSISTENCY_HEADER)
+            .and_then(|value| value.to_str().ok()),
+    )
 }

@@ -30,9 +30,8 @@ use crate::service::ingest::event::NewEvent;
 use crate::service::query::PageOrder;
 use crate::service::query::export;
 use crate::service::query::filter::Filter;
-use crate::service::replicas::Consistency;
 
-use super::caller::admit;
+use super::caller::{admit, consistency};
 use super::errors::{error_response, status_of};
 use super::state::AppState;
 
@@ -97,7 +96,7 @@ pub(super) async fn export(State(state): State<AppState>, request: Request) -> R
         complete: false,
     };
     let context = &state.context;
-    let consistency = Consistency::of(&parts.headers);
+    let consistency = consistency(&parts.headers);
     let db = context.reads.pick(consistency.0.as_deref()).await;
     let pages = export::pages(
         db,

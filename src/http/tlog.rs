@@ -16,11 +16,10 @@ use sea_orm::DatabaseConnection;
 
 use crate::credentials::Scope;
 use crate::error::{Error, Result};
-use crate::service::replicas::Consistency;
 use crate::service::tlog::checkpoint;
 use crate::service::tlog::tree::{TILE_WIDTH, Tree};
 
-use super::caller::admit;
+use super::caller::{admit, consistency};
 use super::errors::{error_response, status_of};
 use super::state::AppState;
 
@@ -66,7 +65,7 @@ async fn respond(
             let db = state
                 .context
                 .reads
-                .pick(Consistency::of(&parts.headers).0.as_deref())
+                .pick(consistency(&parts.headers).0.as_deref())
                 .await;
             serve(state, &db, tenant_id, path).await
         }

@@ -21,9 +21,8 @@ use crate::error::{Code, Error};
 use crate::graphql::{budget, documents, limits};
 use crate::refusals::Origin;
 use crate::service::capacity::size::json_size;
-use crate::service::replicas::Consistency;
 
-use super::caller::admit;
+use super::caller::{admit, consistency};
 use super::errors::{ErrorCodes, error_response, http_error, server_error};
 use super::state::{AppState, GRAPHQL_RESPONSE_JSON, JSON};
 use super::upgrade::websocket;
@@ -119,7 +118,7 @@ pub(super) async fn graphql_post(
             );
         }
     };
-    let request = request.data(Consistency::of(&parts.headers));
+    let request = request.data(consistency(&parts.headers));
     run(&state, request, media, principal, origin).await
 }
 
@@ -183,7 +182,7 @@ pub(super) async fn graphql_get(State(state): State<AppState>, request: Request)
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let request = request.data(Consistency::of(&parts.headers));
+    let request = request.data(consistency(&parts.headers));
     run(&state, request, media, principal, origin).await
 }
 

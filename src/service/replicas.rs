@@ -52,12 +52,9 @@ pub const CONSISTENCY_HEADER: &str = "x-audit-consistency";
 pub struct Consistency(pub Option<String>);
 
 impl Consistency {
-    pub fn of(headers: &axum::http::HeaderMap) -> Consistency {
-        let token = headers
-            .get(CONSISTENCY_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|token| Lsn::parse(token).is_some());
-        Consistency(token.map(str::to_owned))
+    /// `token`, kept only if it is a WAL position.
+    pub fn of(token: Option<&str>) -> Consistency {
+        Consistency(token.filter(|t| Lsn::parse(t).is_some()).map(str::to_owned))
     }
 }
 
@@ -102,7 +99,23 @@ struct Inner {
     max_lag: Duration,
     /// Round robin over the usable replicas.
     next: AtomicUsize,
+    /// What `Replica::asked_at` counts from.
     started: Instant,
+}
+
+struct Replica {
+    db: DatabaseConnection,
+    /// When its replay position was last asked for on behalf of waiting reads, in
+    /// milliseconds since `Inner::started`: however many reads wait, it is asked at most
+    /// once per `WAIT_STEP`.
+    asked_at: AtomicU64,
+    /// Usable: answering, and within `max_lag`.
+    usable: AtomicBool,
+    /// What it had replayed when last asked.
+    replayed: AtomicU64,
+    lag_bytes: Gauge,
+    lag_seconds: Gauge,
+    up: Gauge,
 }
 
 impl Replica {
@@ -125,27 +138,7 @@ impl Replica {
     }
 }
 
-struct Replica {
-    db: DatabaseConnection,
-    /// When its replay position was last asked for on behalf of waiting reads, in
-    /// milliseconds since `Inner::started`: however many reads wait, it is asked at most
-    /// once per `WAIT_STEP`.
-    asked_at: AtomicU64,
-    /// Usable: answering, and within `max_lag`.
-    usable: AtomicBool,
-    /// What it had replayed when last asked.
-    replayed: AtomicU64,
-    lag_bytes: Gauge,
-    lag_seconds: Gauge,
-    up: Gauge,
-}
-
 impl Reads {
-    /// Every read on the primary (SQLite, or PostgreSQL without replicas).
-    pub fn primary_only(primary: DatabaseConnection) -> Reads {
-        Reads::new(primary, Vec::new(), Duration::ZERO, Duration::ZERO)
-    }
-
     /// Reads on the replicas at `urls`, connected lazily: a replica that is down at start
     /// is skipped until it answers.
     pub async fn connect(
@@ -208,11 +201,6 @@ impl Reads {
     /// Whether any replica is configured (and so whether writes carry tokens).
     pub fn has_replicas(&self) -> bool {
         !self.inner.replicas.is_empty()
-    }
-
-    /// The primary, for what must read the latest (writes' own reads, leases).
-    pub fn primary(&self) -> &DatabaseConnection {
-        &self.inner.primary
     }
 
     /// The consistency token for what has been written so far: the primary's WAL insert
