@@ -115,6 +115,23 @@ async fn until_replicated(base: &str, id: &str) {
     }
 }
 
+/// Event `id`'s cursor, from the primary (with a token that no replica has yet).
+async fn cursor_of(base: &str, id: &str) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": "query($id: ID!) { auditLog(id: $id) { cursor } }", "variables": { "id": id } }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    body["data"]["auditLog"]["cursor"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned()
+}
+
 async fn replay(replica: &DatabaseConnection, paused: bool) {
     let function = if paused {
         "pg_wal_replay_pause"
@@ -161,6 +178,20 @@ async fn reads_use_the_replica_and_a_token_sees_its_own_write() {
     );
     // A token that is not one is as if none was sent.
     assert!(!finds(base, &second, Some("not a token")).await);
+    // A subscription resuming after the first event replays from the replica, which lacks
+    // the second, and then from the primary: no gap.
+    let cursor = cursor_of(base, &first).await;
+    let mut tail = Client::init(base, "graphql-transport-ws").await;
+    tail.subscribe(
+        "1",
+        "subscription($after: String) { auditLogCreated(after: $after) { id } }",
+        json!({ "after": cursor }),
+    )
+    .await;
+    let resumed = tokio::time::timeout(Duration::from_secs(20), tail.next_event("1"))
+        .await
+        .expect("the resumed tail delivers the event the replica lacks");
+    assert_eq!(resumed["id"], second.as_str());
     let lag = "audit_replica_lag_bytes{replica=\"0\"}";
     until_metric(base, lag, |bytes| bytes > 0.0).await;
     replay(&standby, false).await;
@@ -263,20 +294,26 @@ async fn three_instances_share_a_primary_and_a_replica_under_a_mixed_load() {
     let total = 3 * PER_WRITER;
     for (s, client) in sockets.iter_mut().enumerate() {
         let mut seen: Vec<Vec<i64>> = vec![Vec::new(); PER_SOCKET];
-        for _ in 0..total * PER_SOCKET {
-            let message = client.receive().await;
-            let id: usize = message["id"]
-                .as_str()
-                .and_then(|i| i.parse().ok())
-                .expect("an id");
-            let sequence = &message["payload"]["data"]["auditLogCreated"]["sequence"];
-            seen[id].push(
-                sequence
+        // Pings keep a socket busy: a missing event must fail, not wait for ever.
+        let received = async {
+            for _ in 0..total * PER_SOCKET {
+                let message = client.receive().await;
+                let id: usize = message["id"]
                     .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .expect("a sequence"),
-            );
-        }
+                    .and_then(|i| i.parse().ok())
+                    .expect("an id");
+                let sequence = &message["payload"]["data"]["auditLogCreated"]["sequence"];
+                seen[id].push(
+                    sequence
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .expect("a sequence"),
+                );
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), received)
+            .await
+            .unwrap_or_else(|_| panic!("socket {s}: not every event arrived"));
         for sequences in seen {
             let expected: Vec<i64> = (1..=total as i64).collect();
             assert_eq!(
