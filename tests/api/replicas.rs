@@ -57,11 +57,12 @@ async fn write(base: &str, input: Value) -> (String, String) {
     (id, token)
 }
 
-/// Whether a read of event `id` (with `token`, if given) finds it.
-async fn finds(base: &str, id: &str, token: Option<&str>) -> bool {
+/// Event `id`'s `{ id cursor }` as a read (with `token`, if given) finds it, or null.
+async fn read_event(base: &str, id: &str, token: Option<&str>) -> Value {
+    let query = "query($id: ID!) { auditLog(id: $id) { id cursor } }";
     let mut request = reqwest::Client::new()
         .post(format!("{base}/graphql"))
-        .json(&json!({ "query": "query($id: ID!) { auditLog(id: $id) { id } }", "variables": { "id": id } }));
+        .json(&json!({ "query": query, "variables": { "id": id } }));
     if let Some(token) = token {
         request = request.header(CONSISTENCY, token);
     }
@@ -73,7 +74,12 @@ async fn finds(base: &str, id: &str, token: Option<&str>) -> bool {
         .await
         .expect("json");
     assert_eq!(body["errors"], Value::Null, "{body}");
-    body["data"]["auditLog"]["id"] == id
+    body["data"]["auditLog"].clone()
+}
+
+/// Whether a read of event `id` (with `token`, if given) finds it.
+async fn finds(base: &str, id: &str, token: Option<&str>) -> bool {
+    read_event(base, id, token).await["id"] == id
 }
 
 /// The value of metric `series` (name and labels) on `/metrics`.
@@ -115,20 +121,12 @@ async fn until_replicated(base: &str, id: &str) {
     }
 }
 
-/// Event `id`'s cursor, from the primary (with a token that no replica has yet).
+/// Event `id`'s cursor.
 async fn cursor_of(base: &str, id: &str) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/graphql"))
-        .json(&json!({ "query": "query($id: ID!) { auditLog(id: $id) { cursor } }", "variables": { "id": id } }))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    body["data"]["auditLog"]["cursor"]
+    let event = read_event(base, id, None).await;
+    event["cursor"]
         .as_str()
-        .unwrap_or_else(|| panic!("{body}"))
+        .unwrap_or_else(|| panic!("{event}"))
         .to_owned()
 }
 
