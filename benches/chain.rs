@@ -31,6 +31,7 @@ fn event() -> Model {
         idempotency_key: Some("create-p-1234".into()),
         prev_hash: GENESIS.to_vec(),
         hash: Vec::new(),
+        personal: None,
     }
 }
 

@@ -9,15 +9,16 @@ use secrecy::ExposeSecret;
 
 use crate::config::{
     CheckpointKeyCommand, Command, DatabaseConfig, ExportFormat, KeysCommand, Parsed,
-    RetentionConfig,
+    PrivacyKeyCommand, RetentionConfig,
 };
 use crate::credentials::Principal;
 use crate::graphql::types::AuditLogFilter;
 use crate::progress::Progress;
 use crate::service::capacity::memory::Memory;
-use crate::service::ingest::Ingestor;
+use crate::service::ingest::{Erasure, Ingestor};
 use crate::service::keys;
 use crate::service::live::feed::Feed;
+use crate::service::privacy::{self, keyring, keyring::Keyring};
 use crate::service::query::export;
 use crate::service::query::filter::Filter;
 use crate::service::retention::maintenance;
@@ -86,8 +87,60 @@ async fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             tenant,
             before,
         } => purge(&database, &retention, tenant.zip(before)).await?,
+        Command::PrivacyKey { action } => privacy_key(action).await?,
+        Command::Erase {
+            database,
+            tenant,
+            subject,
+            reason,
+        } => {
+            let db = connect(&database).await?;
+            let ingestor = Ingestor::start(db.clone(), Feed::new(1), Default::default(), None);
+            let erasure = Erasure {
+                subject_id: subject,
+                reason,
+                requested_by: "command line".to_owned(),
+            };
+            let event = ingestor.erase(&tenant, erasure).await?;
+            println!("{}", *event.metadata);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes, rotates or applies a privacy key file.
+async fn privacy_key(action: PrivacyKeyCommand) -> anyhow::Result<()> {
+    match action {
+        PrivacyKeyCommand::Create { out } => {
+            write_new_secret(&out, &Keyring::new_file(None)?)?;
+            println!("wrote a privacy key file to {}", out.display());
+        }
+        PrivacyKeyCommand::Rotate { file } => {
+            Keyring::load(&file)?;
+            let rotated = Keyring::new_file(Some(&std::fs::read_to_string(&file)?))?;
+            let next = file.with_extension("rotating");
+            let _ = std::fs::remove_file(&next);
+            write_new_secret(&next, &rotated)?;
+            std::fs::rename(&next, &file)?;
+            println!(
+                "added a new first key to {}; run `privacy-key rewrap` on every server's                  database, then the older keys may be removed",
+                file.display()
+            );
+        }
+        PrivacyKeyCommand::Rewrap { database, privacy } => {
+            let keyring = keyring::open(
+                privacy.privacy_key_file.as_deref(),
+                database.url.expose_secret(),
+            )?;
+            let db = connect(&database).await?;
+            let rewrapped = privacy::store::rewrap(&db, &keyring).await?;
+            println!(
+                "rewrapped {rewrapped} data key(s) with `{}`",
+                keyring.current()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Applies pending migrations one at a time, showing progress.
@@ -132,7 +185,7 @@ async fn purge(
     one: Option<(String, chrono::DateTime<chrono::Utc>)>,
 ) -> anyhow::Result<()> {
     let db = connect(database).await?;
-    let ingestor = Ingestor::start(db.clone(), Feed::new(1), Default::default());
+    let ingestor = Ingestor::start(db.clone(), Feed::new(1), Default::default(), None);
     let events = match one {
         Some((tenant, before)) => ingestor.purge(&tenant, before).await?.into_iter().collect(),
         None => {
@@ -273,7 +326,7 @@ async fn verify(
 
 /// Writes `secret` to a new file that only its owner may read; an existing file is an error,
 /// so that a key is never overwritten by mistake.
-fn write_new_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+pub(crate) fn write_new_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

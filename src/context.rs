@@ -14,6 +14,7 @@ use crate::service::capacity::memory::Memory;
 use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
 use crate::service::live::feed::Feed;
+use crate::service::privacy::keyring::Keyring;
 use crate::service::replicas::Reads;
 use crate::service::tlog::cache::TileCache;
 use crate::service::tlog::checkpoint::Signer;
@@ -27,6 +28,8 @@ pub struct AppContext {
     /// Where reads go: a replica when one is configured and usable, else `db`.
     pub reads: Reads,
     pub ingestor: Ingestor,
+    /// Unwraps the data keys that personal values are sealed under.
+    pub keyring: Arc<Keyring>,
     pub feed: Feed,
     pub auth: Arc<Authenticator>,
     pub refusals: Arc<Refusals>,

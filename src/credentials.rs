@@ -30,8 +30,11 @@ pub enum Scope {
     Read,
     /// `audit:write`: log events in your tenant.
     Write,
-    /// `audit:admin`: everything, across tenants.
+    /// `audit:admin`: everything, across tenants, except personal values in clear.
     Admin,
+    /// `audit:pii`: read personal values in clear (docs/privacy.md); `audit:admin` does
+    /// not imply it.
+    Pii,
 }
 
 impl Scope {
@@ -40,6 +43,7 @@ impl Scope {
             "audit:read" => Some(Scope::Read),
             "audit:write" => Some(Scope::Write),
             "audit:admin" => Some(Scope::Admin),
+            "audit:pii" => Some(Scope::Pii),
             _ => None,
         }
     }
@@ -49,6 +53,7 @@ impl Scope {
             Scope::Read => "audit:read",
             Scope::Write => "audit:write",
             Scope::Admin => "audit:admin",
+            Scope::Pii => "audit:pii",
         }
     }
 }
@@ -83,15 +88,15 @@ impl Principal {
         Principal {
             subject: "anonymous".to_owned(),
             tenant_id: DEFAULT_TENANT.to_owned(),
-            scopes: vec![Scope::Read, Scope::Write, Scope::Admin],
+            scopes: vec![Scope::Read, Scope::Write, Scope::Admin, Scope::Pii],
             credential: Credential::Open,
             expires_at: None,
         }
     }
 
-    /// Whether the principal holds `scope` (admin holds all).
+    /// Whether the principal holds `scope` (admin holds all but `audit:pii`).
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin)
+        self.scopes.contains(&scope) || (scope != Scope::Pii && self.scopes.contains(&Scope::Admin))
     }
 
     /// The tenants a read may cover: your own by default; others only for admins.

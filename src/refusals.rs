@@ -107,6 +107,8 @@ impl Refusals {
             request_id: None,
             trace_id: origin.trace_id.clone(),
             idempotency_key: None,
+            subject_ids: Vec::new(),
+            personal_paths: Vec::new(),
         };
         let ingestor = self.ingestor.clone();
         tokio::spawn(async move {
@@ -149,6 +151,8 @@ pub fn caller_event(
         request_id: None,
         trace_id: origin.trace_id.clone(),
         idempotency_key: None,
+        subject_ids: Vec::new(),
+        personal_paths: Vec::new(),
     }
 }
 

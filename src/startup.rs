@@ -25,6 +25,7 @@ use crate::service::capacity::share::Shares;
 use crate::service::ingest::Ingestor;
 use crate::service::live::feed::Feed;
 use crate::service::live::listener;
+use crate::service::privacy::{self, keyring};
 use crate::service::replicas::Reads;
 use crate::service::retention::maintenance;
 use crate::service::tlog::cache::TileCache;
@@ -53,8 +54,16 @@ pub struct Application {
 impl Application {
     /// Connects to the database, applies pending migrations, and binds the listener.
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
+        let keyring = Arc::new(keyring::open(
+            config.privacy.privacy_key_file.as_deref(),
+            config.database.url.expose_secret(),
+        )?);
         let metrics = Arc::new(Metrics::default());
         let (db, background) = connect(config, &metrics).await?;
+        privacy::store::check(&db, &keyring).await.map_err(|err| {
+            anyhow::Error::new(err)
+                .context("the privacy key file does not open the stored data keys")
+        })?;
         let cors_origins = config
             .cors_origins
             .iter()
@@ -62,7 +71,12 @@ impl Application {
             .collect::<Result<Vec<_>, _>>()?;
         let feed = Feed::new(config.subscriber_buffer);
         let memory = Memory::default();
-        let ingestor = Ingestor::start(db.clone(), feed.clone(), metrics.clone());
+        let ingestor = Ingestor::start(
+            db.clone(),
+            feed.clone(),
+            metrics.clone(),
+            Some(keyring.clone()),
+        );
         let signer = config
             .transparency
             .key_file
@@ -105,6 +119,7 @@ impl Application {
             reads,
             refusals: Arc::new(Refusals::new(&config.auth, ingestor.clone())),
             ingestor,
+            keyring,
             feed,
             auth,
             metrics,

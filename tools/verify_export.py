@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Verify an `audit-service export --format ndjson` file: the per-tenant hash chain, versions 1 and 2.
+"""Verify an `audit-service export --format ndjson` file: the per-tenant hash chain, versions 1 to 3.
 
 Usage: python3 tools/verify_export.py EXPORT.ndjson
 
@@ -49,7 +49,38 @@ V1_KEYS = {
     "ip_address", "metadata", "occurred_at", "outcome", "reason", "recorded_at", "request_id",
     "seq", "target_id", "target_name", "target_type", "tenant_id", "user_agent",
 }
-KEYS = {1: V1_KEYS, 2: V1_KEYS | {"trace_id"}}
+KEYS = {1: V1_KEYS, 2: V1_KEYS | {"trace_id"}, 3: V1_KEYS | {"trace_id", "personal"}}
+# Version 3's personal fields, by the path its commitments name them with (docs/privacy.md).
+PERSONAL_FIELDS = {"actor.name": "actor_name", "context.ipAddress": "ip_address",
+                   "context.userAgent": "user_agent"}
+
+def personal_left(event):
+    """Version 3: the paths committed to whose value is not null in the event (it must hold
+    none of its personal values: they are sealed elsewhere, and the hash covers commitments)."""
+    commitments = event["personal"]
+    if commitments is None:
+        return []
+    if not isinstance(commitments, dict):
+        return ["personal"]
+    left = []
+    for path, commitment in commitments.items():
+        if not (isinstance(commitment, str) and len(commitment) == 64):
+            left.append(path)
+        elif path in PERSONAL_FIELDS:
+            if event[PERSONAL_FIELDS[path]] is not None:
+                left.append(path)
+        elif path.startswith("metadata/"):
+            slot = event["metadata"]
+            for token in path[len("metadata/"):].split("/"):
+                token = token.replace("~1", "/").replace("~0", "~")
+                slot = slot.get(token) if isinstance(slot, dict) else (
+                    slot[int(token)] if isinstance(slot, list) and token.isdigit()
+                    and int(token) < len(slot) else None)
+            if slot is not None:
+                left.append(path)
+        else:
+            left.append(path)
+    return left
 
 def unique_keys(pairs):
     if len({key for key, _ in pairs}) != len(pairs):
@@ -77,6 +108,9 @@ def verify(lines):
         version = event.get("chain_version")
         check(type(version) is int and version in KEYS, f"chain_version {version!r} is not known")
         check(set(event) == KEYS[version], f"the fields are not those of version {version}")
+        if version >= 3:
+            left = personal_left(event)
+            check(not left, f"personal values in the clear or bad commitments: {left}")
         check(len(claimed_prev) == 64, "prev_hash is not 32 bytes")
         if tenant is None:  # the first line: genesis, or the checkpoint left by a purge
             tenant = this_tenant

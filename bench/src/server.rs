@@ -27,7 +27,9 @@ impl Server {
         port: u16,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Server> {
+        let key_file = privacy_key_file(bin)?;
         let child = Command::new(bin)
+            .env("AUDIT_PRIVACY_KEY_FILE", &key_file)
             .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
             .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
@@ -109,6 +111,22 @@ pub fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
         .rsplit_once('/')
         .context("database URL without a path")?;
     Ok(format!("{base}/{name}"))
+}
+
+/// The privacy key file benchmarked servers use, made by `bin` on first use.
+fn privacy_key_file(bin: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::temp_dir().join("audit-bench-privacy-key");
+    if !path.exists() {
+        let status = Command::new(bin)
+            .args(["privacy-key", "create", "--out"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("privacy-key create failed");
+        }
+    }
+    Ok(path)
 }
 
 /// Applies audit-service's migrations to a database.

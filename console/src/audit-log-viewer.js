@@ -34,6 +34,20 @@ import { chartFilter, renderChart } from './chart.js';
 import { styles } from './styles.js';
 import { visible } from './text.js';
 
+/** Personal values this reader may not see, as the server writes them (docs/privacy.md). */
+const WITHHELD = {
+  '[redacted]': ['redacted', 'Personal data: reading it needs the audit:pii scope'],
+  '[erased]': ['erased', "Erased at the data subject's request"],
+};
+
+/** A personal value: itself, or a mark saying it is redacted or erased. */
+function personal(value) {
+  const withheld = WITHHELD[value];
+  if (!withheld) return visible(value);
+  const [kind, why] = withheld;
+  return html`<span class="withheld ${kind}" data-testid=${kind} title=${why}>${kind}</span>`;
+}
+
 const FRESH_MS = 2000;
 const NARROW_PX = 480; // as the styles' container queries
 const STATUS_TEXT = { connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…' };
@@ -640,7 +654,7 @@ class AuditLogViewer extends LitElement {
     return html`<tr data-testid="row" data-id=${row.id} tabindex=${active ? '0' : '-1'}
         class=${this.fresh.has(row.id) ? 'fresh' : ''} aria-current=${this.selected?.id === row.id ? 'true' : 'false'}>
       <td class="time"><time datetime=${row.occurredAt} title=${row.occurredAt}>${time.toLocaleString()}</time></td>
-      <td title=${visible(`${row.actor.type} ${row.actor.id}${row.actor.name ? ` (${row.actor.name})` : ''}`)}><span class="kind">${row.actor.type}</span><span data-testid="actor">${visible(row.actor.name ?? row.actor.id)}</span></td>
+      <td title=${visible(`${row.actor.type} ${row.actor.id}${row.actor.name ? ` (${row.actor.name})` : ''}`)}><span class="kind">${row.actor.type}</span><span data-testid="actor">${row.actor.name ? personal(row.actor.name) : visible(row.actor.id)}</span></td>
       <td data-testid="action">${breakAtDots(row.action)}</td>
       <td class="target" data-testid="target">${row.target ? visible(`${row.target.type}:${row.target.id}`) : html`<span class="muted">—</span>`}</td>
       <td><span class="badge ${row.outcome}" data-testid="outcome">${row.outcome}</span></td>
@@ -655,13 +669,13 @@ class AuditLogViewer extends LitElement {
       ['Sequence', event.sequence, 'mono'],
       ['Occurred', event.occurredAt, 'mono'],
       ['Recorded', event.recordedAt, 'mono'],
-      ['Actor', `${actor.type} ${actor.id}${actor.name ? ` (${actor.name})` : ''}`],
+      ['Actor', html`${actor.type} ${visible(actor.id)}${actor.name ? html` (${personal(actor.name)})` : ''}`],
       ['Action', event.action],
       ['Target', target ? `${target.type}:${target.id}${target.name ? ` (${target.name})` : ''}` : '—'],
       ['Outcome', html`<span class="badge ${event.outcome}">${event.outcome}</span>`],
       ['Reason', event.reason ?? '—'],
-      ['IP address', context.ipAddress ?? '—', 'mono'],
-      ['User agent', context.userAgent ?? '—'],
+      ['IP address', context.ipAddress ? personal(context.ipAddress) : '—', 'mono'],
+      ['User agent', context.userAgent ? personal(context.userAgent) : '—'],
       ['Request id', context.requestId ?? '—', 'mono'],
       ['Hash', event.hash, 'mono', 'detail-hash'],
       ['Previous hash', event.previousHash, 'mono', 'detail-previous-hash'],

@@ -115,6 +115,11 @@ export const styles = css`
     display: inline-block; padding: 0.05rem 0.5rem; border-radius: 999px; color: #fff;
     font-size: 0.75em; font-weight: 600; letter-spacing: 0.02em;
   }
+  .withheld {
+    font-size: 0.75em; font-style: italic; padding: 0 0.35rem; border-radius: 3px;
+    border: 1px dashed var(--_muted); color: var(--_muted);
+  }
+  .withheld.erased { border-style: solid; text-decoration: line-through; }
   .placeholder { padding: 2rem 1rem; text-align: center; color: var(--_muted); }
   .sentinel { height: 1px; }
 

@@ -42,6 +42,10 @@ pub struct Model {
     pub prev_hash: Vec<u8>,
     /// SHA-256 of `prev_hash` and the event's canonical bytes.
     pub hash: Vec<u8>,
+    /// Version 3: the commitments to the event's personal values, a JSON object by path
+    /// (`{"actor.name": "<hex>"}`); the values themselves are sealed elsewhere and `null`
+    /// here. `None` when the event has none.
+    pub personal: Option<String>,
 }
 
 /// Who acted.
@@ -181,6 +185,7 @@ impl sea_orm::FromQueryResult for ByPosition {
             idempotency_key: optional(res, 20)?,
             prev_hash: get(res, 21)?,
             hash: get(res, 22)?,
+            personal: optional(res, 23)?,
         }))
     }
 }

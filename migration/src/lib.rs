@@ -16,6 +16,7 @@ mod m20261127_000002_create_api_keys;
 mod m20261129_000003_create_audit_stats;
 mod m20261129_000004_create_audit_tree;
 mod m20261129_000005_add_trace_id;
+mod m20261207_000006_privacy;
 
 /// The PostgreSQL schema that holds audit-service's tables.
 pub const PG_SCHEMA: &str = "control_plane";
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_create_audit_stats::Migration),
             Box::new(m20261129_000004_create_audit_tree::Migration),
             Box::new(m20261129_000005_add_trace_id::Migration),
+            Box::new(m20261207_000006_privacy::Migration),
         ]
     }
 }
@@ -66,6 +68,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
                 .pragma("cache_size", "-32768")
                 .pragma("mmap_size", "268435456")
                 .pragma("temp_store", "memory")
+                // Deleted rows (erased keys, docs/privacy.md) are overwritten, not left in
+                // free pages.
+                .pragma("secure_delete", "on")
                 .pragma("wal_autocheckpoint", "16384")
         });
     // Requests wait at most a second for a connection; opening the pool may take longer on

@@ -80,6 +80,25 @@ pub enum Command {
         #[command(subcommand)]
         action: CheckpointKeyCommand,
     },
+    /// Manage the privacy key file: the keys that wrap data subjects' keys.
+    PrivacyKey {
+        #[command(subcommand)]
+        action: PrivacyKeyCommand,
+    },
+    /// Erase a data subject's personal values in a tenant (as `eraseAuditSubject` does):
+    /// its key and sealed values are destroyed; events, hashes and proofs stay.
+    Erase {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[arg(long)]
+        tenant: String,
+        /// The data subject (a user's id, or an id events named in `subjectIds`).
+        #[arg(long)]
+        subject: String,
+        /// Why (the request's reference); recorded with the erasure.
+        #[arg(long)]
+        reason: String,
+    },
     /// Apply the retention policy once, then exit; or, with `--tenant` and `--before`, purge
     /// one tenant's events recorded before an instant.
     Purge {
@@ -105,7 +124,7 @@ pub enum KeysCommand {
         #[arg(long)]
         tenant: String,
         /// A scope to grant: audit:write, audit:read, audit:admin (repeat for more).
-        #[arg(long = "scope", required = true, value_parser = ["audit:write", "audit:read", "audit:admin"])]
+        #[arg(long = "scope", required = true, value_parser = ["audit:write", "audit:read", "audit:admin", "audit:pii"])]
         scopes: Vec<String>,
         /// Who uses the key (`api-gateway`).
         #[arg(long)]
@@ -117,6 +136,31 @@ pub enum KeysCommand {
     Revoke {
         /// The key's id, from `keys list`.
         id: uuid::Uuid,
+    },
+}
+
+/// What to do with the privacy key file.
+#[derive(Subcommand, Debug)]
+pub enum PrivacyKeyCommand {
+    /// Make a new key file at `--out` (which must not exist yet), as
+    /// AUDIT_PRIVACY_KEY_FILE reads it.
+    Create {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Add a new key to the front of a key file: new data keys are wrapped with it, and the
+    /// old keys still unwrap theirs until `rewrap` has run.
+    Rotate {
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Rewrap every data key with the key file's first key; afterwards the older keys may
+    /// be removed from the file.
+    Rewrap {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        privacy: PrivacyConfig,
     },
 }
 
@@ -247,6 +291,8 @@ pub struct ServeConfig {
     pub transparency: TransparencyConfig,
     #[command(flatten)]
     pub replicas: ReplicaConfig,
+    #[command(flatten)]
+    pub privacy: PrivacyConfig,
     /// Seconds a SIGTERM or SIGINT gives in-flight requests, queued writes and live
     /// subscriptions to finish before the process exits anyway.
     #[arg(
@@ -255,6 +301,15 @@ pub struct ServeConfig {
         default_value_t = 30
     )]
     pub shutdown_timeout_seconds: u64,
+}
+
+/// The keys personal values are sealed under (docs/privacy.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PrivacyConfig {
+    /// The privacy key file, as `privacy-key create` writes it. Required on PostgreSQL; on
+    /// SQLite without it, `<database file>.privacy-key` is used, made on first start.
+    #[arg(long = "privacy-key-file", env = "AUDIT_PRIVACY_KEY_FILE")]
+    pub privacy_key_file: Option<std::path::PathBuf>,
 }
 
 /// PostgreSQL streaming replicas that serve reads.

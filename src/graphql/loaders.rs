@@ -8,7 +8,12 @@ use async_graphql::dataloader::Loader;
 use entity::audit_log;
 use uuid::Uuid;
 
+use sea_orm::DatabaseConnection;
+
 use super::budget::Budget;
+use crate::service::privacy::keyring::Keyring;
+use crate::service::privacy::seal::Values;
+use crate::service::privacy::store;
 use crate::service::query;
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
@@ -93,6 +98,35 @@ fn batches<'k>(
             .push(key.subject.clone());
     }
     batches
+}
+
+/// The personal values of events, opened. They are read from the primary, where an
+/// erasure takes effect at once, and batched across requests: a key names its event's
+/// tenant, and only callers with `audit:pii` load any.
+pub struct PersonalLoader {
+    pub db: DatabaseConnection,
+    pub keyring: Arc<Keyring>,
+}
+
+/// An event by tenant and id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PersonalKey(pub String, pub Uuid);
+
+impl Loader<PersonalKey> for PersonalLoader {
+    type Value = Arc<Values>;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[PersonalKey],
+    ) -> Result<HashMap<PersonalKey, Self::Value>, Self::Error> {
+        let events: Vec<_> = keys.iter().map(|k| (k.0.clone(), k.1)).collect();
+        let opened = store::open(&self.db, &self.keyring, &events).await?;
+        Ok(opened
+            .into_iter()
+            .map(|((tenant_id, id), values)| (PersonalKey(tenant_id, id), Arc::new(values)))
+            .collect())
+    }
 }
 
 impl Loader<EventKey> for AuditLoader {

@@ -10,6 +10,7 @@ pub mod guards;
 pub mod limits;
 pub mod loaders;
 pub mod mutation;
+mod privacy;
 pub mod query;
 pub mod reads;
 pub mod scalars;
@@ -37,11 +38,12 @@ pub struct Query(
     query::AuditQuery,
     query::AuditProofQuery,
     federation::FederationQuery,
+    privacy::PrivacyQuery,
 );
 
 /// Mutation root.
 #[derive(MergedObject, Default)]
-pub struct Mutation(mutation::AuditMutation);
+pub struct Mutation(mutation::AuditMutation, privacy::PrivacyMutation);
 
 /// Subscription root.
 #[derive(MergedSubscription, Default)]
@@ -119,9 +121,19 @@ fn checked(config: &SchemaConfig) -> SchemaBuilder<Query, Mutation, Subscription
 /// second schema without extensions (see [`capacity::Capacity`]); it validates only
 /// what execution needs, because the first has validated the same document.
 pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
+    let personal = loaders::PersonalLoader {
+        db: context.db.clone(),
+        keyring: context.keyring.clone(),
+    };
+    let personal = Arc::new(
+        async_graphql::dataloader::DataLoader::new(personal, tokio::spawn)
+            .max_batch_size(loaders::MAX_BATCH)
+            .delay(config.batch_window),
+    );
     let executor = builder(config)
         .validation_mode(ValidationMode::Fast)
         .data(context.clone())
+        .data(personal.clone())
         .finish();
     let executor: capacity::Executor = Arc::new(move |request| {
         let executor = executor.clone();
@@ -137,6 +149,7 @@ pub fn build_schema(context: AppContext, config: &SchemaConfig) -> AppSchema {
             executor,
         ))
         .data(context)
+        .data(personal)
         .finish()
 }
 

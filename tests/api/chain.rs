@@ -540,8 +540,8 @@ async fn version_1_events_keep_verifying(app: &TestApp) {
         .await
         .expect("rows");
     assert!(
-        rows.iter().all(|r| r.chain_version == 2),
-        "new events are version 2"
+        rows.iter().all(|r| r.chain_version == 3),
+        "new events are version 3"
     );
     let blob = |bytes: &[u8]| match app.backend {
         Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(bytes)),
@@ -550,11 +550,13 @@ async fn version_1_events_keep_verifying(app: &TestApp) {
     let mut prev = GENESIS.to_vec();
     let mut rewrite = Vec::new();
     for mut row in rows {
-        row.chain_version = 1;
+        // The first as version 1, the others as version 2, as older servers stored them.
+        row.chain_version = if row.seq == 1 { 1 } else { 2 };
         row.prev_hash = prev;
         row.hash = chain_hash(&row.prev_hash, &row);
         rewrite.push(format!(
-            "UPDATE audit_logs SET chain_version = 1, prev_hash = {}, hash = {} WHERE seq = {}",
+            "UPDATE audit_logs SET chain_version = {}, prev_hash = {}, hash = {} WHERE seq = {}",
+            row.chain_version,
             blob(&row.prev_hash),
             blob(&row.hash),
             row.seq
@@ -571,7 +573,7 @@ async fn version_1_events_keep_verifying(app: &TestApp) {
     assert_eq!(
         stored[0]["previousHash"],
         hex::encode(&prev),
-        "version 2 chains on"
+        "version 3 chains on"
     );
     let versions = app
         .graphql(
@@ -585,7 +587,7 @@ async fn version_1_events_keep_verifying(app: &TestApp) {
         .iter()
         .map(|n| n["chainVersion"].as_i64().expect("version"))
         .collect();
-    assert_eq!(versions, [1, 1, 1, 2, 2]);
+    assert_eq!(versions, [1, 2, 2, 3, 3]);
     assert_eq!(
         verify(app).await,
         json!({ "valid": true, "checkedCount": 5, "firstInvalidSequence": null, "reason": null })
@@ -600,12 +602,14 @@ async fn version_1_events_keep_verifying(app: &TestApp) {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
-    assert_eq!(lines[2].get("trace_id"), None, "version 1 has no trace_id");
+    assert_eq!(lines[0].get("trace_id"), None, "version 1 has no trace_id");
     assert_eq!(
-        lines[3]["trace_id"],
+        lines[2]["trace_id"],
         Value::Null,
         "version 2 has it, null here"
     );
+    assert_eq!(lines[2].get("personal"), None, "version 2 has no personal");
+    assert_eq!(lines[3]["personal"], Value::Null, "version 3 has it");
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("export.ndjson");
     std::fs::write(&path, &text).expect("write");

@@ -714,6 +714,7 @@ impl Server {
     async fn start(database_url: &str, port: u16) -> Server {
         let child = Command::new(env!("CARGO_BIN_EXE_audit-service"))
             .env("DATABASE_URL", database_url)
+            .env("AUDIT_PRIVACY_KEY_FILE", crate::helpers::privacy_key_file())
             .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -134,7 +134,7 @@ async fn page_and_component_are_served() {
     assert_eq!(
         viewer["data"]["auditViewer"],
         json!({ "subject": "anonymous", "tenantId": "default",
-                "scopes": ["audit:read", "audit:write", "audit:admin"], "open": true })
+                "scopes": ["audit:read", "audit:write", "audit:admin", "audit:pii"], "open": true })
     );
     app.cleanup().await;
 }

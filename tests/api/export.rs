@@ -183,6 +183,7 @@ async fn csv_round_trips_awkward_values(app: &TestApp) {
     for (i, text) in awkward.iter().enumerate() {
         let mut input = event(&format!("actor {i}, \"quoted\""), "settings.updated");
         input["actor"]["name"] = json!(text);
+        input["target"] = json!({ "type": "doc", "id": "d1", "name": text });
         input["reason"] = json!(format!("why: {text}"));
         input["metadata"] = json!({ "text": text, "list": [text, 1, null] });
         app.log(input).await;
@@ -204,7 +205,9 @@ async fn csv_round_trips_awkward_values(app: &TestApp) {
     assert_eq!(records.len(), awkward.len());
     for (i, (record, text)) in records.iter().zip(awkward).enumerate() {
         assert_eq!(record[column("actor_id")], format!("actor {i}, \"quoted\""));
-        assert_eq!(&record[column("actor_name")], text);
+        assert_eq!(&record[column("target_name")], text);
+        // Personal values are never exported (docs/privacy.md).
+        assert_eq!(&record[column("actor_name")], "[redacted]");
         assert_eq!(record[column("reason")], format!("why: {text}"));
         assert_eq!(&record[column("outcome")], "success");
         assert_eq!(&record[column("actor_type")], "user");

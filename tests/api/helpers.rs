@@ -284,10 +284,25 @@ impl TestApp {
         std::process::Command::new(env!("CARGO_BIN_EXE_audit-service"))
             .args(args)
             .env("DATABASE_URL", &self.database_url)
+            .env("AUDIT_PRIVACY_KEY_FILE", privacy_key_file())
             .env("AUDIT_LOG", "warn")
             .output()
             .expect("audit-service runs")
     }
+}
+
+/// The privacy key file test servers use (PostgreSQL needs one): made once, under
+/// `target/`.
+pub fn privacy_key_file() -> String {
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-privacy-key");
+    if !path.exists() {
+        let text =
+            audit_service::service::privacy::keyring::Keyring::new_file(None).expect("a key file");
+        std::fs::write(&path, text).expect("write the key file");
+    }
+    path.display().to_string()
 }
 
 /// The configuration tests start servers with: port 0, open mode, no rate limit.
@@ -308,6 +323,9 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         auth: Default::default(),
         transparency: Default::default(),
         replicas: Default::default(),
+        privacy: audit_service::config::PrivacyConfig {
+            privacy_key_file: Some(privacy_key_file().into()),
+        },
         shutdown_timeout_seconds: 30,
     }
 }
@@ -353,6 +371,7 @@ impl Binary {
             .env("DATABASE_URL", database_url)
             .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("AUDIT_RATE_LIMIT", "0")
+            .env("AUDIT_PRIVACY_KEY_FILE", privacy_key_file())
             .envs(env.iter().copied())
             .stderr(log.reopen().expect("log file"))
             .kill_on_drop(true)

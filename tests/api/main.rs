@@ -28,6 +28,7 @@ mod metrics;
 mod node_kit;
 mod outage;
 mod pagination;
+mod privacy;
 mod proofs;
 mod replicas;
 mod schema;

@@ -40,6 +40,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_audit-service"))
             .arg("serve")
             .env("DATABASE_URL", database_url)
+            .env("AUDIT_PRIVACY_KEY_FILE", crate::helpers::privacy_key_file())
             .env("AUDIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("AUDIT_RATE_LIMIT", "0")
             .env("AUDIT_LOG", "warn")

@@ -48,7 +48,15 @@ async fn the_node_kit_passes_its_tests_on_postgres() {
     };
     let run = tokio::task::spawn_blocking(move || {
         build();
-        npm(&["test"], &[BINARY, ("AUDIT_TEST_DATABASE_URL", &url)]);
+        let key = crate::helpers::privacy_key_file();
+        npm(
+            &["test"],
+            &[
+                BINARY,
+                ("AUDIT_TEST_DATABASE_URL", &url),
+                ("AUDIT_PRIVACY_KEY_FILE", &key),
+            ],
+        );
     })
     .await;
     cleanup.run().await;

@@ -30,6 +30,9 @@ pub struct AuditEventInput {
     pub context: Option<RequestContextInput>,
     /// Makes retries safe: the same key with the same content returns the original event.
     pub idempotency_key: Option<String>,
+    /// Data subjects the event holds personal data of, besides its actor (at most 16): each
+    /// one's erasure (`eraseAuditSubject`) erases the event's personal values.
+    pub subject_ids: Option<Vec<String>>,
 }
 
 /// Who performed an operation.
@@ -92,6 +95,8 @@ impl From<AuditEventInput> for NewEvent {
             request_id: context.as_ref().and_then(|c| c.request_id.clone()),
             trace_id: context.and_then(|c| c.trace_id),
             idempotency_key: input.idempotency_key,
+            subject_ids: input.subject_ids.unwrap_or_default(),
+            personal_paths: Vec::new(),
         }
     }
 }

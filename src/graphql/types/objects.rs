@@ -2,23 +2,27 @@
 //! of events; the audit trails of actors and targets. One module, because these types
 //! refer to one another (an event's actor has a trail of events).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_graphql::{ComplexObject, Context, ID, Json, Lookahead, Object, SimpleObject};
 use entity::audit_log;
 use serde_json::Value;
 
-use crate::credentials::Principal;
+use crate::credentials::{Principal, Scope};
 use crate::graphql::capacity::page_cost;
 use crate::graphql::scalars::DateTime;
 use crate::graphql::{budget, reads};
+use crate::service::privacy::{self, Shown};
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
 use crate::service::query::trail::Subject;
 use crate::service::query::{self, Page};
 use crate::service::tlog::canonical::host_only;
 
-use crate::graphql::loaders::{AuditLoader, CountKey, TrailArgs, TrailKey};
+use crate::graphql::loaders::{
+    AuditLoader, CountKey, PersonalKey, PersonalLoader, TrailArgs, TrailKey,
+};
 use async_graphql::dataloader::DataLoader;
 
 use super::enums::{ActorType, AuditOutcome};
@@ -62,6 +66,25 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// The event as the caller may see it: its personal values in clear with `audit:pii`,
+    /// else `[redacted]`; `[erased]` once erased (docs/privacy.md).
+    async fn shown(&self, ctx: &Context<'_>) -> async_graphql::Result<Cow<'_, audit_log::Model>> {
+        if self.0.personal.is_none() {
+            return Ok(Cow::Borrowed(&self.0));
+        }
+        let pii = ctx.data::<Principal>().is_ok_and(|p| p.has(Scope::Pii));
+        if !pii {
+            return Ok(Cow::Owned(privacy::show(&self.0, &Shown::Redacted)));
+        }
+        let key = PersonalKey(self.0.tenant_id.clone(), self.0.id);
+        let loader = ctx.data::<Arc<DataLoader<PersonalLoader>>>()?;
+        let values = loader.load_one(key).await?;
+        let shown = Shown::Clear(values.as_deref());
+        Ok(Cow::Owned(privacy::show(&self.0, &shown)))
+    }
+}
+
 impl From<audit_log::Model> for AuditLog {
     fn from(model: audit_log::Model) -> Self {
         AuditLog(Arc::new(model))
@@ -97,12 +120,13 @@ impl AuditLog {
         DateTime(self.0.recorded_at)
     }
     /// Who performed the operation.
-    async fn actor(&self) -> AuditActor {
-        AuditActor {
-            kind: self.0.actor_type.into(),
-            id: self.0.actor_id.clone(),
-            name: self.0.actor_name.clone(),
-        }
+    async fn actor(&self, ctx: &Context<'_>) -> async_graphql::Result<AuditActor> {
+        let shown = self.shown(ctx).await?;
+        Ok(AuditActor {
+            kind: shown.actor_type.into(),
+            id: shown.actor_id.clone(),
+            name: shown.actor_name.clone(),
+        })
     }
     /// What was done, as dot-separated segments (`project.created`).
     async fn action(&self) -> &str {
@@ -125,11 +149,15 @@ impl AuditLog {
     async fn reason(&self) -> Option<&str> {
         self.0.reason.as_deref()
     }
-    /// Free-form details, a JSON object.
+    /// Free-form details, a JSON object; its personal values (the action's
+    /// `personalPaths`) read as the actor's name does.
     // Up to 64 KiB each, where other fields hold a few bytes: it counts for 20 points.
     #[graphql(complexity = 20)]
-    async fn metadata(&self) -> Json<&Value> {
-        Json(&*self.0.metadata)
+    async fn metadata(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<Cow<'_, Value>>> {
+        Ok(Json(match self.shown(ctx).await? {
+            Cow::Borrowed(model) => Cow::Borrowed(&*model.metadata),
+            Cow::Owned(model) => Cow::Owned(model.metadata.0),
+        }))
     }
     /// SHA-256 over `previousHash` and the event's canonical bytes, in lower-case hex
     /// (`docs/chain.md` says how to recompute it).
@@ -151,17 +179,14 @@ impl AuditLog {
         self.0.idempotency_key.as_deref()
     }
     /// Where the request came from.
-    async fn context(&self) -> RequestContext {
-        RequestContext {
-            ip_address: self
-                .0
-                .ip_address
-                .as_deref()
-                .map(|ip| host_only(ip).into_owned()),
-            user_agent: self.0.user_agent.clone(),
-            request_id: self.0.request_id.clone(),
-            trace_id: self.0.trace_id.clone(),
-        }
+    async fn context(&self, ctx: &Context<'_>) -> async_graphql::Result<RequestContext> {
+        let shown = self.shown(ctx).await?;
+        Ok(RequestContext {
+            ip_address: (shown.ip_address.as_deref()).map(|ip| host_only(ip).into_owned()),
+            user_agent: shown.user_agent.clone(),
+            request_id: shown.request_id.clone(),
+            trace_id: shown.trace_id.clone(),
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! An event as a caller submits it, its validation (by the rules of `audit_contract`), and
 //! the row it becomes.
 
+use std::collections::BTreeMap;
+
 use audit_contract::rules::{EventFields, MAX_FUTURE_SKEW_SECONDS, check_event};
 use chrono::{DateTime, Duration, Timelike, Utc};
 use entity::audit_log::{self, ActorType, Outcome};
@@ -8,6 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::service::privacy::{self, seal::EventKey, seal::Values, store::DataKeys};
 use crate::service::tlog::canonical::{CHAIN_VERSION, canonical_bytes, canonical_ip, chain_hash};
 
 pub use audit_contract::rules::MAX_BATCH;
@@ -38,9 +41,44 @@ pub struct NewEvent {
     /// A W3C trace id: 32 lower-case hex digits, not all zero.
     pub trace_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Data subjects besides the actor whose personal data the event holds.
+    pub subject_ids: Vec<String>,
+    /// JSON Pointers of the personal values in `metadata`, from the action's registration
+    /// (set by the service, never by the caller).
+    pub personal_paths: Vec<String>,
+}
+
+/// What a new event leaves to seal beside it: its data subjects and personal values.
+pub struct Personal {
+    pub subjects: Vec<String>,
+    pub values: Values,
+    /// The event's key, which the values are sealed with.
+    pub key: EventKey,
 }
 
 impl NewEvent {
+    /// The event's data subjects, sorted: its actor and `subject_ids`.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut subjects = self.subject_ids.clone();
+        subjects.push(self.actor_id.clone());
+        subjects.sort_unstable();
+        subjects.dedup();
+        subjects
+    }
+
+    /// Whether the event holds personal values (and needs its subjects' keys).
+    pub fn has_personal(&self) -> bool {
+        let metadata = self.metadata.as_ref();
+        self.actor_name.is_some()
+            || self.ip_address.is_some()
+            || self.user_agent.is_some()
+            || (self.personal_paths.iter()).any(|p| {
+                metadata
+                    .and_then(|m| m.pointer(p))
+                    .is_some_and(|v| !v.is_null())
+            })
+    }
+
     /// Checks every field (`audit_contract::rules`); the error's path is relative to the
     /// event (`action`, `actor.id`).
     pub fn validate(&self, now: DateTime<Utc>) -> Result<()> {
@@ -63,31 +101,75 @@ impl NewEvent {
         if let Some(at) = self.occurred_at {
             check_occurred_at(at, now)?;
         }
-        Ok(())
+        check_subject_ids(&self.subject_ids)
     }
 
-    /// The row this event becomes, chained to `prev_hash`. Timestamps are cut to
-    /// microseconds, the precision both databases store, so the returned row equals the
-    /// stored one.
+    /// The row this event becomes, chained to `prev_hash`, and the personal values taken
+    /// out of it (committed to in its `personal`). Timestamps are cut to microseconds, the
+    /// precision both databases store, so the returned row equals the stored one.
     pub fn into_model(
         self,
         tenant_id: &str,
         seq: i64,
         recorded_at: DateTime<Utc>,
         prev_hash: Vec<u8>,
-    ) -> audit_log::Model {
-        let mut model = self.into_unhashed(Uuid::now_v7(), tenant_id, seq, recorded_at);
+        keys: &DataKeys,
+    ) -> Result<(audit_log::Model, Option<Personal>)> {
+        let id = Uuid::now_v7();
+        let (mut model, personal) =
+            self.into_unhashed(id, tenant_id, seq, recorded_at, CHAIN_VERSION, keys)?;
         model.prev_hash = prev_hash;
         model.hash = chain_hash(&model.prev_hash, &model);
-        model
+        Ok((model, personal))
     }
 
+    /// The row, unhashed, in canonical encoding `version`: from version 3 without its
+    /// personal values, which come back beside it, committed to with `keys`.
     fn into_unhashed(
+        mut self,
+        id: Uuid,
+        tenant_id: &str,
+        seq: i64,
+        recorded_at: DateTime<Utc>,
+        version: i16,
+        keys: &DataKeys,
+    ) -> Result<(audit_log::Model, Option<Personal>)> {
+        let subjects = self.subjects();
+        let pointers = std::mem::take(&mut self.personal_paths);
+        let mut model = self.into_row(id, tenant_id, seq, recorded_at, version);
+        if version < 3 {
+            return Ok((model, None));
+        }
+        let values = privacy::take(&mut model, &pointers);
+        if values.is_empty() {
+            return Ok((model, None));
+        }
+        let subject_keys = (subjects.iter())
+            .map(|s| keys.get(&(tenant_id.to_owned(), s.clone())))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::internal("a data subject's key was not loaded"))?;
+        let key = EventKey::derive(tenant_id, id, &subject_keys);
+        let commitments: BTreeMap<&str, String> = (values.iter())
+            .map(|(path, value)| (path.as_str(), key.commit(path, value)))
+            .collect();
+        model.personal = Some(serde_json::to_string(&commitments).map_err(Error::internal)?);
+        Ok((
+            model,
+            Some(Personal {
+                subjects,
+                values,
+                key,
+            }),
+        ))
+    }
+
+    fn into_row(
         self,
         id: Uuid,
         tenant_id: &str,
         seq: i64,
         recorded_at: DateTime<Utc>,
+        version: i16,
     ) -> audit_log::Model {
         let (target_type, target_id, target_name) = match self.target {
             Some(t) => (Some(t.kind), Some(t.id), t.name),
@@ -116,10 +198,11 @@ impl NewEvent {
             user_agent: self.user_agent,
             request_id: self.request_id,
             trace_id: self.trace_id,
-            chain_version: CHAIN_VERSION,
+            chain_version: version,
             idempotency_key: self.idempotency_key,
             prev_hash: Vec::new(),
             hash: Vec::new(),
+            personal: None,
         }
     }
 
@@ -128,21 +211,25 @@ impl NewEvent {
     /// hash chain covers), so whatever a database gives back for a value (`1e16` as an
     /// integer, an address as `host/prefix`) equals its retry. `occurredAt` is compared
     /// only when the caller gave it: a retry without it means "now" both times.
-    pub fn same_content(&self, stored: &audit_log::Model) -> bool {
-        let mut retry = self.clone().into_unhashed(
+    ///
+    /// Personal values compare by their commitments, made with the subjects' keys of now: a
+    /// retry whose subject was erased since conflicts with what was stored.
+    pub fn same_content(&self, stored: &audit_log::Model, keys: &DataKeys) -> Result<bool> {
+        // An event stored before an upgrade keeps the version it was hashed with.
+        let (mut retry, _) = self.clone().into_unhashed(
             stored.id,
             &stored.tenant_id,
             stored.seq,
             stored.recorded_at,
-        );
+            stored.chain_version,
+            keys,
+        )?;
         if self.occurred_at.is_none() {
             retry.occurred_at = stored.occurred_at;
         }
-        // An event stored before an upgrade keeps the version it was hashed with; and a
-        // retry usually comes in another trace, so the trace id is the stored one's.
-        retry.chain_version = stored.chain_version;
+        // A retry usually comes in another trace, so the trace id is the stored one's.
         retry.trace_id.clone_from(&stored.trace_id);
-        canonical_bytes(&retry) == canonical_bytes(stored)
+        Ok(canonical_bytes(&retry) == canonical_bytes(stored))
     }
 }
 
@@ -169,6 +256,28 @@ fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
             "occurredAt",
             "occurredAt may not be a leap second",
         ));
+    }
+    Ok(())
+}
+
+/// Data subjects an event may name besides its actor.
+pub const MAX_SUBJECTS: usize = 16;
+
+/// At most `MAX_SUBJECTS` ids of 1 to 256 characters without control characters.
+fn check_subject_ids(ids: &[String]) -> Result<()> {
+    if ids.len() > MAX_SUBJECTS {
+        return Err(Error::bad_input(
+            "subjectIds",
+            format!("an event names at most {MAX_SUBJECTS} data subjects"),
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if id.is_empty() || id.chars().count() > 256 || id.chars().any(char::is_control) {
+            return Err(Error::bad_input(
+                format!("subjectIds[{i}]"),
+                "a subject id has 1 to 256 characters and no control characters",
+            ));
+        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ mod rows;
 mod tables;
 mod write;
 
+pub use job::Erasure;
 use job::{Request, Work};
 pub use tables::USED_KEYS_POSTGRES;
 
@@ -35,7 +36,9 @@ use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::service::actions::{Change, Registry};
 use crate::service::live::feed::Feed;
+use crate::service::privacy::keyring::Keyring;
 use crate::telemetry;
 use event::{MAX_BATCH, NewEvent};
 
@@ -49,6 +52,8 @@ const QUEUE_DEPTH: usize = 4096;
 #[derive(Clone)]
 pub struct Ingestor {
     jobs: mpsc::Sender<Job>,
+    /// Checks events against their actions' registrations.
+    registry: Registry,
     stop: CancellationToken,
     committer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -60,6 +65,8 @@ struct Committer {
     db: DatabaseConnection,
     feed: Feed,
     metrics: Arc<Metrics>,
+    /// Seals personal values; without it (some commands), events holding any are refused.
+    keyring: Option<Arc<Keyring>>,
 }
 
 struct Job {
@@ -74,16 +81,28 @@ impl Ingestor {
     /// Starts the committer on the current tokio runtime. On SQLite it publishes committed
     /// events to `feed`; on PostgreSQL it notifies every instance's listener, and hands
     /// them to this instance's through `feed`.
-    pub fn start(db: DatabaseConnection, feed: Feed, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        db: DatabaseConnection,
+        feed: Feed,
+        metrics: Arc<Metrics>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let stop = CancellationToken::new();
+        let registry = Registry::new(db.clone());
         let committer = tokio::spawn(commit_loop(
-            Committer { db, feed, metrics },
+            Committer {
+                db,
+                feed,
+                metrics,
+                keyring,
+            },
             queue,
             stop.clone(),
         ));
         Ingestor {
             jobs,
+            registry,
             stop,
             committer: Arc::new(Mutex::new(Some(committer))),
         }
@@ -124,7 +143,7 @@ impl Ingestor {
     pub async fn ingest(
         &self,
         tenant_id: &str,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<Vec<audit_log::Model>> {
         if events.is_empty() || events.len() > MAX_BATCH {
             return Err(Error::bad_input(
@@ -144,7 +163,22 @@ impl Ingestor {
                 other => other,
             })?;
         }
+        self.registry.prepare(tenant_id, &mut events).await?;
         self.submit(tenant_id, Work::Log(events)).await
+    }
+
+    /// Changes the tenant's action registry or settings and records the change as an event,
+    /// in one transaction; returns that event.
+    pub async fn configure(
+        &self,
+        tenant_id: &str,
+        change: Change,
+        requested_by: &str,
+    ) -> Result<audit_log::Model> {
+        let work = Work::Configure(change, requested_by.to_owned());
+        let event = self.submit(tenant_id, work).await?.pop();
+        self.registry.forget(tenant_id);
+        event.ok_or_else(|| Error::internal("a change recorded no event"))
     }
 
     /// Deletes the tenant's events recorded before `cutoff` (the oldest part of its chain),
@@ -156,6 +190,13 @@ impl Ingestor {
         cutoff: DateTime<Utc>,
     ) -> Result<Option<audit_log::Model>> {
         Ok(self.submit(tenant_id, Work::Purge(cutoff)).await?.pop())
+    }
+
+    /// Destroys a data subject's key and personal values in `tenant_id`, and records that
+    /// as an `audit.subject.erased` event, in one transaction. Returns that event.
+    pub async fn erase(&self, tenant_id: &str, erasure: Erasure) -> Result<audit_log::Model> {
+        (self.submit(tenant_id, Work::Erase(erasure)).await?.pop())
+            .ok_or_else(|| Error::internal("an erasure recorded no event"))
     }
 
     async fn submit(&self, tenant_id: &str, work: Work) -> Result<Vec<audit_log::Model>> {
@@ -251,7 +292,8 @@ impl Committer {
     /// Writes jobs in one transaction and makes the new events live once committed.
     async fn write(&self, requests: &[Request]) -> Result<Vec<Result<Vec<audit_log::Model>>>> {
         let started = Instant::now();
-        let (results, committed, spent) = write::write(&self.db, requests).await?;
+        let keyring = self.keyring.as_deref();
+        let (results, committed, spent) = write::write(&self.db, keyring, requests).await?;
         tracing::Span::current().record("events", committed.len());
         self.metrics.committed(
             committed.len(),
@@ -263,7 +305,26 @@ impl Committer {
             DbBackend::Postgres => self.feed.committed(committed),
             _ => self.feed.publish(committed.into_iter().map(Arc::new)),
         }
+        if requests
+            .iter()
+            .any(|(_, work)| matches!(work, Work::Erase(_)))
+        {
+            self.scrub().await;
+        }
         Ok(results)
+    }
+
+    /// After an erasure on SQLite: the deleted rows' pages are zeroed (`secure_delete`), and
+    /// a checkpoint takes their old versions out of the WAL.
+    async fn scrub(&self) {
+        use sea_orm::ConnectionTrait;
+        if self.db.get_database_backend() == DbBackend::Sqlite
+            && let Err(err) = (self.db)
+                .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+                .await
+        {
+            tracing::warn!(error = %err, "cannot checkpoint the WAL after an erasure");
+        }
     }
 }
 

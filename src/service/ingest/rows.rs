@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::service::query::stats::hour_start;
 
 /// The columns every insert writes, in order.
-const COLUMNS: [Column; 23] = [
+const COLUMNS: [Column; 24] = [
     Column::Id,
     Column::TenantId,
     Column::Seq,
@@ -41,23 +41,25 @@ const COLUMNS: [Column; 23] = [
     Column::IdempotencyKey,
     Column::PrevHash,
     Column::Hash,
+    Column::Personal,
 ];
 
 /// The insert on PostgreSQL: the rows travel as a JSON array, so the statement has one
 /// parameter and one text (prepared once per connection) whatever the number of rows,
-/// where a multi-row `VALUES` binds 23 parameters a row and has a text per row count. The
+/// where a multi-row `VALUES` binds 24 parameters a row and has a text per row count. The
 /// keys are short (`JsonRow` names each column's), absent values are left out and hashes
 /// are in base64: with full column names, nulls and hex, a row's JSON was 65% longer, and
 /// a group needed as many more statements.
 const INSERT_POSTGRES: &str = "INSERT INTO audit_logs (id, tenant_id, seq, occurred_at, \
      recorded_at, actor_type, actor_id, actor_name, action, target_type, target_id, \
      target_name, outcome, reason, metadata, ip_address, user_agent, request_id, trace_id, \
-     chain_version, idempotency_key, prev_hash, hash) \
+     chain_version, idempotency_key, prev_hash, hash, personal) \
      SELECT i, t, s, o, r, at, a, an, ac, tt, ti, tn, oc, re, m, ip, ua, rq, tr, v, k, \
-     decode(p, 'base64'), decode(h, 'base64') \
+     decode(p, 'base64'), decode(h, 'base64'), pe \
      FROM json_to_recordset($1::json) AS j(i uuid, t text, s bigint, o timestamptz, \
      r timestamptz, at text, a text, an text, ac text, tt text, ti text, tn text, oc text, \
-     re text, m jsonb, ip inet, ua text, rq text, tr text, v smallint, k text, p text, h text)";
+     re text, m jsonb, ip inet, ua text, rq text, tr text, v smallint, k text, p text, h text, \
+     pe text)";
 
 /// A row as `INSERT_POSTGRES` reads it.
 #[derive(Serialize)]
@@ -108,6 +110,8 @@ struct JsonRow<'a> {
     prev_hash: String,
     #[serde(rename = "h")]
     hash: String,
+    #[serde(rename = "pe", skip_serializing_if = "Option::is_none")]
+    personal: Option<&'a str>,
 }
 
 impl<'a> From<&'a audit_log::Model> for JsonRow<'a> {
@@ -136,6 +140,7 @@ impl<'a> From<&'a audit_log::Model> for JsonRow<'a> {
             idempotency_key: row.idempotency_key.as_deref(),
             prev_hash: BASE64_STANDARD.encode(&row.prev_hash),
             hash: BASE64_STANDARD.encode(&row.hash),
+            personal: row.personal.as_deref(),
         }
     }
 }
@@ -154,7 +159,7 @@ pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model])
     let mut insert = Query::insert();
     insert.into_table(audit_log::Entity).columns(COLUMNS);
     for row in rows {
-        let values: [Expr; 23] = [
+        let values: [Expr; 24] = [
             Expr::val(row.id),
             Expr::val(row.tenant_id.clone()),
             Expr::val(row.seq),
@@ -178,6 +183,7 @@ pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model])
             Expr::val(row.idempotency_key.clone()),
             Expr::val(row.prev_hash.clone()),
             Expr::val(row.hash.clone()),
+            Expr::val(row.personal.clone()),
         ];
         insert.values(values).map_err(Error::internal)?;
     }

@@ -221,8 +221,13 @@ mod tests {
             request_id: None,
             trace_id: None,
             idempotency_key: None,
+            subject_ids: Vec::new(),
+            personal_paths: Vec::new(),
         };
-        event.into_model(tenant_id, seq, chrono::Utc::now(), vec![0; 32])
+        let keys = Default::default();
+        let (model, _) = (event.into_model(tenant_id, seq, chrono::Utc::now(), vec![0; 32], &keys))
+            .expect("a row");
+        model
     }
 
     fn seqs(rows: &[Arc<audit_log::Model>]) -> Vec<i64> {

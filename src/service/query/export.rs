@@ -11,6 +11,7 @@ use super::pages::{self as query, PageOrder};
 use crate::config::ExportFormat;
 use crate::error::{Error, Result};
 use crate::service::capacity::memory::{Memory, Meter};
+use crate::service::privacy::{Shown, show};
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
 use crate::service::query::sequence::{BATCH_BYTES, BySequence};
@@ -76,6 +77,13 @@ impl ExportFormat {
         match self {
             ExportFormat::Ndjson => events.iter().flat_map(export_line).collect(),
             ExportFormat::Csv => csv_records(events.iter().map(|event| {
+                // Personal values read as `[redacted]`; the NDJSON form has null and the
+                // commitments in their place, as the hash covers them.
+                let redacted = event
+                    .personal
+                    .is_some()
+                    .then(|| show(event, &Shown::Redacted));
+                let event = redacted.as_ref().unwrap_or(event);
                 let text = |value: &Option<String>| value.clone().unwrap_or_default();
                 [
                     event.seq.to_string(),

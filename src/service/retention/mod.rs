@@ -55,6 +55,7 @@ pub async fn cut(
     // The purged events' leaves stay in the tree's tiles, so that proofs still work.
     crate::service::tlog::tree::keep_before_purge(txn, tenant_id, through as u64).await?;
     uncount(txn, tenant_id, through).await?;
+    crate::service::privacy::store::purge(txn, tenant_id, through).await?;
     let mut purged_count = 0;
     if txn.get_database_backend() == DbBackend::Postgres {
         purged_count += drop_partitions(txn, tenant_id, through, cutoff).await?;

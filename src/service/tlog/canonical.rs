@@ -34,10 +34,12 @@ pub fn host_only(ip: &str) -> Cow<'_, str> {
 }
 
 /// Version of the canonical encoding new events are hashed with, part of every hashed
-/// event: 2 covers `trace_id`; events hashed with version 1 keep it.
-pub const CHAIN_VERSION: i16 = 2;
+/// event: 2 covers `trace_id`; 3 covers `personal`, the commitments to the personal values
+/// that are `null` in their place (docs/privacy.md). Events keep the version they were
+/// hashed with.
+pub const CHAIN_VERSION: i16 = 3;
 /// The versions this server reads.
-pub const KNOWN_VERSIONS: [i16; 2] = [1, 2];
+pub const KNOWN_VERSIONS: [i16; 3] = [1, 2, 3];
 /// `prev_hash` of a tenant's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
@@ -79,6 +81,15 @@ pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     write_timestamp(&mut out, e.occurred_at);
     out.extend_from_slice(b",\"outcome\":");
     string(&mut out, Some(&e.outcome.to_value()));
+    if e.chain_version >= 3 {
+        out.extend_from_slice(b",\"personal\":");
+        match e.personal.as_deref().map(serde_json::from_str::<Value>) {
+            Some(Ok(commitments)) => write_jcs(&mut out, &commitments),
+            // Unreadable commitments hash as the text they are, so the hash fails to match.
+            Some(Err(_)) => string(&mut out, e.personal.as_deref()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
     out.extend_from_slice(b",\"reason\":");
     string(&mut out, e.reason.as_deref());
     out.extend_from_slice(b",\"recorded_at\":");
@@ -102,6 +113,13 @@ pub fn canonical_bytes(e: &audit_log::Model) -> Vec<u8> {
     out.extend_from_slice(b",\"user_agent\":");
     string(&mut out, e.user_agent.as_deref());
     out.push(b'}');
+    out
+}
+
+/// A JSON value's RFC 8785 (JCS) bytes.
+pub fn jcs(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_jcs(&mut out, value);
     out
 }
 
@@ -224,6 +242,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             prev_hash: vec![],
             hash: vec![],
+            personal: None,
         }
     }
 
