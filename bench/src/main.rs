@@ -11,6 +11,7 @@ mod live;
 mod load;
 mod node;
 mod pgbench;
+mod privacy;
 mod proofs;
 mod query;
 mod replicas;
@@ -90,6 +91,9 @@ enum What {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
+    /// Ingest with personal values sealed beside ingest without any; erasing a subject
+    /// with 10,000 events over 12 months.
+    Privacy,
 }
 
 #[tokio::main]
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             bench.client(&mut report).await?;
             bench.node(&mut report).await?;
             bench.replicas(200_000, &mut report).await?;
+            bench.privacy(&mut report).await?;
             bench.proofs(events, &mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
@@ -123,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         What::Client => bench.client(&mut report).await?,
         What::Node => bench.node(&mut report).await?,
         What::Replicas { events } => bench.replicas(events, &mut report).await?,
+        What::Privacy => bench.privacy(&mut report).await?,
     }
     let table = report.markdown();
     println!("{table}");

@@ -82,7 +82,7 @@ async fn proofs(app: &TestApp, token: &str, id: &str, size: &str) -> Value {
     let query = "query($id: ID!, $size: String!) { \
         verifyAuditChain { valid checkedCount } \
         auditChainHead { sequence hash } \
-        auditInclusionProof(id: $id, treeSize: $size) { leafIndex treeSize rootHash hashes } \
+        auditInclusionProof(id: $id, treeSize: $size) { leafIndex treeSize hashes } \
         auditConsistencyProof(fromSize: \"1\", toSize: $size) { fromSize toSize hashes } }";
     data(app, token, query, json!({ "id": id, "size": size })).await
 }
