@@ -36,7 +36,7 @@ async fn events_carry_the_trace_id(app: &TestApp) {
     let body = log_in_trace(app, &traceparent, event("u1", "project.created")).await;
     let stored = &body["data"]["logAuditEvent"];
     assert_eq!(stored["context"]["traceId"], TRACE, "{body}");
-    assert_eq!(stored["chainVersion"], 2);
+    assert_eq!(stored["chainVersion"], 3);
 
     // The input's own trace id wins over the header's.
     let own = "0af7651916cd43dd8448eb211c80319c";
