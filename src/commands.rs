@@ -192,11 +192,13 @@ async fn purge(
             let tenants = chain::tenants(&db).await?;
             let mut progress = Progress::new("purge", tenants.len() as u64, "tenants");
             let now = chrono::Utc::now();
-            let purged = maintenance::apply_retention(&ingestor, retention, now, tenants, || {
-                progress.advance(1)
-            })
-            .await?;
+            let mut purged =
+                maintenance::apply_retention(&ingestor, retention, now, tenants, || {
+                    progress.advance(1)
+                })
+                .await?;
             progress.finish();
+            purged.extend(maintenance::expire_personal(&db, &ingestor, now).await?);
             purged
         }
     };

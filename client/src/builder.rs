@@ -97,6 +97,12 @@ impl<'a> EventBuilder<'a> {
         self
     }
 
+    /// The people the event holds personal data of, besides its actor (docs/privacy.md).
+    pub fn subjects<I: Into<String>>(mut self, ids: impl IntoIterator<Item = I>) -> Self {
+        self.event.subject_ids = Some(ids.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Makes the event idempotent under a key of your own (one is generated otherwise).
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.event.idempotency_key = Some(key.into());

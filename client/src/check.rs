@@ -34,6 +34,7 @@ impl Event {
             request_id: context.and_then(|c| c.request_id.as_deref()),
             trace_id: context.and_then(|c| c.trace_id.as_deref()),
             idempotency_key: self.idempotency_key.as_deref(),
+            subject_ids: self.subject_ids.as_deref().unwrap_or_default(),
         };
         check_event(&fields).map_err(|broken| Error::invalid(&broken.field, broken.message))
     }
@@ -45,6 +46,9 @@ impl Event {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
         let mut size = 256 + self.actor.id.len() + text(&self.actor.name) + self.action.len();
         size += text(&self.reason) + text(&self.idempotency_key);
+        size += (self.subject_ids.iter().flatten())
+            .map(String::len)
+            .sum::<usize>();
         if let Some(target) = &self.target {
             size += target.kind.len() + target.id.len() + text(&target.name);
         }

@@ -158,6 +158,11 @@ pub struct Event {
     #[cynic(skip_serializing_if = "Option::is_none")]
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The people the event holds personal data of, besides its actor (at most 16):
+    /// erasing any of them erases the event's personal values (`eraseAuditSubject`).
+    #[cynic(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
+    pub subject_ids: Option<Vec<String>>,
 }
 
 impl Event {
@@ -173,6 +178,7 @@ impl Event {
             metadata: None,
             context: None,
             idempotency_key: None,
+            subject_ids: None,
         }
     }
 }

@@ -35,6 +35,8 @@ pub const MAX_METADATA_VALUES: usize = 4096;
 pub const MAX_METADATA_DEPTH: usize = 32;
 /// Largest integer JSON numbers may hold exactly in every reader: 2^53 − 1.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+/// Most data subjects an event may name in `subjectIds` (besides its actor).
+pub const MAX_SUBJECTS: usize = 16;
 /// How far in the future `occurredAt` may be, in seconds, to allow for clock skew between
 /// services.
 pub const MAX_FUTURE_SKEW_SECONDS: i64 = 300;
@@ -81,6 +83,8 @@ pub struct EventFields<'e> {
     pub request_id: Option<&'e str>,
     pub trace_id: Option<&'e str>,
     pub idempotency_key: Option<&'e str>,
+    /// The data subjects the event names besides its actor (docs/privacy.md).
+    pub subject_ids: &'e [String],
 }
 
 /// Checks every field of an event but its time (see [`MAX_FUTURE_SKEW_SECONDS`]), in a
@@ -120,6 +124,20 @@ pub fn check_event(event: &EventFields<'_>) -> Checked {
     }
     if let Some(key) = event.idempotency_key {
         check_id("idempotencyKey", key, MAX_KEY_LEN)?;
+    }
+    check_subjects(event.subject_ids)
+}
+
+/// At most [`MAX_SUBJECTS`] subject ids, each an id of at most [`MAX_ID_LEN`] characters.
+pub fn check_subjects(ids: &[String]) -> Checked {
+    if ids.len() > MAX_SUBJECTS {
+        return Err(Violation::new(
+            "subjectIds",
+            format!("subjectIds names at most {MAX_SUBJECTS} data subjects"),
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        check_id(&format!("subjectIds[{i}]"), id, MAX_ID_LEN)?;
     }
     Ok(())
 }

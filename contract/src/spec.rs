@@ -38,6 +38,7 @@ pub fn spec() -> Value {
             "metadataDepth": MAX_METADATA_DEPTH,
             "safeInteger": MAX_SAFE_INTEGER,
             "futureSkewSeconds": MAX_FUTURE_SKEW_SECONDS,
+            "subjects": MAX_SUBJECTS,
         },
         "patterns": {
             "segment": "^[a-z][a-z0-9_]*$",
@@ -57,6 +58,7 @@ pub fn spec() -> Value {
             { "field": "context.requestId", "rule": "id", "length": "keyLength" },
             { "field": "context.traceId", "rule": "traceId" },
             { "field": "idempotencyKey", "rule": "id", "length": "keyLength" },
+            { "field": "subjectIds", "rule": "ids", "length": "idLength", "count": "subjects" },
         ],
         "catalog": catalog,
     })

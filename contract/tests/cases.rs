@@ -39,6 +39,12 @@ fn every_case_is_refused_at_its_field_or_accepted() {
     assert!(cases.len() >= 50, "{} cases", cases.len());
     for case in cases {
         let event = expand(&case["event"]);
+        let subjects: Vec<String> = (event.get("subjectIds").and_then(Value::as_array))
+            .map(|ids| {
+                let id = |v: &Value| v.as_str().expect("a subject id is a string").to_owned();
+                ids.iter().map(id).collect()
+            })
+            .unwrap_or_default();
         let fields = EventFields {
             action: text(&event, &["action"]).expect("action"),
             actor_id: text(&event, &["actor", "id"]).expect("actor.id"),
@@ -57,6 +63,7 @@ fn every_case_is_refused_at_its_field_or_accepted() {
             request_id: text(&event, &["context", "requestId"]),
             trace_id: text(&event, &["context", "traceId"]),
             idempotency_key: text(&event, &["idempotencyKey"]),
+            subject_ids: &subjects,
         };
         let refused = check_event(&fields).err().map(|v| v.field);
         assert_eq!(

@@ -99,8 +99,8 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
-    /// Apply the retention policy once, then exit; or, with `--tenant` and `--before`, purge
-    /// one tenant's events recorded before an instant.
+    /// Apply the retention policy (and the actions' `retentionDays`) once, then exit; or,
+    /// with `--tenant` and `--before`, purge one tenant's events recorded before an instant.
     Purge {
         #[command(flatten)]
         database: DatabaseConfig,

@@ -12,8 +12,7 @@ use sea_orm::DatabaseConnection;
 
 use super::budget::Budget;
 use crate::service::privacy::keyring::Keyring;
-use crate::service::privacy::seal::Values;
-use crate::service::privacy::store;
+use crate::service::privacy::store::{self, Opened};
 use crate::service::query;
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
@@ -113,7 +112,7 @@ pub struct PersonalLoader {
 pub struct PersonalKey(pub String, pub Uuid);
 
 impl Loader<PersonalKey> for PersonalLoader {
-    type Value = Arc<Values>;
+    type Value = Arc<Opened>;
     type Error = async_graphql::Error;
 
     async fn load(
@@ -124,7 +123,7 @@ impl Loader<PersonalKey> for PersonalLoader {
         let opened = store::open(&self.db, &self.keyring, &events).await?;
         Ok(opened
             .into_iter()
-            .map(|((tenant_id, id), values)| (PersonalKey(tenant_id, id), Arc::new(values)))
+            .map(|((tenant_id, id), opened)| (PersonalKey(tenant_id, id), Arc::new(opened)))
             .collect())
     }
 }

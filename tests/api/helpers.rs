@@ -300,7 +300,12 @@ pub fn privacy_key_file() -> String {
     if !path.exists() {
         let text =
             audit_service::service::privacy::keyring::Keyring::new_file(None).expect("a key file");
-        std::fs::write(&path, text).expect("write the key file");
+        let dir = path.parent().expect("a directory");
+        std::fs::create_dir_all(dir).expect("target/");
+        // Written whole, then renamed: a server never reads half a file.
+        let made = dir.join(format!("test-privacy-key.{}", std::process::id()));
+        std::fs::write(&made, text).expect("write the key file");
+        std::fs::rename(&made, &path).expect("rename the key file");
     }
     path.display().to_string()
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{claims, hs256, with_jwt};
 use crate::helpers::{Backend, TestApp, new_database, post_json, spawn_app_with};
+use crate::subscriptions::Client;
 
 fn token(tenant: &str, scopes: &str) -> String {
     hs256(&claims(tenant, scopes))
@@ -196,7 +197,27 @@ async fn personal_values_are_sealed_shown_to_pii_and_erased(backend: Backend) {
         { "actor": { "type": "USER", "id": "u3", "name": grace }, "action": "project.created" },
         { "actor": { "type": "SERVICE", "id": "billing" }, "action": "invoice.sent" },
     ]);
+    // Live subscribers see what readers see: redacted without audit:pii.
+    let mut live = Vec::new();
+    for credential in [&reader, &pii] {
+        let mut client = Client::connect(&app.address, "graphql-transport-ws").await;
+        let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {credential}") } });
+        client.send(init).await;
+        assert_eq!(client.receive().await["type"], "connection_ack");
+        let tail = "subscription { auditLogCreated(filter: { actions: [\"user.invited\"] }) { actor { name } metadata } }";
+        client.subscribe("1", tail, json!({})).await;
+        live.push(client);
+    }
+    // The subscriptions are registered before the events are logged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     data(&app, &writer, log, json!({ "inputs": inputs })).await;
+    let redacted_live = live[0].next_event("1").await;
+    assert_eq!(redacted_live["actor"]["name"], "[redacted]");
+    assert_eq!(redacted_live["metadata"]["email"], "[redacted]");
+    let clear_live = live[1].next_event("1").await;
+    assert_eq!(clear_live["actor"]["name"], ada.as_str());
+    assert_eq!(clear_live["metadata"]["email"], email.as_str());
+    drop(live);
     let other = json!([{ "actor": { "type": "USER", "id": "u3", "name": grace }, "action": "project.created" }]);
     data(&app, &globex, log, json!({ "inputs": other })).await;
 
@@ -239,6 +260,71 @@ async fn personal_values_are_sealed_shown_to_pii_and_erased(backend: Backend) {
     for value in [&ada, ip, &agent, &email, &grace] {
         assert!(!holds(&stored, value), "{value} is stored in clear");
     }
+
+    // An auditor with audit:pii checks each value against the commitment its hash covers.
+    let disclosed = data(
+        &app,
+        &pii,
+        "query($id: ID!) { auditLog(id: $id) { disclosures { path salt value commitment } } }",
+        json!({ "id": e1["id"] }),
+    )
+    .await;
+    let disclosures = disclosed["auditLog"]["disclosures"]
+        .as_array()
+        .expect("list")
+        .clone();
+    let paths: Vec<_> = disclosures.iter().map(|d| d["path"].clone()).collect();
+    assert_eq!(
+        paths,
+        json!([
+            "actor.name",
+            "context.ipAddress",
+            "context.userAgent",
+            "metadata/email"
+        ])
+        .as_array()
+        .expect("paths")
+        .clone()
+    );
+    let refused = gql(
+        &app,
+        &reader,
+        "query($id: ID!) { auditLog(id: $id) { disclosures { path } } }",
+        json!({ "id": e1["id"] }),
+    )
+    .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    let export = app.cli(&["export", "--tenant", "acme"]);
+    assert!(export.status.success(), "{export:?}");
+    let export_file = dir.path().join("before.ndjson");
+    std::fs::write(&export_file, &export.stdout).expect("write");
+    let check = |disclosures: &[Value]| {
+        let listed: Vec<Value> = (disclosures.iter())
+            .map(|d| json!({ "id": e1["id"], "path": d["path"], "salt": d["salt"], "value": d["value"] }))
+            .collect();
+        let file = dir.path().join("disclosures.json");
+        std::fs::write(&file, Value::from(listed).to_string()).expect("write");
+        std::process::Command::new(crate::helpers::python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tools/verify_disclosures.py"
+            ))
+            .args([&export_file, &file])
+            .output()
+            .expect("python runs")
+    };
+    let verified = check(&disclosures);
+    assert!(verified.status.success(), "{verified:?}");
+    let mut forged = disclosures.clone();
+    forged[0]["value"] = json!("Someone Else");
+    assert_eq!(
+        check(&forged).status.code(),
+        Some(1),
+        "a changed value does not verify"
+    );
 
     let head = data(&app, &reader, "{ auditChainHead { sequence } }", json!({})).await;
     let size: u64 = head["auditChainHead"]["sequence"]
@@ -295,6 +381,18 @@ async fn personal_values_are_sealed_shown_to_pii_and_erased(backend: Backend) {
         json!({ "email": "[erased]", "role": "viewer" })
     );
     assert_eq!(e1_after["hash"], e1["hash"], "the event and its hash stay");
+    let gone = data(
+        &app,
+        &pii,
+        "query($id: ID!) { auditLog(id: $id) { disclosures { path } } }",
+        json!({ "id": e1["id"] }),
+    )
+    .await;
+    assert_eq!(
+        gone["auditLog"]["disclosures"],
+        json!([]),
+        "nothing left to disclose"
+    );
     assert_eq!(e1_after["sequence"], e1["sequence"]);
     assert_eq!(
         by_action(&after, "project.created", "u3")["actor"]["name"],
@@ -431,9 +529,102 @@ async fn random_erasures_keep_everything_verifiable(backend: Backend) {
     app.cleanup().await;
 }
 
+/// The registry's other parts: retention per action, required registration, removal, each
+/// change on record.
+async fn the_registry_expires_requires_and_records(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, with_jwt).await else {
+        return;
+    };
+    let admin = token("acme", "audit:admin audit:write audit:read audit:pii");
+    let register = "mutation($input: AuditActionInput!) { registerAuditAction(input: $input) { action retentionDays } }";
+    let input = json!({ "action": "session.started", "description": "A sign-in",
+        "personalPaths": ["/email"], "retentionDays": 30 });
+    let registered = data(&app, &admin, register, json!({ "input": input })).await;
+    assert_eq!(registered["registerAuditAction"]["retentionDays"], 30);
+    let hostile = json!({ "action": "session.ended", "description": "",
+        "metadataSchema": { "type": "string", "pattern": "^(a+)+$(?=x)" } });
+    let refused = gql(&app, &admin, register, json!({ "input": hostile })).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["field"], "input.metadataSchema",
+        "{refused}"
+    );
+
+    let mark = uuid::Uuid::now_v7().simple().to_string();
+    let old_at = (chrono::Utc::now() - chrono::Duration::days(40)).to_rfc3339();
+    let log = "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }";
+    for (when, who) in [(Some(old_at), "old"), (None, "new")] {
+        let mut input = json!({ "actor": { "type": "USER", "id": who, "name": format!("{who} {mark}") },
+            "action": "session.started", "metadata": { "email": format!("{who}-{mark}@example.com") } });
+        if let Some(when) = when {
+            input["occurredAt"] = json!(when);
+        }
+        data(&app, &admin, log, json!({ "input": input })).await;
+    }
+    let purged = app.cli(&["purge"]);
+    assert!(purged.status.success(), "{purged:?}");
+    let found = events(&app, &admin).await;
+    let old = by_action(&found, "session.started", "old");
+    assert_eq!(old["actor"]["name"], "[erased]");
+    assert_eq!(old["metadata"]["email"], "[erased]");
+    let new = by_action(&found, "session.started", "new");
+    assert_eq!(new["actor"]["name"], format!("new {mark}"));
+    let expired = by_action(&found, "audit.personal.expired", "audit-service");
+    assert_eq!(expired["metadata"]["erasedEvents"], 1, "{expired}");
+
+    // Required registration: unregistered actions are refused, audit-service's own are not.
+    let settings = "mutation { setAuditTenantSettings(requireRegisteredActions: true) { requireRegisteredActions } }";
+    data(&app, &admin, settings, json!({})).await;
+    let unregistered =
+        json!({ "actor": { "type": "USER", "id": "u1" }, "action": "project.created" });
+    let refused = gql(&app, &admin, log, json!({ "input": unregistered })).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["field"], "input.action",
+        "{refused}"
+    );
+    let registered =
+        json!({ "actor": { "type": "USER", "id": "u1" }, "action": "session.started" });
+    data(&app, &admin, log, json!({ "input": registered })).await;
+    let remove = "mutation($a: String!) { removeAuditAction(action: $a) }";
+    let removed = data(&app, &admin, remove, json!({ "a": "session.started" })).await;
+    assert_eq!(removed["removeAuditAction"], true);
+    let again = data(&app, &admin, remove, json!({ "a": "session.started" })).await;
+    assert_eq!(again["removeAuditAction"], false);
+    let refused = gql(&app, &admin, log, json!({ "input": registered })).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{refused}"
+    );
+    let listed = data(
+        &app,
+        &admin,
+        "{ auditActions { action } auditTenantSettings { requireRegisteredActions } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(listed["auditActions"], json!([]));
+    assert_eq!(
+        listed["auditTenantSettings"]["requireRegisteredActions"],
+        true
+    );
+    let found = events(&app, &admin).await;
+    let actions: Vec<&str> = found.iter().filter_map(|e| e["action"].as_str()).collect();
+    for recorded in [
+        "audit.action.registered",
+        "audit.settings.changed",
+        "audit.action.removed",
+    ] {
+        assert!(
+            actions.contains(&recorded),
+            "{recorded} is on record: {actions:?}"
+        );
+    }
+    app.cleanup().await;
+}
+
 crate::with_each_backend!(
     personal_values_are_sealed_shown_to_pii_and_erased,
     random_erasures_keep_everything_verifiable,
+    the_registry_expires_requires_and_records,
 );
 
 /// Runs the binary with `env` (and without the test suite's privacy key) until it exits or

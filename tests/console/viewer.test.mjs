@@ -383,15 +383,34 @@ async function main(browser) {
   await $(page, 'filter-actorIds').fill(trojan);
   await $(page, 'apply').click();
   await expectIds(page, await serverIds({ actorIds: [trojan] }), 'the bidi event');
-  const shown = await page.evaluate((selector) => {
+  const firstRow = () => page.evaluate((selector) => {
     const row = document.querySelector(selector).shadowRoot.querySelector('tr[data-testid=row]');
-    return { actor: row.querySelector('[data-testid=actor]').textContent, target: row.querySelector('[data-testid=target]').textContent };
+    const withheld = row.querySelector('[data-testid=actor] .withheld');
+    return { actor: row.querySelector('[data-testid=actor]').textContent, target: row.querySelector('[data-testid=target]').textContent, withheld: withheld?.dataset.testid ?? null };
   }, VIEWER);
-  assert.deepEqual(shown, { actor: 'invoice⟨U+202E⟩txt.exe', target: 'file:a⟨U+2066⟩b⟨U+2069⟩' });
+  const shown = await firstRow();
+  // The actor's name is personal: in clear only with audit:pii, else marked as redacted.
+  const pii = viewer.scopes.includes('audit:pii');
+  assert.deepEqual(shown, pii
+    ? { actor: 'invoice⟨U+202E⟩txt.exe', target: 'file:a⟨U+2066⟩b⟨U+2069⟩', withheld: null }
+    : { actor: 'redacted', target: 'file:a⟨U+2066⟩b⟨U+2069⟩', withheld: 'redacted' });
   await $(page, 'row').first().click();
   const metadataShown = await $(page, 'detail-metadata').textContent();
   assert.ok(metadataShown.includes('x⟨U+202E⟩y') && !/[\u202A-\u202E\u2066-\u2069]/.test(metadataShown), metadataShown);
   ok('bidi controls', `shown as ${shown.actor} and ${shown.target}, in metadata too`);
+
+  // Erased values are marked apart from redacted ones (an admin erases the subject).
+  if (viewer.scopes.includes('audit:admin')) {
+    await gql('mutation($s: String!) { eraseAuditSubject(subjectId: $s, reason: "viewer test") { erasedEvents } }', { s: trojan });
+    await page.keyboard.press('Escape');
+    await $(page, 'apply').click();
+    await until(async () => (await firstRow()).withheld === 'erased');
+    const erased = await firstRow();
+    assert.equal(erased.actor, 'erased');
+    ok('personal values', `the actor's name shown as ${shown.withheld ?? 'clear text'}, then as erased`);
+  } else {
+    ok('personal values', `the actor's name shown as ${shown.withheld}`);
+  }
 
   assert.deepEqual(pageErrors, [], 'errors in the page');
   await context.close();

@@ -52,6 +52,9 @@ export interface AuditEvent {
   context?: RequestContext;
   /** Made (a UUID v7) when the event is accepted, unless given. */
   idempotencyKey?: string;
+  /** The people the event holds personal data of, besides its actor (at most 16): erasing
+   * any of them (`eraseAuditSubject`) erases the event's personal values. */
+  subjectIds?: string[];
 }
 
 /** What `send()` resolves with: the event as committed. */
@@ -94,6 +97,7 @@ export function toInput(event: AuditEvent, defaults: Defaults, key: () => string
   if (event.outcome !== undefined) input.outcome = event.outcome;
   if (event.reason !== undefined) input.reason = event.reason;
   if (event.metadata !== undefined) input.metadata = event.metadata;
+  if (event.subjectIds !== undefined) input.subjectIds = event.subjectIds;
   const context = event.context ?? defaults.context;
   if (context != null) {
     if (typeof context !== 'object') {

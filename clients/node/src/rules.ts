@@ -80,6 +80,9 @@ export function checkFields(input: AuditEventInput, metadataSize = true): void {
       case 'metadata':
         checkMetadata(value, metadataSize);
         break;
+      case 'ids':
+        checkIds(rule.field, value, rule.max);
+        break;
       case 'ip':
         if (typeof value !== 'string' || isIP(value) === 0 || value.includes('%')) {
           fail(rule.field, `${rule.field} is not an IPv4 or IPv6 address`);
@@ -129,6 +132,15 @@ function checkId(field: string, value: unknown, max: number): void {
   if (BLANK.test(value)) fail(field, `${field} must not be empty`);
   if (CONTROL.test(value)) fail(field, `${field} must not contain control characters`);
   checkLength(field, value, max);
+}
+
+/** A list of at most `subjects` ids, each checked as an id at its index: `subjectIds[1]`. */
+function checkIds(field: string, value: unknown, max: number): void {
+  if (!Array.isArray(value)) fail(field, `${field} must be a list of ids`);
+  if (value.length > LIMITS.subjects) {
+    fail(field, `${field} names at most ${LIMITS.subjects} data subjects`);
+  }
+  value.forEach((id, i) => checkId(`${field}[${i}]`, id, max));
 }
 
 function checkText(field: string, value: unknown, max: number): void {

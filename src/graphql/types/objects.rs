@@ -11,8 +11,10 @@ use serde_json::Value;
 
 use crate::credentials::{Principal, Scope};
 use crate::graphql::capacity::page_cost;
+use crate::graphql::guards::RequireScope;
 use crate::graphql::scalars::DateTime;
 use crate::graphql::{budget, reads};
+use crate::service::privacy::store::Opened;
 use crate::service::privacy::{self, Shown};
 use crate::service::query::cursor::Cursor;
 use crate::service::query::filter::Filter;
@@ -77,12 +79,30 @@ impl AuditLog {
         if !pii {
             return Ok(Cow::Owned(privacy::show(&self.0, &Shown::Redacted)));
         }
-        let key = PersonalKey(self.0.tenant_id.clone(), self.0.id);
-        let loader = ctx.data::<Arc<DataLoader<PersonalLoader>>>()?;
-        let values = loader.load_one(key).await?;
-        let shown = Shown::Clear(values.as_deref());
+        let opened = self.opened(ctx).await?;
+        let shown = Shown::Clear(opened.as_ref().map(|o| &o.values));
         Ok(Cow::Owned(privacy::show(&self.0, &shown)))
     }
+
+    /// The event's personal values, opened (`None` once erased).
+    async fn opened(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Arc<Opened>>> {
+        let key = PersonalKey(self.0.tenant_id.clone(), self.0.id);
+        let loader = ctx.data::<Arc<DataLoader<PersonalLoader>>>()?;
+        loader.load_one(key).await
+    }
+}
+
+/// A personal value with what its commitment was made of: SHA-256 over the JCS array
+/// `[salt, path, value]` is the commitment in the event's canonical form (docs/privacy.md).
+#[derive(SimpleObject)]
+pub struct AuditDisclosure {
+    /// Where the value is: `actor.name`, `context.ipAddress`, `metadata/email`.
+    pub path: String,
+    /// The salt, base64url without padding.
+    pub salt: String,
+    pub value: Json<Value>,
+    /// The commitment the event's hash covers, lower-case hex.
+    pub commitment: String,
 }
 
 impl From<audit_log::Model> for AuditLog {
@@ -177,6 +197,30 @@ impl AuditLog {
     /// what it sent against.
     async fn idempotency_key(&self) -> Option<&str> {
         self.0.idempotency_key.as_deref()
+    }
+    /// The event's personal values with their salts, for an auditor to check each against
+    /// the commitment its hash covers (`tools/verify_disclosures.py`); empty once erased.
+    /// Needs `audit:pii`.
+    #[graphql(guard = "RequireScope(Scope::Pii)")]
+    async fn disclosures(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AuditDisclosure>> {
+        if self.0.personal.is_none() {
+            return Ok(Vec::new());
+        }
+        let commitments = privacy::commitments(&self.0);
+        let Some(opened) = self.opened(ctx).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(commitments
+            .into_iter()
+            .filter_map(|(path, commitment)| {
+                Some(AuditDisclosure {
+                    salt: opened.salts.get(&path)?.clone(),
+                    value: Json(opened.values.get(&path)?.clone()),
+                    path,
+                    commitment,
+                })
+            })
+            .collect())
     }
     /// Where the request came from.
     async fn context(&self, ctx: &Context<'_>) -> async_graphql::Result<RequestContext> {

@@ -73,6 +73,27 @@ pub async fn load(db: &impl ConnectionTrait, tenant_id: &str) -> Result<(bool, V
     Ok((require, found))
 }
 
+/// Every registration with `retentionDays`: tenant, action, days.
+pub async fn retained(db: &impl ConnectionTrait) -> Result<Vec<(String, String, i32)>> {
+    let select = Query::select()
+        .columns(["tenant_id", "action", "retention_days"].map(Alias::new))
+        .from(actions())
+        .and_where(Expr::col(Alias::new("retention_days")).is_not_null())
+        .to_owned();
+    let rows = db
+        .query_all_raw(db.get_database_backend().build(&select))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get_by_index(0)?,
+                row.try_get_by_index(1)?,
+                row.try_get_by_index(2)?,
+            ))
+        })
+        .collect()
+}
+
 /// Applies a change in the transaction that records it; returns whether it changed
 /// anything (an action removed that was not there did not).
 pub async fn apply(txn: &impl ConnectionTrait, tenant_id: &str, change: &Change) -> Result<bool> {

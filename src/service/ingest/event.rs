@@ -97,11 +97,12 @@ impl NewEvent {
             request_id: self.request_id.as_deref(),
             trace_id: self.trace_id.as_deref(),
             idempotency_key: self.idempotency_key.as_deref(),
+            subject_ids: &self.subject_ids,
         })?;
         if let Some(at) = self.occurred_at {
             check_occurred_at(at, now)?;
         }
-        check_subject_ids(&self.subject_ids)
+        Ok(())
     }
 
     /// The row this event becomes, chained to `prev_hash`, and the personal values taken
@@ -256,28 +257,6 @@ fn check_occurred_at(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
             "occurredAt",
             "occurredAt may not be a leap second",
         ));
-    }
-    Ok(())
-}
-
-/// Data subjects an event may name besides its actor.
-pub const MAX_SUBJECTS: usize = 16;
-
-/// At most `MAX_SUBJECTS` ids of 1 to 256 characters without control characters.
-fn check_subject_ids(ids: &[String]) -> Result<()> {
-    if ids.len() > MAX_SUBJECTS {
-        return Err(Error::bad_input(
-            "subjectIds",
-            format!("an event names at most {MAX_SUBJECTS} data subjects"),
-        ));
-    }
-    for (i, id) in ids.iter().enumerate() {
-        if id.is_empty() || id.chars().count() > 256 || id.chars().any(char::is_control) {
-            return Err(Error::bad_input(
-                format!("subjectIds[{i}]"),
-                "a subject id has 1 to 256 characters and no control characters",
-            ));
-        }
     }
     Ok(())
 }

@@ -15,6 +15,9 @@ pub(super) enum Work {
     Erase(Erasure),
     /// Change the action registry or the tenant's settings, and record that.
     Configure(Change, String),
+    /// Erase the personal values of an action's events that occurred before the cutoff,
+    /// and record that (when there were any).
+    Expire(String, DateTime<Utc>),
 }
 
 /// Who is erased, why, and at whose request.
@@ -28,7 +31,7 @@ impl Work {
     pub(super) fn size(&self) -> usize {
         match self {
             Work::Log(events) => events.len(),
-            Work::Purge(_) | Work::Erase(_) | Work::Configure(..) => 1,
+            Work::Purge(_) | Work::Erase(_) | Work::Configure(..) | Work::Expire(..) => 1,
         }
     }
 }

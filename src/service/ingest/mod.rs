@@ -167,6 +167,18 @@ impl Ingestor {
         self.submit(tenant_id, Work::Log(events)).await
     }
 
+    /// Erases the personal values of the tenant's events of `action` that occurred before
+    /// `cutoff`, and records that; returns the record, or `None` when there were none.
+    pub async fn expire(
+        &self,
+        tenant_id: &str,
+        action: &str,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<audit_log::Model>> {
+        let work = Work::Expire(action.to_owned(), cutoff);
+        Ok(self.submit(tenant_id, work).await?.pop())
+    }
+
     /// Changes the tenant's action registry or settings and records the change as an event,
     /// in one transaction; returns that event.
     pub async fn configure(

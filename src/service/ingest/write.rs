@@ -73,6 +73,15 @@ pub(super) async fn write(
                 let erased = store::erase(&txn, tenant_id, &erasure.subject_id).await?;
                 Cow::Owned(vec![erasure_event(erasure, erased)])
             }
+            Work::Expire(action, cutoff) => {
+                match store::expire(&txn, tenant_id, action, *cutoff).await? {
+                    0 => {
+                        results.push(Ok(Vec::new()));
+                        continue;
+                    }
+                    expired => Cow::Owned(vec![expiry_event(action, *cutoff, expired)]),
+                }
+            }
             Work::Configure(change, requested_by) => {
                 let changed = actions::store::apply(&txn, tenant_id, change).await?;
                 Cow::Owned(vec![change_event(change, requested_by, changed)])
@@ -253,6 +262,23 @@ fn change_event(change: &Change, requested_by: &str, changed: bool) -> NewEvent 
             name: None,
         }),
         metadata: Some(metadata),
+        ..system_event()
+    }
+}
+
+/// The event that records the expiry of an action's personal values.
+fn expiry_event(action: &str, cutoff: DateTime<Utc>, expired: u64) -> NewEvent {
+    NewEvent {
+        action: "audit.personal.expired".to_owned(),
+        target: Some(Target {
+            kind: "action".to_owned(),
+            id: action.to_owned(),
+            name: None,
+        }),
+        metadata: Some(json!({
+            "erasedEvents": expired,
+            "occurredBefore": crate::service::tlog::canonical::timestamp(cutoff),
+        })),
         ..system_event()
     }
 }

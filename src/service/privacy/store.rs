@@ -1,7 +1,7 @@
 //! The privacy tables: data keys (`audit_subject_keys`), sealed values (`audit_personal`,
 //! a row per event and subject, each with the event's sealed values) and their erasure.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult};
@@ -144,13 +144,20 @@ struct PersonalRow {
     sealed: Vec<u8>,
 }
 
+/// An event's personal values, opened, with the salts of their commitments (what an
+/// auditor needs to check a value against the commitment the hash covers).
+pub struct Opened {
+    pub values: Values,
+    pub salts: BTreeMap<String, String>,
+}
+
 /// The personal values of events (tenant, id), opened; an event missing from the answer
 /// has none left: they were erased.
 pub async fn open(
     db: &impl ConnectionTrait,
     keyring: &Keyring,
     events: &[(String, Uuid)],
-) -> Result<HashMap<(String, Uuid), Values>> {
+) -> Result<HashMap<(String, Uuid), Opened>> {
     let mut by_tenant: HashMap<&str, Vec<Uuid>> = HashMap::new();
     for (tenant_id, id) in events {
         by_tenant.entry(tenant_id).or_default().push(*id);
@@ -190,8 +197,13 @@ pub async fn open(
         let Some(subject_keys) = subject_keys else {
             continue;
         };
-        let values = EventKey::derive(&place.0, place.1, &subject_keys).open(&row.sealed)?;
-        opened.insert(place, values);
+        let key = EventKey::derive(&place.0, place.1, &subject_keys);
+        let values = key.open(&row.sealed)?;
+        let salts = values
+            .keys()
+            .map(|path| (path.clone(), key.salt(path)))
+            .collect();
+        opened.insert(place, Opened { values, salts });
     }
     Ok(opened)
 }
@@ -222,6 +234,40 @@ pub async fn erase(txn: &impl ConnectionTrait, tenant_id: &str, subject_id: &str
         .to_owned();
     txn.execute(&key).await?;
     Ok(erased)
+}
+
+/// Erases the personal values of a tenant's events of `action` that occurred before
+/// `cutoff` (the action's `retentionDays`); returns how many events lost them.
+pub async fn expire(
+    txn: &impl ConnectionTrait,
+    tenant_id: &str,
+    action: &str,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64> {
+    let col = |name: &str| Expr::col(Alias::new(name));
+    let old = Query::select()
+        .column(Alias::new("id"))
+        .from(Alias::new("audit_logs"))
+        .and_where(col("tenant_id").eq(tenant_id))
+        .and_where(col("action").eq(action))
+        .and_where(col("occurred_at").lt(cutoff))
+        .to_owned();
+    let sealed = Query::select()
+        .distinct()
+        .column(Alias::new("event_id"))
+        .from(personal_table())
+        .and_where(col("tenant_id").eq(tenant_id))
+        .and_where(col("event_id").in_subquery(old.clone()))
+        .to_owned();
+    let backend = txn.get_database_backend();
+    let expired = txn.query_all_raw(backend.build(&sealed)).await?.len() as u64;
+    let delete = Query::delete()
+        .from_table(personal_table())
+        .and_where(col("tenant_id").eq(tenant_id))
+        .and_where(col("event_id").in_subquery(old))
+        .to_owned();
+    txn.execute(&delete).await?;
+    Ok(expired)
 }
 
 /// Deletes the sealed values of a tenant's events up to `through` (a retention purge).

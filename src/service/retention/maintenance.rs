@@ -49,7 +49,26 @@ pub async fn once(
         let tenants = crate::service::tlog::chain::tenants(db).await?;
         apply_retention(ingestor, config, now, tenants, || {}).await?;
     }
+    expire_personal(db, ingestor, now).await?;
     Ok(())
+}
+
+/// Erases the personal values that registered actions keep no longer (`retentionDays`);
+/// returns the expiry events recorded. The events themselves stay.
+pub async fn expire_personal(
+    db: &DatabaseConnection,
+    ingestor: &Ingestor,
+    now: DateTime<Utc>,
+) -> Result<Vec<audit_log::Model>> {
+    let mut recorded = Vec::new();
+    for (tenant_id, action, days) in crate::service::actions::store::retained(db).await? {
+        let cutoff = now - chrono::Duration::days(i64::from(days));
+        if let Some(event) = ingestor.expire(&tenant_id, &action, cutoff).await? {
+            tracing::info!(tenant = %tenant_id, action = %action, "personal values expired");
+            recorded.push(event);
+        }
+    }
+    Ok(recorded)
 }
 
 /// Applies a retention policy to `tenants` once, calling `done` as each is reached; returns
