@@ -56,7 +56,7 @@ impl AuditSubscription {
         let (db, memory) = (context.db.clone(), context.memory.clone());
         let tail = live::tail((replica, db), memory, filter, after, live, deadline);
         Ok(tail.map(move |event| match event {
-            Ok(event) => Ok(AuditLog(event)),
+            Ok(event) => Ok(AuditLog::new(event)),
             Err(err) => {
                 if matches!(err, Error::SubscriberLagged { .. }) {
                     metrics.live.lagged.increment(1);

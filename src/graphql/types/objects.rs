@@ -2,7 +2,6 @@
 //! of events; the audit trails of actors and targets. One module, because these types
 //! refer to one another (an event's actor has a trail of events).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use async_graphql::{ComplexObject, Context, ID, Json, Lookahead, Object, SimpleObject};
@@ -14,6 +13,8 @@ use crate::graphql::capacity::page_cost;
 use crate::graphql::guards::RequireScope;
 use crate::graphql::scalars::DateTime;
 use crate::graphql::{budget, reads};
+use crate::service::capacity::size::json_size;
+use crate::service::privacy::seal::Values;
 use crate::service::privacy::store::Opened;
 use crate::service::privacy::{self, Shown};
 use crate::service::query::cursor::Cursor;
@@ -21,6 +22,7 @@ use crate::service::query::filter::Filter;
 use crate::service::query::trail::Subject;
 use crate::service::query::{self, Page};
 use crate::service::tlog::canonical::host_only;
+use tokio::sync::OnceCell;
 
 use crate::graphql::loaders::{
     AuditLoader, CountKey, PersonalKey, PersonalLoader, TrailArgs, TrailKey,
@@ -31,8 +33,9 @@ use super::enums::{ActorType, AuditOutcome};
 use super::filter::AuditLogFilter;
 
 /// A recorded governance operation: who did what to which resource, when, and how it ended.
-/// Shared, not copied, between a page's `edges` and `nodes` and among live subscribers.
-pub struct AuditLog(pub Arc<audit_log::Model>);
+/// Shared, not copied, between a page's `edges` and `nodes` and among live subscribers;
+/// the event as this caller may see it (its personal values) is worked out once.
+pub struct AuditLog(pub Arc<audit_log::Model>, OnceCell<audit_log::Model>);
 
 impl AuditLog {
     /// The fields a summary row answers (see `query::Columns::Summary`).
@@ -69,27 +72,45 @@ impl AuditLog {
 }
 
 impl AuditLog {
-    /// The event as the caller may see it: its personal values in clear with `audit:pii`,
-    /// else `[redacted]`; `[erased]` once erased (docs/privacy.md).
-    async fn shown(&self, ctx: &Context<'_>) -> async_graphql::Result<Cow<'_, audit_log::Model>> {
-        if self.0.personal.is_none() {
-            return Ok(Cow::Borrowed(&self.0));
-        }
-        let pii = ctx.data::<Principal>().is_ok_and(|p| p.has(Scope::Pii));
-        if !pii {
-            return Ok(Cow::Owned(privacy::show(&self.0, &Shown::Redacted)));
-        }
-        let opened = self.opened(ctx).await?;
-        let shown = Shown::Clear(opened.as_ref().map(|o| &o.values));
-        Ok(Cow::Owned(privacy::show(&self.0, &shown)))
+    pub fn new(model: Arc<audit_log::Model>) -> Self {
+        AuditLog(model, OnceCell::new())
     }
 
-    /// The event's personal values, opened (`None` once erased).
+    /// The event as the caller may see it: its personal values in clear with `audit:pii`,
+    /// else `[redacted]`; `[erased]` once erased (docs/privacy.md).
+    async fn shown(&self, ctx: &Context<'_>) -> async_graphql::Result<&audit_log::Model> {
+        if self.0.personal.is_none() {
+            return Ok(&self.0);
+        }
+        let shown = self.1.get_or_try_init(|| async {
+            let pii = ctx.data::<Principal>().is_ok_and(|p| p.has(Scope::Pii));
+            if !pii {
+                return Ok::<_, async_graphql::Error>(privacy::show(&self.0, &Shown::Redacted));
+            }
+            let values = match self.opened(ctx).await? {
+                Some(opened) => Some(opened_values(ctx, &opened)?),
+                None => None,
+            };
+            Ok(privacy::show(&self.0, &Shown::Clear(values.as_ref())))
+        });
+        Ok(shown.await?)
+    }
+
+    /// The event's personal values, decrypted (`None` once erased).
     async fn opened(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Arc<Opened>>> {
         let key = PersonalKey(self.0.tenant_id.clone(), self.0.id);
         let loader = ctx.data::<Arc<DataLoader<PersonalLoader>>>()?;
         loader.load_one(key).await
     }
+}
+
+/// Personal values parsed, charged to the request's memory first by what they take parsed.
+fn opened_values(ctx: &Context<'_>, opened: &Opened) -> async_graphql::Result<Values> {
+    let text = std::str::from_utf8(&opened.text).map_err(crate::error::Error::internal)?;
+    budget::meter(ctx)?
+        .charge(json_size(text))
+        .map_err(crate::error::Error::from)?;
+    Ok(opened.values()?)
 }
 
 /// A personal value with what its commitment was made of: SHA-256 over the JCS array
@@ -107,7 +128,7 @@ pub struct AuditDisclosure {
 
 impl From<audit_log::Model> for AuditLog {
     fn from(model: audit_log::Model) -> Self {
-        AuditLog(Arc::new(model))
+        AuditLog::new(Arc::new(model))
     }
 }
 
@@ -173,11 +194,8 @@ impl AuditLog {
     /// `personalPaths`) read as the actor's name does.
     // Up to 64 KiB each, where other fields hold a few bytes: it counts for 20 points.
     #[graphql(complexity = 20)]
-    async fn metadata(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<Cow<'_, Value>>> {
-        Ok(Json(match self.shown(ctx).await? {
-            Cow::Borrowed(model) => Cow::Borrowed(&*model.metadata),
-            Cow::Owned(model) => Cow::Owned(model.metadata.0),
-        }))
+    async fn metadata(&self, ctx: &Context<'_>) -> async_graphql::Result<Json<&Value>> {
+        Ok(Json(&*self.shown(ctx).await?.metadata))
     }
     /// SHA-256 over `previousHash` and the event's canonical bytes, in lower-case hex
     /// (`docs/chain.md` says how to recompute it).
@@ -210,12 +228,13 @@ impl AuditLog {
         let Some(opened) = self.opened(ctx).await? else {
             return Ok(Vec::new());
         };
+        let values = opened_values(ctx, &opened)?;
         Ok(commitments
             .into_iter()
             .filter_map(|(path, commitment)| {
                 Some(AuditDisclosure {
-                    salt: opened.salts.get(&path)?.clone(),
-                    value: Json(opened.values.get(&path)?.clone()),
+                    salt: opened.key.salt(&path),
+                    value: Json(values.get(&path)?.clone()),
                     path,
                     commitment,
                 })
@@ -406,10 +425,10 @@ impl AuditLogConnection {
             .zip(cursors)
             .map(|(m, cursor)| AuditLogEdge {
                 cursor,
-                node: AuditLog(Arc::clone(m)),
+                node: AuditLog::new(Arc::clone(m)),
             })
             .collect();
-        let nodes = rows.into_iter().map(AuditLog).collect();
+        let nodes = rows.into_iter().map(AuditLog::new).collect();
         AuditLogConnection {
             edges,
             nodes,

@@ -201,31 +201,19 @@ fn adopt(
 /// The event that records a purge, in the purged tenant's own chain.
 fn purge_event(tenant_id: &str, cut: &retention::Cut) -> NewEvent {
     NewEvent {
-        actor_type: ActorType::System,
-        actor_id: "audit-service".to_owned(),
-        actor_name: None,
         action: "audit.retention.purged".to_owned(),
         target: Some(Target {
             kind: "tenant".to_owned(),
             id: tenant_id.to_owned(),
             name: None,
         }),
-        outcome: Outcome::Success,
-        reason: None,
-        occurred_at: None,
         metadata: Some(json!({
             "purgedCount": cut.purged_count,
             "throughSequence": cut.seq.to_string(),
             "throughHash": hex::encode(&cut.hash),
             "recordedBefore": crate::service::tlog::canonical::timestamp(cut.cutoff),
         })),
-        ip_address: None,
-        user_agent: None,
-        request_id: None,
-        trace_id: None,
-        idempotency_key: None,
-        subject_ids: Vec::new(),
-        personal_paths: Vec::new(),
+        ..system_event()
     }
 }
 

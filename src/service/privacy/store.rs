@@ -1,7 +1,8 @@
 //! The privacy tables: data keys (`audit_subject_keys`), sealed values (`audit_personal`,
-//! a row per event and subject, each with the event's sealed values) and their erasure.
+//! a row per event and subject, the first holding the event's sealed values) and their
+//! erasure.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult};
@@ -107,26 +108,38 @@ async fn load_keys(
     Ok(keys)
 }
 
-/// Stores sealed values, a row per subject.
+/// Stores sealed values, a row per subject; only the first subject's row holds the sealed
+/// bytes (the others name the event for erasure), so that naming 16 subjects does not
+/// write the values 16 times.
 pub async fn insert(txn: &impl ConnectionTrait, sealed: &[Sealed]) -> Result<()> {
     let rows: Vec<_> = sealed
         .iter()
-        .flat_map(|s| s.subjects.iter().map(move |subject| (s, subject)))
+        .flat_map(|s| {
+            s.subjects
+                .iter()
+                .enumerate()
+                .map(move |(i, subject)| (s, i, subject))
+        })
         .collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let mut insert = Query::insert();
         insert
             .into_table(personal_table())
             .columns(["tenant_id", "subject_id", "event_id", "subjects", "sealed"].map(Alias::new));
-        for (s, subject) in chunk {
+        for (s, i, subject) in chunk {
             let subjects = serde_json::to_string(&s.subjects).map_err(Error::internal)?;
+            let bytes = if *i == 0 {
+                s.sealed.clone()
+            } else {
+                Vec::new()
+            };
             insert
                 .values([
                     s.tenant_id.as_str().into(),
                     subject.as_str().into(),
                     s.event_id.into(),
                     subjects.into(),
-                    s.sealed.clone().into(),
+                    bytes.into(),
                 ])
                 .map_err(Error::internal)?;
         }
@@ -144,11 +157,18 @@ struct PersonalRow {
     sealed: Vec<u8>,
 }
 
-/// An event's personal values, opened, with the salts of their commitments (what an
-/// auditor needs to check a value against the commitment the hash covers).
+/// An event's personal values, decrypted: the JSON text of their object by path, not yet
+/// parsed; and the event's key, which gives their salts.
 pub struct Opened {
-    pub values: Values,
-    pub salts: BTreeMap<String, String>,
+    pub text: Vec<u8>,
+    pub key: EventKey,
+}
+
+impl Opened {
+    /// The values, parsed.
+    pub fn values(&self) -> Result<Values> {
+        serde_json::from_slice(&self.text).map_err(Error::internal)
+    }
 }
 
 /// The personal values of events (tenant, id), opened; an event missing from the answer
@@ -185,7 +205,8 @@ pub async fn open(
     let mut opened = HashMap::new();
     for row in rows {
         let place = (row.tenant_id, row.event_id);
-        if opened.contains_key(&place) {
+        // The other subjects' rows hold no bytes; their keys were loaded all the same.
+        if row.sealed.is_empty() || opened.contains_key(&place) {
             continue;
         }
         let subjects: Vec<String> = serde_json::from_str(&row.subjects).map_err(Error::internal)?;
@@ -198,12 +219,8 @@ pub async fn open(
             continue;
         };
         let key = EventKey::derive(&place.0, place.1, &subject_keys);
-        let values = key.open(&row.sealed)?;
-        let salts = values
-            .keys()
-            .map(|path| (path.clone(), key.salt(path)))
-            .collect();
-        opened.insert(place, Opened { values, salts });
+        let text = key.open(&row.sealed)?;
+        opened.insert(place, Opened { text, key });
     }
     Ok(opened)
 }
