@@ -93,7 +93,7 @@ impl AuditLog {
             };
             Ok(privacy::show(&self.0, &Shown::Clear(values.as_ref())))
         });
-        Ok(shown.await?)
+        shown.await
     }
 
     /// The event's personal values, decrypted (`None` once erased).
