@@ -31,7 +31,6 @@ CREATE TABLE control_plane.audit_personal (
     sealed bytea NOT NULL,
     PRIMARY KEY (tenant_id, subject_id, event_id)
 );
-CREATE INDEX audit_personal_event ON control_plane.audit_personal (tenant_id, event_id);
 
 CREATE TABLE control_plane.audit_actions (
     tenant_id text NOT NULL,
@@ -70,7 +69,6 @@ CREATE TABLE audit_personal (
     sealed BLOB NOT NULL,
     PRIMARY KEY (tenant_id, subject_id, event_id)
 ) WITHOUT ROWID;
-CREATE INDEX audit_personal_event ON audit_personal (tenant_id, event_id);
 
 CREATE TABLE audit_actions (
     tenant_id TEXT NOT NULL,

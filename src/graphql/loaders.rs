@@ -107,9 +107,9 @@ pub struct PersonalLoader {
     pub keyring: Arc<Keyring>,
 }
 
-/// An event by tenant and id.
+/// An event by tenant, actor and id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PersonalKey(pub String, pub Uuid);
+pub struct PersonalKey(pub String, pub String, pub Uuid);
 
 impl Loader<PersonalKey> for PersonalLoader {
     type Value = Arc<Opened>;
@@ -119,11 +119,16 @@ impl Loader<PersonalKey> for PersonalLoader {
         &self,
         keys: &[PersonalKey],
     ) -> Result<HashMap<PersonalKey, Self::Value>, Self::Error> {
-        let events: Vec<_> = keys.iter().map(|k| (k.0.clone(), k.1)).collect();
+        let events: Vec<_> = keys
+            .iter()
+            .map(|k| (k.0.clone(), k.1.clone(), k.2))
+            .collect();
         let opened = store::open(&self.db, &self.keyring, &events).await?;
         Ok(opened
             .into_iter()
-            .map(|((tenant_id, id), opened)| (PersonalKey(tenant_id, id), Arc::new(opened)))
+            .map(|((tenant_id, actor_id, id), opened)| {
+                (PersonalKey(tenant_id, actor_id, id), Arc::new(opened))
+            })
             .collect())
     }
 }

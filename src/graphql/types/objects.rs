@@ -98,7 +98,8 @@ impl AuditLog {
 
     /// The event's personal values, decrypted (`None` once erased).
     async fn opened(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Arc<Opened>>> {
-        let key = PersonalKey(self.0.tenant_id.clone(), self.0.id);
+        let m = &self.0;
+        let key = PersonalKey(m.tenant_id.clone(), m.actor_id.clone(), m.id);
         let loader = ctx.data::<Arc<DataLoader<PersonalLoader>>>()?;
         loader.load_one(key).await
     }

@@ -7,13 +7,14 @@ use base64::Engine;
 use base64::prelude::BASE64_STANDARD;
 use chrono::{DateTime, Utc};
 use entity::audit_log::{self, Column};
-use sea_orm::sea_query::{Expr, Query};
+use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::tables::json_arrays;
 use crate::error::{Error, Result};
+use crate::service::privacy::store::{ROWS_PER_STATEMENT, Sealed, personal_table};
 use crate::service::query::stats::hour_start;
 
 /// The columns every insert writes, in order.
@@ -188,6 +189,77 @@ pub(super) async fn insert(txn: &DatabaseTransaction, rows: &[audit_log::Model])
         insert.values(values).map_err(Error::internal)?;
     }
     txn.execute(&insert).await?;
+    Ok(())
+}
+
+/// The sealed personal values' insert on PostgreSQL, as `INSERT_POSTGRES` does it: one
+/// JSON array parameter, whatever the number of rows.
+const INSERT_SEALED_POSTGRES: &str = "INSERT INTO audit_personal \
+     (tenant_id, subject_id, event_id, subjects, sealed) \
+     SELECT t, s, e, j, decode(b, 'base64') \
+     FROM json_to_recordset($1::json) AS r(t text, s text, e uuid, j text, b text)";
+
+/// A row as `INSERT_SEALED_POSTGRES` reads it.
+#[derive(Serialize)]
+struct SealedRow<'a> {
+    t: &'a str,
+    s: &'a str,
+    e: Uuid,
+    j: &'a str,
+    b: String,
+}
+
+/// Stores events' sealed personal values, a row per subject; only the actor's row holds
+/// the sealed bytes (the others name the event for erasure), so that naming 16 subjects
+/// does not write the values 16 times.
+pub(super) async fn insert_sealed(txn: &DatabaseTransaction, sealed: &[Sealed]) -> Result<()> {
+    let mut rows = Vec::new();
+    for event in sealed {
+        let subjects = serde_json::to_string(&event.subjects).map_err(Error::internal)?;
+        for subject in &event.subjects {
+            let bytes: &[u8] = match *subject == event.actor_id {
+                true => &event.sealed,
+                false => &[],
+            };
+            rows.push((event, subject, subjects.clone(), bytes));
+        }
+    }
+    let backend = txn.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let rows = rows
+            .iter()
+            .map(|(event, subject, subjects, bytes)| SealedRow {
+                t: &event.tenant_id,
+                s: subject,
+                e: event.event_id,
+                j: subjects,
+                b: BASE64_STANDARD.encode(bytes),
+            });
+        for json in json_arrays(rows)? {
+            let insert =
+                Statement::from_sql_and_values(backend, INSERT_SEALED_POSTGRES, [json.into()]);
+            txn.execute_raw(insert).await?;
+        }
+        return Ok(());
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = Query::insert();
+        insert
+            .into_table(personal_table())
+            .columns(["tenant_id", "subject_id", "event_id", "subjects", "sealed"].map(Alias::new));
+        for (event, subject, subjects, bytes) in chunk {
+            insert
+                .values([
+                    event.tenant_id.as_str().into(),
+                    subject.as_str().into(),
+                    event.event_id.into(),
+                    subjects.as_str().into(),
+                    bytes.to_vec().into(),
+                ])
+                .map_err(Error::internal)?;
+        }
+        txn.execute(&insert).await?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
 use super::job::{Erasure, Request, Work};
-use super::rows::{count_events, insert};
+use super::rows::{count_events, insert, insert_sealed};
 use super::tables::{Head, ROWS_PER_INSERT, load_keyed, lock_heads, move_heads, remember_keys};
 use crate::error::{Error, Result};
 use crate::service::actions::{self, Change};
@@ -99,7 +99,7 @@ pub(super) async fn write(
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         insert(&txn, chunk).await?;
     }
-    store::insert(&txn, &sealed).await?;
+    insert_sealed(&txn, &sealed).await?;
     remember_keys(&txn, &rows, recorded_at).await?;
     let counting = Instant::now();
     count_events(&txn, &rows).await?;
@@ -180,6 +180,7 @@ fn adopt(
             sealed.push(Sealed {
                 tenant_id: tenant_id.to_owned(),
                 event_id: model.id,
+                actor_id: model.actor_id.clone(),
                 sealed: personal.key.seal(&personal.values)?,
                 subjects: personal.subjects,
             });
