@@ -91,9 +91,13 @@ enum What {
         #[arg(long, default_value_t = 200_000)]
         events: u64,
     },
-    /// Ingest with personal values sealed beside ingest without any; erasing a subject
-    /// with 10,000 events over 12 months.
-    Privacy,
+    /// Ingest with personal values sealed beside the same events stored in clear by
+    /// `--clear-bin` (a build from before privacy, e.g. commit 779744c), and beside events
+    /// without personal values; erasing a subject with 10,000 events over 12 months.
+    Privacy {
+        #[arg(long)]
+        clear_bin: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -115,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
             bench.client(&mut report).await?;
             bench.node(&mut report).await?;
             bench.replicas(200_000, &mut report).await?;
-            bench.privacy(&mut report).await?;
+            bench.privacy(None, &mut report).await?;
             bench.proofs(events, &mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
@@ -128,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         What::Client => bench.client(&mut report).await?,
         What::Node => bench.node(&mut report).await?,
         What::Replicas { events } => bench.replicas(events, &mut report).await?,
-        What::Privacy => bench.privacy(&mut report).await?,
+        What::Privacy { clear_bin } => bench.privacy(clear_bin.as_deref(), &mut report).await?,
     }
     let table = report.markdown();
     println!("{table}");
