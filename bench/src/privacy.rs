@@ -55,7 +55,12 @@ impl Bench {
             None => None,
         };
         for (what, query, size, clients) in [
-            ("batch ingest, 1,000-event batches, 4 clients", BATCH, 1000, 4),
+            (
+                "batch ingest, 1,000-event batches, 4 clients",
+                BATCH,
+                1000,
+                4,
+            ),
             ("single-event ingest, 16 clients", SINGLE, 1, 16),
         ] {
             if let Some(clear) = &clear {
