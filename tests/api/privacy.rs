@@ -413,6 +413,71 @@ async fn personal_values_are_sealed_shown_to_pii_and_erased(backend: Backend) {
     assert_eq!(again["verifyAuditChain"]["valid"], true);
     let later = signed_checkpoint(&app, &reader, size.parse::<u64>().expect("n") + 2).await;
     assert_ne!(later["rootHash"], Value::Null);
+    // The independent verifier: the checkpoint signed before the erasure, the erased event's
+    // inclusion in it, and its consistency with the one signed after.
+    let verifier_key = String::from_utf8(made.stdout.clone()).expect("utf-8");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let old_note = file("old.note", checkpoint["signedNote"].as_str().expect("note"));
+    let new_note = file("new.note", later["signedNote"].as_str().expect("note"));
+    let consistency = data(
+        &app,
+        &reader,
+        "query($from: String!, $to: String) { auditConsistencyProof(fromSize: $from, toSize: $to) { fromSize toSize hashes } }",
+        json!({ "from": size, "to": later["treeSize"] }),
+    )
+    .await;
+    let consistency = file(
+        "consistency.json",
+        &consistency["auditConsistencyProof"].to_string(),
+    );
+    let export = app.cli(&["export", "--tenant", "acme"]);
+    let exported = String::from_utf8(export.stdout).expect("utf-8");
+    let line = exported
+        .lines()
+        .find(|line| line.contains(e1["id"].as_str().expect("id")))
+        .expect("the erased event is exported");
+    let line = file("event.ndjson", line);
+    let inclusion = file("inclusion.json", &again["auditInclusionProof"].to_string());
+    let key = verifier_key.trim();
+    for args in [
+        vec!["checkpoint", "--key", key, &old_note],
+        vec![
+            "inclusion",
+            "--key",
+            key,
+            "--checkpoint",
+            &old_note,
+            "--event",
+            &line,
+            "--proof",
+            &inclusion,
+        ],
+        vec![
+            "consistency",
+            "--key",
+            key,
+            "--old",
+            &old_note,
+            "--new",
+            &new_note,
+            "--proof",
+            &consistency,
+        ],
+    ] {
+        let verified = std::process::Command::new(crate::helpers::python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tools/verify_proofs.py"
+            ))
+            .args(&args)
+            .output()
+            .expect("python runs");
+        assert!(verified.status.success(), "{}: {verified:?}", args[0]);
+    }
     let export = app.cli(&["export", "--tenant", "acme"]);
     assert!(export.status.success(), "{export:?}");
     let text = String::from_utf8(export.stdout).expect("utf-8");
