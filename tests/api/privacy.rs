@@ -174,7 +174,6 @@ async fn personal_values_are_sealed_shown_to_pii_and_erased(backend: Backend) {
 
     // Metadata that breaks the schema is refused, naming the field; nothing is stored.
     let log = "mutation($inputs: [AuditEventInput!]!) { logAuditEvents(inputs: $inputs) { id } }";
-    let before = app.stored_rows().await;
     let bad = json!([
         { "actor": { "type": "USER", "id": "u9" }, "action": "project.created" },
         { "actor": { "type": "USER", "id": "u9" }, "action": "user.invited", "metadata": { "role": "root" } },
@@ -188,7 +187,19 @@ async fn personal_values_are_sealed_shown_to_pii_and_erased(backend: Backend) {
         refused["errors"][0]["extensions"]["field"],
         "inputs[1].metadata.role"
     );
-    assert_eq!(app.stored_rows().await, before, "a batch is all or nothing");
+    // (The refused registration above is recorded as `audit.access.denied` in the
+    // background, so the table is not counted whole.)
+    let u9 = data(
+        &app,
+        &reader,
+        "{ auditLogs(filter: { actorIds: [\"u9\"] }) { totalCount } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        u9["auditLogs"]["totalCount"], 0,
+        "a batch is all or nothing"
+    );
 
     let inputs = json!([
         { "actor": { "type": "USER", "id": "u1", "name": ada }, "action": "user.invited",
