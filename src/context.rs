@@ -50,4 +50,6 @@ pub struct AppContext {
     pub stopping: watch::Receiver<bool>,
     /// The WebSocket connections being served, which shutdown waits for.
     pub connections: TaskTracker,
+    /// How long a log stream's sink fails before the stream reads `FAILING`.
+    pub stream_failing_after: std::time::Duration,
 }

@@ -34,6 +34,7 @@ pub struct Metrics {
     pool: Pool,
     pub live: Live,
     pub tree: Tree,
+    pub streams: Streams,
 }
 
 /// The write path's.
@@ -68,6 +69,13 @@ pub struct Tree {
     pub verification_duration: Histogram,
     pub verified_sequence: Gauge,
     pub verification_failures: Counter,
+}
+
+/// The log streams' deliveries.
+pub struct Streams {
+    pub delivered: Counter,
+    pub failures: Counter,
+    pub failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -191,6 +199,28 @@ impl Tree {
     }
 }
 
+impl Streams {
+    fn new(r: &PrometheusRecorder) -> Self {
+        Streams {
+            delivered: counter(
+                r,
+                "audit_stream_events_delivered_total",
+                "Events log streams delivered and their sinks acknowledged (redeliveries too).",
+            ),
+            failures: counter(
+                r,
+                "audit_stream_delivery_failures_total",
+                "Batches a log stream's sink did not acknowledge (each is retried).",
+            ),
+            failing: gauge(
+                r,
+                "audit_streams_failing",
+                "Log streams whose sinks have failed for longer than AUDIT_STREAM_FAILING_AFTER.",
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
@@ -210,6 +240,7 @@ impl Metrics {
             pool: Pool::new(r),
             live: Live::new(r),
             tree: Tree::new(r),
+            streams: Streams::new(r),
             recorder,
         };
         metrics.describe_labelled();

@@ -28,6 +28,8 @@ use crate::service::live::listener;
 use crate::service::privacy::{self, keyring};
 use crate::service::replicas::Reads;
 use crate::service::retention::maintenance;
+use crate::service::streams::deliver::Streams;
+use crate::service::streams::sink;
 use crate::service::tlog::cache::TileCache;
 use crate::service::tlog::checkpoint::Signer;
 use crate::service::tlog::transparency;
@@ -98,6 +100,17 @@ impl Application {
             tasks.spawn(task);
         }
         tasks.spawn(upkeep(metrics.clone()));
+        let streams = Streams {
+            db: db.clone(),
+            memory: memory.clone(),
+            feed: feed.clone(),
+            keyring: keyring.clone(),
+            metrics: metrics.clone(),
+            failing_after: Duration::from_secs(config.stream_failing_after),
+            owner: uuid::Uuid::now_v7().to_string(),
+            http: sink::http_client(),
+        };
+        tasks.spawn(streams.run());
         let replicas = &config.replicas;
         let reads = Reads::connect(
             db.clone(),
@@ -130,6 +143,7 @@ impl Application {
             tiles: Arc::new(TileCache::new()),
             stopping: stopping_rx,
             connections: TaskTracker::new(),
+            stream_failing_after: Duration::from_secs(config.stream_failing_after),
         };
         let state = AppState {
             schema: build_schema(context.clone(), &SchemaConfig::from(config)),

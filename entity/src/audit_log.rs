@@ -3,6 +3,7 @@
 //! The table is append-only; rows are written only by the service's ingest path.
 
 use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// A stored audit event.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -49,8 +50,11 @@ pub struct Model {
 }
 
 /// Who acted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "lowercase")]
 pub enum ActorType {
     #[sea_orm(string_value = "user")]
     User,
@@ -61,8 +65,11 @@ pub enum ActorType {
 }
 
 /// How the operation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
+#[serde(rename_all = "lowercase")]
 pub enum Outcome {
     #[sea_orm(string_value = "success")]
     Success,

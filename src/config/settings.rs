@@ -293,6 +293,10 @@ pub struct ServeConfig {
     pub replicas: ReplicaConfig,
     #[command(flatten)]
     pub privacy: PrivacyConfig,
+    /// Seconds a log stream's sink may fail before the stream reads `FAILING` (it keeps
+    /// retrying and resumes from its cursor when the sink is back).
+    #[arg(long, env = "AUDIT_STREAM_FAILING_AFTER", default_value_t = 300)]
+    pub stream_failing_after: u64,
     /// Seconds a SIGTERM or SIGINT gives in-flight requests, queued writes and live
     /// subscriptions to finish before the process exits anyway.
     #[arg(

@@ -15,6 +15,7 @@ pub mod query;
 pub mod reads;
 pub mod scalars;
 mod spans;
+mod streams;
 pub mod subscription;
 pub mod types;
 
@@ -39,11 +40,16 @@ pub struct Query(
     query::AuditProofQuery,
     federation::FederationQuery,
     privacy::PrivacyQuery,
+    streams::StreamQuery,
 );
 
 /// Mutation root.
 #[derive(MergedObject, Default)]
-pub struct Mutation(mutation::AuditMutation, privacy::PrivacyMutation);
+pub struct Mutation(
+    mutation::AuditMutation,
+    privacy::PrivacyMutation,
+    streams::StreamMutation,
+);
 
 /// Subscription root.
 #[derive(MergedSubscription, Default)]

@@ -10,4 +10,5 @@ pub mod privacy;
 pub mod query;
 pub mod replicas;
 pub mod retention;
+pub mod streams;
 pub mod tlog;

@@ -331,6 +331,7 @@ pub fn serve_config(database_url: &str) -> ServeConfig {
         privacy: audit_service::config::PrivacyConfig {
             privacy_key_file: Some(privacy_key_file().into()),
         },
+        stream_failing_after: 300,
         shutdown_timeout_seconds: 30,
     }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::event::NewEvent;
 use crate::service::actions::Change;
+use crate::service::streams;
 
 /// What one job asks of the committer.
 pub(super) enum Work {
@@ -18,6 +19,8 @@ pub(super) enum Work {
     /// Erase the personal values of an action's events that occurred before the cutoff,
     /// and record that (when there were any).
     Expire(String, DateTime<Utc>),
+    /// Change a log stream, and record that.
+    Stream(streams::Change, String),
 }
 
 /// Who is erased, why, and at whose request.
@@ -31,7 +34,11 @@ impl Work {
     pub(super) fn size(&self) -> usize {
         match self {
             Work::Log(events) => events.len(),
-            Work::Purge(_) | Work::Erase(_) | Work::Configure(..) | Work::Expire(..) => 1,
+            Work::Purge(_)
+            | Work::Erase(_)
+            | Work::Configure(..)
+            | Work::Expire(..)
+            | Work::Stream(..) => 1,
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::service::actions::{Change, Registry};
 use crate::service::live::feed::Feed;
 use crate::service::privacy::keyring::Keyring;
+use crate::service::streams;
 use crate::telemetry;
 use event::{MAX_BATCH, NewEvent};
 
@@ -191,6 +192,19 @@ impl Ingestor {
         let event = self.submit(tenant_id, work).await?.pop();
         self.registry.forget(tenant_id);
         event.ok_or_else(|| Error::internal("a change recorded no event"))
+    }
+
+    /// Changes one of the tenant's log streams and records the change as an
+    /// `audit.stream.*` event, in one transaction; returns that event.
+    pub async fn stream(
+        &self,
+        tenant_id: &str,
+        change: streams::Change,
+        requested_by: &str,
+    ) -> Result<audit_log::Model> {
+        let work = Work::Stream(change, requested_by.to_owned());
+        (self.submit(tenant_id, work).await?.pop())
+            .ok_or_else(|| Error::internal("a stream change recorded no event"))
     }
 
     /// Deletes the tenant's events recorded before `cutoff` (the oldest part of its chain),

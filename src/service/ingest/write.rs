@@ -19,6 +19,7 @@ use crate::service::ingest::event::{NewEvent, Personal, Target, micros};
 use crate::service::privacy::keyring::Keyring;
 use crate::service::privacy::store::{self, DataKeys, Sealed};
 use crate::service::retention;
+use crate::service::streams;
 use sha2::Digest;
 
 /// Events already stored, by tenant and idempotency key.
@@ -85,6 +86,15 @@ pub(super) async fn write(
             Work::Configure(change, requested_by) => {
                 let changed = actions::store::apply(&txn, tenant_id, change).await?;
                 Cow::Owned(vec![change_event(change, requested_by, changed)])
+            }
+            Work::Stream(change, requested_by) => {
+                match streams::store::apply(&txn, tenant_id, head.seq, change).await? {
+                    Ok(applied) => Cow::Owned(vec![stream_event(applied, requested_by)]),
+                    Err(refused) => {
+                        results.push(Err(refused));
+                        continue;
+                    }
+                }
             }
         };
         let planning = Instant::now();
@@ -249,6 +259,22 @@ fn change_event(change: &Change, requested_by: &str, changed: bool) -> NewEvent 
             kind: "setting".to_owned(),
             id: target,
             name: None,
+        }),
+        metadata: Some(metadata),
+        ..system_event()
+    }
+}
+
+/// The event that records a change to a log stream (never its secret).
+fn stream_event(applied: streams::store::Applied, requested_by: &str) -> NewEvent {
+    let mut metadata = applied.metadata;
+    metadata["requestedBy"] = requested_by.into();
+    NewEvent {
+        action: applied.action.to_owned(),
+        target: Some(Target {
+            kind: "stream".to_owned(),
+            id: applied.id.to_string(),
+            name: Some(applied.name),
         }),
         metadata: Some(metadata),
         ..system_event()

@@ -103,19 +103,7 @@ impl Keyring {
 
     /// Wraps a data key under the current KEK, bound to its tenant and subject.
     pub fn wrap(&self, tenant_id: &str, subject_id: &str, key: &DataKey) -> Result<Vec<u8>> {
-        let nonce = random::<NONCE>().map_err(|e| Error::internal(e.to_string()))?;
-        let aad = bound_to(tenant_id, subject_id);
-        let sealed = self.keys[0]
-            .cipher
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: key,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::internal("cannot wrap a data key"))?;
-        Ok([nonce.as_slice(), &sealed].concat())
+        self.seal(&bound_to(tenant_id, subject_id), key)
     }
 
     /// Unwraps a data key that `wrap` made under the KEK `kek_id`.
@@ -126,27 +114,47 @@ impl Keyring {
         kek_id: &str,
         wrapped: &[u8],
     ) -> Result<DataKey> {
+        let key = self.open(&bound_to(tenant_id, subject_id), kek_id, wrapped)?;
+        key.try_into()
+            .map_err(|_| Error::internal("a data key is not 32 bytes"))
+    }
+
+    /// Seals a secret (a stream's signing secret or token) under the current KEK, bound to
+    /// what it belongs to (`owner`), so that it never rests in the database in clear.
+    pub fn seal(&self, owner: &[u8], secret: &[u8]) -> Result<Vec<u8>> {
+        let nonce = random::<NONCE>().map_err(|e| Error::internal(e.to_string()))?;
+        let sealed = self.keys[0]
+            .cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: secret,
+                    aad: owner,
+                },
+            )
+            .map_err(|_| Error::internal("cannot seal under the privacy key"))?;
+        Ok([nonce.as_slice(), &sealed].concat())
+    }
+
+    /// Opens what `seal` sealed for `owner` under the KEK `kek_id`.
+    pub fn open(&self, owner: &[u8], kek_id: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         let kek = (self.keys.iter().find(|k| k.id == kek_id)).ok_or_else(|| {
             Error::internal(format!(
-                "data keys are wrapped by `{kek_id}`, which the privacy key file lacks"
+                "keys are wrapped by `{kek_id}`, which the privacy key file lacks"
             ))
         })?;
-        let (nonce, sealed) = wrapped
+        let (nonce, sealed) = sealed
             .split_first_chunk::<NONCE>()
-            .ok_or_else(|| Error::internal("a wrapped data key is too short"))?;
-        let aad = bound_to(tenant_id, subject_id);
-        let key = kek
-            .cipher
+            .ok_or_else(|| Error::internal("a sealed key is too short"))?;
+        kek.cipher
             .decrypt(
                 &XNonce::from(*nonce),
                 Payload {
                     msg: sealed,
-                    aad: &aad,
+                    aad: owner,
                 },
             )
-            .map_err(|_| Error::internal(format!("a data key does not open with `{kek_id}`")))?;
-        key.try_into()
-            .map_err(|_| Error::internal("a data key is not 32 bytes"))
+            .map_err(|_| Error::internal(format!("a sealed key does not open with `{kek_id}`")))
     }
 }
 

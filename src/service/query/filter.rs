@@ -19,9 +19,12 @@ use audit_contract::rules::{
 pub const MAX_FILTER_VALUES: usize = 100;
 
 /// Which events to read. Lists match any of their values; absent fields do not filter.
-#[derive(Clone, Debug, Default)]
+/// Stored as JSON (a stream's filter) without its tenants, which the reader sets.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Filter {
     /// The tenants the caller may read; always set by the server, never by the input alone.
+    #[serde(skip)]
     pub tenant_ids: Vec<String>,
     pub actor_ids: Option<Vec<String>>,
     pub actor_types: Option<Vec<ActorType>>,
