@@ -305,7 +305,7 @@ impl StreamMutation {
         )
         .await?;
         let row = changed(ctx, principal, Change::Update { id, settings }).await?;
-        Ok(AuditStream::of(ctx, row).await?)
+        AuditStream::of(ctx, row).await
     }
 
     /// Pauses a stream: events wait and its cursor stays. Recorded as `audit.stream.paused`.
@@ -317,7 +317,7 @@ impl StreamMutation {
     ) -> async_graphql::Result<AuditStream> {
         let principal = ctx.data::<Principal>()?;
         let row = changed(ctx, principal, Change::Pause(stream_id(&id)?)).await?;
-        Ok(AuditStream::of(ctx, row).await?)
+        AuditStream::of(ctx, row).await
     }
 
     /// Resumes a paused (or failing) stream from its cursor at once. Recorded as
@@ -330,7 +330,7 @@ impl StreamMutation {
     ) -> async_graphql::Result<AuditStream> {
         let principal = ctx.data::<Principal>()?;
         let row = changed(ctx, principal, Change::Resume(stream_id(&id)?)).await?;
-        Ok(AuditStream::of(ctx, row).await?)
+        AuditStream::of(ctx, row).await
     }
 
     /// Delivers a stream again from `fromSequence` (events from there arrive again, with
@@ -350,7 +350,7 @@ impl StreamMutation {
             )
         })?;
         let row = changed(ctx, principal, Change::Replay(stream_id(&id)?, from)).await?;
-        Ok(AuditStream::of(ctx, row).await?)
+        AuditStream::of(ctx, row).await
     }
 
     /// Deletes a stream; returns true. Recorded as `audit.stream.deleted`.

@@ -34,6 +34,7 @@ mod replicas;
 mod schema;
 mod shutdown;
 mod stats;
+mod streams;
 mod subscriptions;
 mod traces;
 mod validation;

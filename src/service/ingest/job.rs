@@ -20,7 +20,7 @@ pub(super) enum Work {
     /// and record that (when there were any).
     Expire(String, DateTime<Utc>),
     /// Change a log stream, and record that.
-    Stream(streams::Change, String),
+    Stream(Box<streams::Change>, String),
 }
 
 /// Who is erased, why, and at whose request.

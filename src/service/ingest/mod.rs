@@ -202,7 +202,7 @@ impl Ingestor {
         change: streams::Change,
         requested_by: &str,
     ) -> Result<audit_log::Model> {
-        let work = Work::Stream(change, requested_by.to_owned());
+        let work = Work::Stream(Box::new(change), requested_by.to_owned());
         (self.submit(tenant_id, work).await?.pop())
             .ok_or_else(|| Error::internal("a stream change recorded no event"))
     }
