@@ -108,3 +108,7 @@ export const STATS_QUERY = `query AuditLogChart($filter: AuditLogFilter) {
 export const VERIFY_QUERY = `query VerifyChain($tenantId: String) {
   verifyAuditChain(tenantId: $tenantId) { valid checkedCount firstInvalidSequence reason }
 }`;
+
+export const STREAMS_QUERY = `query AuditStreams {
+  auditStreams { id name kind state deliveredSequence lagEvents lagSeconds lastError lastDeliveredAt }
+}`;

@@ -27,7 +27,7 @@ import { repeat } from 'lit/directives/repeat.js';
 import { createClient } from 'graphql-ws/client';
 import {
   ApiError, apiError, authorization, graphql, hasExport, download,
-  VIEWER_QUERY, PAGE_QUERY, LIVE_SUBSCRIPTION, STATS_QUERY, VERIFY_QUERY,
+  VIEWER_QUERY, PAGE_QUERY, LIVE_SUBSCRIPTION, STATS_QUERY, VERIFY_QUERY, STREAMS_QUERY,
 } from './api.js';
 import { ACTOR_TYPES, OUTCOMES, emptyDraft, draftToFilter, readSearch, writeSearch } from './filter.js';
 import { chartFilter, renderChart } from './chart.js';
@@ -49,6 +49,7 @@ function personal(value) {
 }
 
 const FRESH_MS = 2000;
+const STREAMS_REFRESH_MS = 10_000;
 const NARROW_PX = 480; // as the styles' container queries
 const STATUS_TEXT = { connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…' };
 
@@ -74,6 +75,8 @@ class AuditLogViewer extends LitElement {
     selected: { state: true },
     verification: { state: true },
     stats: { state: true },
+    // Admins' log streams (docs/streams.md): null until loaded, or for anyone else.
+    streams: { state: true },
     exportable: { state: true },
     downloading: { state: true },
     activeId: { state: true },
@@ -122,6 +125,7 @@ class AuditLogViewer extends LitElement {
     this.observer.disconnect();
     this.observed = null;
     this.stopLive();
+    clearInterval(this.streamsTimer);
     this.client?.dispose();
     this.client = null;
     this.socketOpen = false;
@@ -159,7 +163,8 @@ class AuditLogViewer extends LitElement {
     this.client?.dispose();
     this.client = null;
     this.socketOpen = false;
-    Object.assign(this, { phase: 'starting', viewer: null, error: null, rows: [], selected: null, stats: null, exportable: false });
+    clearInterval(this.streamsTimer);
+    Object.assign(this, { phase: 'starting', viewer: null, error: null, rows: [], selected: null, stats: null, exportable: false, streams: null });
     try {
       if (!this.endpoint) throw new Error('the endpoint attribute is missing');
       this.endpointUrl = new URL(this.endpoint, document.baseURI);
@@ -190,7 +195,22 @@ class AuditLogViewer extends LitElement {
     hasExport(this.exportUrl, this.credential).then((exportable) => {
       if (run === this.run) this.exportable = exportable;
     });
+    if (this.isAdmin) {
+      this.loadStreams();
+      this.streamsTimer = setInterval(() => this.loadStreams(), STREAMS_REFRESH_MS);
+    }
     this.reload();
+  }
+
+  /** The tenant's log streams with their state and lag, for admins. */
+  async loadStreams() {
+    const run = this.run;
+    try {
+      const { auditStreams } = await this.query(STREAMS_QUERY);
+      if (run === this.run) this.streams = { list: auditStreams, error: null };
+    } catch (error) {
+      if (run === this.run) this.streams = { list: this.streams?.list ?? [], error: describe(error) };
+    }
   }
 
   signedOut(message) {
@@ -525,6 +545,7 @@ class AuditLogViewer extends LitElement {
       ${this.phase === 'signin' ? this.renderSignin() : nothing}
       ${this.phase === 'ready' ? this.renderFilters() : nothing}
       ${this.phase === 'ready' && this.stats ? renderChart(this.stats.buckets, this.stats.filter) : nothing}
+      ${this.phase === 'ready' && this.streams ? this.renderStreams() : nothing}
       ${this.error ? html`<div class="banner" role="alert" data-testid="error">${this.error}</div>` : nothing}
       ${this.phase === 'ready' ? this.renderMain() : nothing}
       ${this.phase === 'starting' ? html`<p class="placeholder">Connecting…</p>` : nothing}
@@ -557,6 +578,27 @@ class AuditLogViewer extends LitElement {
         ? nothing
         : html`<button type="button" data-testid="signout" @click=${this.signOut}>Sign out</button>`}
     `;
+  }
+
+  renderStreams() {
+    const { list, error } = this.streams;
+    const failing = list.filter((stream) => stream.state === 'FAILING').length;
+    const lag = ({ lagEvents: n, lagSeconds }) => (n ? `${n.toLocaleString()} event${n === 1 ? '' : 's'}, ${lagSeconds.toFixed(1)} s behind` : 'caught up');
+    return html`<details class="streams" data-testid="streams" ?open=${failing > 0}>
+      <summary>Log streams (${list.length}${failing ? html`, <span class="invalid">${failing} failing</span>` : ''})</summary>
+      ${error ? html`<p class="invalid" role="alert">${error}</p>` : nothing}
+      ${list.length ? html`<table>
+        <thead><tr><th scope="col">Name</th><th scope="col">Kind</th><th scope="col">State</th><th scope="col">Lag</th><th scope="col">Last error</th></tr></thead>
+        <tbody>${list.map((stream) => html`<tr data-testid="stream" data-id=${stream.id}>
+          <td>${visible(stream.name)}</td>
+          <td>${stream.kind}</td>
+          <td><span class="state ${stream.state}" data-testid="stream-state">${stream.state.toLowerCase()}</span></td>
+          <td data-testid="stream-lag" title="delivered through sequence ${stream.deliveredSequence}">${lag(stream)}</td>
+          <td data-testid="stream-error">${stream.lastError ? visible(stream.lastError) : html`<span class="muted">—</span>`}</td>
+        </tr>`)}</tbody>
+      </table>` : html`<p class="muted">No streams: createAuditStream sends this tenant's events to a webhook, NATS, Splunk, Datadog or syslog.</p>`}
+      <button type="button" data-testid="streams-refresh" @click=${this.loadStreams}>Refresh</button>
+    </details>`;
   }
 
   renderSignin() {

@@ -120,6 +120,12 @@ export const styles = css`
     border: 1px dashed var(--_muted); color: var(--_muted);
   }
   .withheld.erased { border-style: solid; text-decoration: line-through; }
+  .streams { margin: 0 1rem 0.5rem; font-size: 0.9em; overflow-x: auto; }
+  .streams summary { cursor: pointer; color: var(--_muted); }
+  .streams table { margin: 0.25rem 0; }
+  .streams td, .streams th { padding: 0.2rem 0.5rem; text-align: left; }
+  .state.FAILING { color: var(--_failure); font-weight: 600; }
+  .state.PAUSED { color: var(--_muted); }
   .placeholder { padding: 2rem 1rem; text-align: center; color: var(--_muted); }
   .sentinel { height: 1px; }
 

@@ -413,6 +413,32 @@ async function main(browser) {
     ok('personal values', `the actor's name shown as ${shown.withheld}`);
   }
 
+  // Admins see the tenant's log streams with their state, lag and last error.
+  if (viewer.scopes.includes('audit:admin')) {
+    const { createAuditStream: stream } = await gql(
+      'mutation($input: AuditStreamInput!) { createAuditStream(input: $input) { id name } }',
+      { input: { name: 'viewer-test <siem>', kind: 'WEBHOOK', url: 'http://127.0.0.1:9/nothing-listens' } },
+    );
+    const shownStream = () => page.evaluate(([selector, id]) => {
+      const row = document.querySelector(selector).shadowRoot.querySelector(`tr[data-testid=stream][data-id="${id}"]`);
+      return row && { state: row.querySelector('[data-testid=stream-state]').textContent, lag: row.querySelector('[data-testid=stream-lag]').textContent, error: row.querySelector('[data-testid=stream-error]').textContent, name: row.cells[0].textContent };
+    }, [VIEWER, stream.id]);
+    if (!(await $(page, 'streams').evaluate((details) => details.open))) await $(page, 'streams').locator('summary').click();
+    await until(async () => {
+      await $(page, 'streams-refresh').click();
+      return (await shownStream())?.error.includes('could not connect');
+    });
+    const row = await shownStream();
+    assert.equal(row.name, stream.name);
+    assert.equal(row.state, 'active');
+    assert.match(row.lag, /^[\d,]+ events?, [\d.]+ s behind$/);
+    await page.screenshot({ path: join(shots, '08-streams.png') });
+    ok('log streams', `${row.name}: ${row.state}, ${row.lag}, last error "${row.error}"`);
+  } else {
+    assert.equal(await $(page, 'streams').count(), 0, 'streams are shown to a reader');
+    ok('log streams', 'not shown without audit:admin');
+  }
+
   assert.deepEqual(pageErrors, [], 'errors in the page');
   await context.close();
 
