@@ -625,37 +625,62 @@ async fn settings_are_checked(backend: Backend) {
     app.cleanup().await;
 }
 
-/// A redirecting sink is not followed; the stream shows why it fails and keeps its cursor.
-async fn redirects_are_not_followed(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, with_jwt).await else {
+/// A redirecting sink is not followed; the stream shows why it fails, keeps its cursor,
+/// reads `FAILING` (and counts on `audit_streams_failing`) once it has failed for longer
+/// than the set time, and goes back to `ACTIVE` when the sink acknowledges.
+async fn failing_sinks_are_shown(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |config| {
+        with_jwt(config);
+        config.stream_failing_after = 1;
+    })
+    .await
+    else {
         return;
     };
     let base = app.address.clone();
-    let receiver = Receiver::start(vec![Answer::Redirect; 3], Duration::ZERO).await;
+    let receiver = Receiver::start(vec![Answer::Redirect; 5], Duration::ZERO).await;
     let stream = create(
         &base,
         "acme",
         json!({ "name": "moved", "kind": "WEBHOOK", "url": receiver.url }),
     )
     .await;
+    let failing_metric = || async {
+        let metrics = app
+            .client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("audit_streams_failing "))
+            .map(str::to_owned);
+        value.expect("the gauge")
+    };
     let started = std::time::Instant::now();
-    let failing = loop {
+    let (mut seen_state, mut seen_metric) = (None, false);
+    while seen_state.is_none() || !seen_metric {
         let listed = streams(&base, "acme").await;
-        if listed[0]["lastError"].is_string() {
-            break listed[0].clone();
+        if listed[0]["state"] == "FAILING" {
+            seen_state = Some(listed[0].clone());
         }
+        seen_metric |= failing_metric().await == "1";
         assert!(started.elapsed() < Duration::from_secs(30), "{listed:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+    let failing = seen_state.expect("FAILING");
     let error = failing["lastError"].as_str().expect("an error");
-    assert!(
-        error.contains("302") && error.contains("redirect"),
-        "{error}"
-    );
+    assert!(error.contains("302") && error.contains("redirect"), "{error}");
     assert!(!error.contains("127.0.0.1"), "no URL in the error: {error}");
     assert_eq!(failing["deliveredSequence"], stream["deliveredSequence"]);
     let stream = caught_up(&base, "acme", &stream["id"], || receiver.last_seq()).await;
     assert_eq!(stream["lastError"], Value::Null);
+    assert_eq!(stream["state"], "ACTIVE");
+    assert_eq!(*receiver.script.refused.lock().expect("lock"), 5);
     app.cleanup().await;
 }
 
@@ -663,7 +688,7 @@ crate::with_each_backend!(
     webhook_delivers_in_order_through_failures,
     pause_resume_and_replay,
     settings_are_checked,
-    redirects_are_not_followed
+    failing_sinks_are_shown
 );
 
 /// Splunk HEC, Datadog and syslog receive each event in their own format.
