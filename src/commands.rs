@@ -134,8 +134,9 @@ async fn privacy_key(action: PrivacyKeyCommand) -> anyhow::Result<()> {
             )?;
             let db = connect(&database).await?;
             let rewrapped = privacy::store::rewrap(&db, &keyring).await?;
+            let resealed = crate::service::streams::store::reseal(&db, &keyring).await?;
             println!(
-                "rewrapped {rewrapped} data key(s) with `{}`",
+                "rewrapped {rewrapped} data key(s) and {resealed} stream secret(s) with `{}`",
                 keyring.current()
             );
         }

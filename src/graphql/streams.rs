@@ -94,6 +94,11 @@ pub struct AuditStreamInput {
     /// The first sequence number to deliver; by default, the stream's own
     /// `audit.stream.created` record, the next event.
     pub from_sequence: Option<String>,
+    /// Carry personal values in clear: each event with them gets `disclosures` (path,
+    /// value, salt), which its commitments verify. Needs `audit:pii`; by default they stay
+    /// sealed (null beside their commitments, as in exports).
+    #[graphql(default = false)]
+    pub include_personal: bool,
 }
 
 /// New settings for a stream; absent fields stay as they are.
@@ -132,6 +137,11 @@ impl AuditStream {
 
     async fn url(&self) -> &str {
         &self.row.url
+    }
+
+    /// Whether it carries personal values in clear (`includePersonal`).
+    async fn include_personal(&self) -> bool {
+        self.row.personal
     }
 
     /// The JetStream subject (NATS).
@@ -233,6 +243,11 @@ impl StreamMutation {
         input: AuditStreamInput,
     ) -> async_graphql::Result<AuditStream> {
         let principal = ctx.data::<Principal>()?;
+        if input.include_personal && !principal.has(Scope::Pii) {
+            return Err(
+                Error::Forbidden("includePersonal needs the audit:pii scope".to_owned()).into(),
+            );
+        }
         let kind = Kind::from(input.kind);
         let from_sequence = (input.from_sequence.as_deref())
             .map(|text| {
@@ -260,6 +275,7 @@ impl StreamMutation {
             kind,
             settings,
             from_sequence,
+            personal: input.include_personal,
         };
         let row = changed(ctx, principal, change).await?;
         let mut stream = AuditStream::of(ctx, row).await?;

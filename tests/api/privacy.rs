@@ -794,6 +794,10 @@ async fn key_files_are_required_checked_and_rotate() {
         "variables": { "i": { "actor": { "type": "USER", "id": "r1", "name": name }, "action": "a.b" } } });
     let logged = post_json(&client, &url, None, log).await;
     assert_eq!(logged["errors"], Value::Null, "{logged}");
+    // A stream's token is sealed under the same key file.
+    let stream = json!({ "query": "mutation { createAuditStream(input: { name: \"dd\", kind: DATADOG, url: \"http://127.0.0.1:9/\", secret: \"dd-token\" }) { id } }" });
+    let stream = post_json(&client, &url, None, stream).await;
+    assert_eq!(stream["errors"], Value::Null, "{stream}");
     assert!(
         !binary.log().contains(&name),
         "no personal value in the server's log"
@@ -824,7 +828,10 @@ async fn key_files_are_required_checked_and_rotate() {
         &["privacy-key", "rewrap"],
         &[("AUDIT_PRIVACY_KEY_FILE", &key)],
     );
-    assert!(rewrapped.contains("rewrapped 1 data key"), "{rewrapped}");
+    assert!(
+        rewrapped.contains("rewrapped 1 data key(s) and 1 stream secret(s)"),
+        "{rewrapped}"
+    );
     let mut file: Value =
         serde_json::from_str(&std::fs::read_to_string(&key).expect("read")).expect("json");
     let keys = file["keys"].as_array_mut().expect("keys");
@@ -832,13 +839,26 @@ async fn key_files_are_required_checked_and_rotate() {
     keys.truncate(1);
     std::fs::write(&key, file.to_string()).expect("write");
     let binary = crate::helpers::Binary::start(&sqlite, &[("AUDIT_PRIVACY_KEY_FILE", &key)]).await;
-    let read = json!({ "query": "{ auditLogs(first: 1) { nodes { actor { name } } } }" });
+    let read = json!({ "query": "{ auditLogs(first: 1, filter: { actorIds: [\"r1\"] }) { nodes { actor { name } } } }" });
     let read = post_json(&client, &format!("{}/graphql", binary.base), None, read).await;
     assert_eq!(
         read["data"]["auditLogs"]["nodes"][0]["actor"]["name"],
         name.as_str(),
         "{read}"
     );
+    // The stream's token opens under the new key: its sink is tried (and cannot connect).
+    let started = std::time::Instant::now();
+    loop {
+        let streams = json!({ "query": "{ auditStreams { lastError } }" });
+        let streams = post_json(&client, &format!("{}/graphql", binary.base), None, streams).await;
+        let error = &streams["data"]["auditStreams"][0]["lastError"];
+        if error.is_string() {
+            assert_eq!(error, "the request could not connect", "{streams}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{streams}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The command line erases too.
     let erased = cli(

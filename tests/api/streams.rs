@@ -674,7 +674,10 @@ async fn failing_sinks_are_shown(backend: Backend) {
     }
     let failing = seen_state.expect("FAILING");
     let error = failing["lastError"].as_str().expect("an error");
-    assert!(error.contains("302") && error.contains("redirect"), "{error}");
+    assert!(
+        error.contains("302") && error.contains("redirect"),
+        "{error}"
+    );
     assert!(!error.contains("127.0.0.1"), "no URL in the error: {error}");
     assert_eq!(failing["deliveredSequence"], stream["deliveredSequence"]);
     let stream = caught_up(&base, "acme", &stream["id"], || receiver.last_seq()).await;
@@ -684,7 +687,104 @@ async fn failing_sinks_are_shown(backend: Backend) {
     app.cleanup().await;
 }
 
+/// Personal values stay sealed in a stream (null beside their commitments, as in exports)
+/// unless it was created with `includePersonal` by a caller with `audit:pii`; then each
+/// event carries disclosures that `tools/verify_disclosures.py` checks against the
+/// commitments its hash covers.
+async fn personal_values_need_permission(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, with_jwt).await else {
+        return;
+    };
+    let base = app.address.clone();
+    let create_query = "mutation($input: AuditStreamInput!) { createAuditStream(input: $input) { id includePersonal } }";
+    let sealed = Receiver::start(Vec::new(), Duration::ZERO).await;
+    let clear = Receiver::start(Vec::new(), Duration::ZERO).await;
+    let refused = gql(
+        &base,
+        &token("acme", ADMIN),
+        create_query,
+        json!({ "input": { "name": "pii", "kind": "WEBHOOK", "url": clear.url, "includePersonal": true } }),
+    )
+    .await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    let pii = token("acme", &format!("{ADMIN} audit:pii"));
+    let mut ids = Vec::new();
+    for (name, receiver, personal) in [("sealed", &sealed, false), ("clear", &clear, true)] {
+        let input = json!({ "name": name, "kind": "WEBHOOK", "url": receiver.url,
+                            "includePersonal": personal });
+        let created = data(&base, &pii, create_query, json!({ "input": input })).await;
+        assert_eq!(created["createAuditStream"]["includePersonal"], personal);
+        ids.push(created["createAuditStream"]["id"].clone());
+    }
+    let name = "Ann Example";
+    data(
+        &base,
+        &pii,
+        "mutation($input: AuditEventInput!) { logAuditEvent(input: $input) { id } }",
+        json!({ "input": { "actor": { "type": "USER", "id": "ann", "name": name },
+                           "action": "project.created",
+                           "context": { "ipAddress": "192.0.2.7" } } }),
+    )
+    .await;
+    caught_up(&base, "acme", &ids[0], || sealed.last_seq()).await;
+    caught_up(&base, "acme", &ids[1], || clear.last_seq()).await;
+    let logged = |receiver: &Receiver| {
+        let events = receiver.events();
+        events
+            .into_iter()
+            .find(|e| e["actor_id"] == "ann")
+            .expect("the event")
+    };
+    let hidden = logged(&sealed);
+    assert_eq!(hidden["actor_name"], Value::Null);
+    assert!(hidden["personal"].is_object(), "{hidden}");
+    assert_eq!(hidden.get("disclosures"), None);
+    assert!(
+        !String::from_utf8_lossy(&sealed.arrivals().last().expect("a request").body).contains(name)
+    );
+    let shown = logged(&clear);
+    assert_eq!(shown["actor_name"], Value::Null, "the canonical form stays");
+    let disclosures = shown["disclosures"].as_array().expect("disclosures");
+    let paths: Vec<&str> = disclosures
+        .iter()
+        .map(|d| d["path"].as_str().expect("a path"))
+        .collect();
+    assert_eq!(paths, ["actor.name", "context.ipAddress"]);
+    assert_eq!(disclosures[0]["value"], name);
+    // The independent verifier checks the disclosures against the commitments.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let export = dir.path().join("events.ndjson");
+    let disclosed = dir.path().join("disclosures.json");
+    std::fs::write(&export, format!("{shown}\n")).expect("write");
+    let with_id: Vec<Value> = disclosures
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d["id"] = shown["id"].clone();
+            d
+        })
+        .collect();
+    std::fs::write(&disclosed, serde_json::to_vec(&with_id).expect("json")).expect("write");
+    let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_disclosures.py");
+    let output = std::process::Command::new("python3")
+        .arg(tools)
+        .arg(&export)
+        .arg(&disclosed)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    app.cleanup().await;
+}
+
 crate::with_each_backend!(
+    personal_values_need_permission,
     webhook_delivers_in_order_through_failures,
     pause_resume_and_replay,
     settings_are_checked,

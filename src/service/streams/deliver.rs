@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::service::capacity::memory::Memory;
 use crate::service::live::feed::Feed;
 use crate::service::privacy::keyring::Keyring;
+use crate::service::privacy::{self, store::Place};
 use crate::service::query::sequence::BySequence;
 use crate::service::tlog::canonical::export_line;
 
@@ -226,8 +227,9 @@ impl Delivery {
             if read.is_empty() {
                 break;
             }
-            for batch in batches(&read) {
-                self.send(sink, batch).await?;
+            let lines = self.lines(&read, row.personal).await?;
+            for (events, lines) in batches(&read, &lines) {
+                self.send(sink, events, lines).await?;
             }
         }
         // Past the events the filter leaves out, up to the head.
@@ -237,13 +239,58 @@ impl Delivery {
         Ok(())
     }
 
+    /// The events as export lines; for a stream that carries personal values, with the
+    /// `disclosures` (path, value, salt) of those not erased.
+    async fn lines(
+        &self,
+        events: &[audit_log::Model],
+        personal: bool,
+    ) -> Result<Vec<Vec<u8>>, Stop> {
+        let mut lines: Vec<Vec<u8>> = events.iter().map(export_line).collect();
+        let places: Vec<Place> = (events.iter())
+            .filter(|event| personal && event.personal.is_some())
+            .map(|event| (event.tenant_id.clone(), event.actor_id.clone(), event.id))
+            .collect();
+        if places.is_empty() {
+            return Ok(lines);
+        }
+        let opened = privacy::store::open(&self.shared.db, &self.shared.keyring, &places).await?;
+        for (event, line) in events.iter().zip(&mut lines) {
+            let place = (event.tenant_id.clone(), event.actor_id.clone(), event.id);
+            let Some(opened) = opened.get(&place) else {
+                continue;
+            };
+            let values = opened.values()?;
+            let disclosures: Vec<serde_json::Value> = privacy::commitments(event)
+                .into_keys()
+                .filter_map(|path| {
+                    let value = values.get(&path)?;
+                    let salt = opened.key.salt(&path);
+                    Some(serde_json::json!({ "path": path, "value": value, "salt": salt }))
+                })
+                .collect();
+            // `...,"prev_hash":"..."}` + newline becomes `...,"disclosures":[...]}` + newline.
+            line.truncate(line.len() - 2);
+            line.extend_from_slice(b",\"disclosures\":");
+            serde_json::to_writer(&mut *line, &disclosures)
+                .map_err(crate::error::Error::internal)?;
+            line.extend_from_slice(b"}\n");
+        }
+        Ok(lines)
+    }
+
     /// Sends a batch until the sink acknowledges it, then moves the cursor past it.
-    async fn send(&mut self, sink: &mut Sink, batch: &[audit_log::Model]) -> Result<(), Stop> {
+    async fn send(
+        &mut self,
+        sink: &mut Sink,
+        batch: &[audit_log::Model],
+        lines: &[Vec<u8>],
+    ) -> Result<(), Stop> {
         let Some(last) = batch.last() else {
             return Ok(());
         };
         loop {
-            match sink.send(batch).await {
+            match sink.send(batch, lines).await {
                 Ok(()) => {
                     self.attempt = 0;
                     let metrics = &self.shared.metrics.streams;
@@ -315,20 +362,22 @@ fn backoff(attempt: u32) -> Duration {
     ceiling / 2 + ceiling / 2 * u32::from(jitter) / u32::from(u16::MAX)
 }
 
-/// Splits events read into batches of at most `BATCH_BYTES` of export lines.
-fn batches(events: &[audit_log::Model]) -> Vec<&[audit_log::Model]> {
+/// A batch: its events and their lines.
+type Batch<'a> = (&'a [audit_log::Model], &'a [Vec<u8>]);
+
+/// Splits events read into batches of at most `BATCH_BYTES` of lines.
+fn batches<'a>(events: &'a [audit_log::Model], lines: &'a [Vec<u8>]) -> Vec<Batch<'a>> {
     let mut batches = Vec::new();
     let (mut start, mut bytes) = (0, 0);
-    for (i, event) in events.iter().enumerate() {
-        let size = export_line(event).len();
-        if i > start && bytes + size > BATCH_BYTES {
-            batches.push(&events[start..i]);
+    for (i, line) in lines.iter().enumerate() {
+        if i > start && bytes + line.len() > BATCH_BYTES {
+            batches.push((&events[start..i], &lines[start..i]));
             (start, bytes) = (i, 0);
         }
-        bytes += size;
+        bytes += line.len();
     }
     if start < events.len() {
-        batches.push(&events[start..]);
+        batches.push((&events[start..], &lines[start..]));
     }
     batches
 }

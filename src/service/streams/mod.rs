@@ -94,6 +94,8 @@ pub enum Change {
         kind: Kind,
         settings: Settings,
         from_sequence: Option<i64>,
+        /// Whether it carries personal values in clear (its creator has `audit:pii`).
+        personal: bool,
     },
     /// New settings (the kind stays); delivery goes on from the cursor.
     Update {

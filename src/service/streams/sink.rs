@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 use super::Kind;
-use crate::service::tlog::canonical::{export_line, timestamp};
+use crate::service::tlog::canonical::timestamp;
 
 /// Longest wait to connect to a sink.
 pub const CONNECT: Duration = Duration::from_secs(5);
@@ -113,8 +113,13 @@ impl Sink {
         })
     }
 
-    /// Sends a batch; `Ok` once the sink has acknowledged all of it.
-    pub async fn send(&mut self, events: &[audit_log::Model]) -> Result<(), Failure> {
+    /// Sends a batch (the events, and each one's line: its export line, newline-ended);
+    /// `Ok` once the sink has acknowledged all of it.
+    pub async fn send(
+        &mut self,
+        events: &[audit_log::Model],
+        lines: &[Vec<u8>],
+    ) -> Result<(), Failure> {
         match self {
             Sink::Http {
                 kind,
@@ -123,7 +128,8 @@ impl Sink {
                 secret,
                 client,
             } => {
-                let (body, headers) = http_request(*kind, *stream_id, secret.as_deref(), events)?;
+                let (body, headers) =
+                    http_request(*kind, *stream_id, secret.as_deref(), events, lines)?;
                 let sent = client
                     .post(url.clone())
                     .headers(headers)
@@ -137,10 +143,10 @@ impl Sink {
                 // awaited; a redelivered event has the same id, which JetStream's duplicate
                 // window drops.
                 let mut acks = Vec::with_capacity(events.len());
-                for event in events {
+                for (event, line) in events.iter().zip(lines) {
                     let message = async_nats::jetstream::message::PublishMessage::build()
                         .message_id(event.id.to_string())
-                        .payload(Bytes::from(line(event)));
+                        .payload(Bytes::copy_from_slice(json(line)));
                     let ack = jetstream
                         .send_publish(subject.clone(), message)
                         .await
@@ -158,7 +164,9 @@ impl Sink {
                 address,
                 connection,
             } => {
-                let frames: Vec<u8> = events.iter().flat_map(syslog_frame).collect();
+                let frames: Vec<u8> = (events.iter().zip(lines))
+                    .flat_map(|(event, line)| syslog_frame(event, line))
+                    .collect();
                 let sent = async {
                     if connection.is_none() {
                         let stream = tokio::time::timeout(CONNECT, TcpStream::connect(&*address))
@@ -235,11 +243,9 @@ fn address(url: &Url) -> String {
     }
 }
 
-/// An event as one line of the NDJSON export, without its newline.
-fn line(event: &audit_log::Model) -> Vec<u8> {
-    let mut line = export_line(event);
-    line.pop();
-    line
+/// A line without its newline: the event's JSON.
+fn json(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
 }
 
 /// The body and headers of an HTTP sink's request.
@@ -248,6 +254,7 @@ fn http_request(
     stream_id: Uuid,
     secret: Option<&str>,
     events: &[audit_log::Model],
+    lines: &[Vec<u8>],
 ) -> Result<(Vec<u8>, HeaderMap), Failure> {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -256,7 +263,7 @@ fn http_request(
     };
     let body = match kind {
         Kind::Webhook => {
-            let body = json_array(events.iter().map(line));
+            let body = json_array(lines.iter().map(|line| json(line).to_vec()));
             let (first, last) = match (events.first(), events.last()) {
                 (Some(first), Some(last)) => (first.seq, last.seq),
                 _ => (0, 0),
@@ -279,17 +286,16 @@ fn http_request(
                 AUTHORIZATION,
                 header(format!("Splunk {}", secret.unwrap_or_default()))?,
             );
-            events
-                .iter()
-                .flat_map(|event| {
+            (events.iter().zip(lines))
+                .flat_map(|(event, line)| {
                     let time = event.recorded_at.timestamp_micros() as f64 / 1e6;
                     [
                         format!(
                             r#"{{"time":{time},"source":"audit-service","sourcetype":"audit-service:event","event":"#
                         )
-                        .into_bytes(),
-                        line(event),
-                        b"}\n".to_vec(),
+                        .as_bytes(),
+                        json(line),
+                        b"}\n",
                     ]
                     .concat()
                 })
@@ -297,8 +303,8 @@ fn http_request(
         }
         Kind::Datadog => {
             headers.insert("DD-API-KEY", header(secret.unwrap_or_default().to_owned())?);
-            json_array(events.iter().map(|event| {
-                let message = String::from_utf8_lossy(&line(event)).into_owned();
+            json_array(events.iter().zip(lines).map(|(event, line)| {
+                let message = String::from_utf8_lossy(json(line)).into_owned();
                 let entry = serde_json::json!({
                     "ddsource": "audit-service",
                     "service": "audit-service",
@@ -386,7 +392,7 @@ fn retry_after(value: &str) -> Option<Duration> {
 
 /// One event as an RFC 5424 message over TCP with octet counting (RFC 6587): its fields as
 /// structured data, its export line as the message.
-fn syslog_frame(event: &audit_log::Model) -> Vec<u8> {
+fn syslog_frame(event: &audit_log::Model, line: &[u8]) -> Vec<u8> {
     let severity = match event.outcome {
         Outcome::Success => 6,
         Outcome::Failure | Outcome::Denied => 4,
@@ -421,7 +427,7 @@ fn syslog_frame(event: &audit_log::Model) -> Vec<u8> {
         if msgid.is_empty() { "-" } else { &msgid },
     )
     .into_bytes();
-    message.extend_from_slice(&line(event));
+    message.extend_from_slice(json(line));
     [format!("{} ", message.len()).into_bytes(), message].concat()
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::{Change, Kind, MAX_STREAMS, Settings};
 use crate::error::{Error, Result};
+use crate::service::privacy::keyring::Keyring;
 use crate::service::query::filter::Filter;
 
 fn streams() -> Alias {
@@ -25,7 +26,7 @@ fn col(name: &str) -> Alias {
 }
 
 /// The columns a stream is read with, in `Row`'s order.
-const COLUMNS: [&str; 18] = [
+const COLUMNS: [&str; 19] = [
     "id",
     "tenant_id",
     "name",
@@ -35,6 +36,7 @@ const COLUMNS: [&str; 18] = [
     "kek_id",
     "secret",
     "filter",
+    "personal",
     "paused",
     "delivered_seq",
     "generation",
@@ -58,6 +60,8 @@ pub struct Row {
     pub kek_id: Option<String>,
     pub secret: Option<Vec<u8>>,
     pub filter: Option<String>,
+    /// Carries personal values in clear, with their salts (`includePersonal`).
+    pub personal: bool,
     pub paused: bool,
     pub delivered_seq: i64,
     pub generation: i64,
@@ -198,6 +202,7 @@ pub async fn apply(
                 kind,
                 settings,
                 from_sequence,
+                personal,
                 ..
             },
             _,
@@ -220,13 +225,14 @@ pub async fn apply(
                 },
                 None => head,
             };
-            insert(txn, tenant_id, id, *kind, settings, delivered).await?;
+            insert(txn, tenant_id, id, (*kind, *personal), settings, delivered).await?;
             Applied {
                 action: "audit.stream.created",
                 id,
                 name: settings.name.clone(),
                 metadata: json!({
                     "kind": kind.as_str(),
+                    "includePersonal": personal,
                     "fromSequence": (delivered + 1).to_string(),
                     "settings": described(settings)?,
                 }),
@@ -383,7 +389,7 @@ async fn insert(
     txn: &impl ConnectionTrait,
     tenant_id: &str,
     id: Uuid,
-    kind: Kind,
+    (kind, personal): (Kind, bool),
     settings: &Settings,
     delivered: i64,
 ) -> Result<()> {
@@ -398,6 +404,7 @@ async fn insert(
         "kek_id",
         "secret",
         "filter",
+        "personal",
         "paused",
         "delivered_seq",
         "generation",
@@ -416,6 +423,7 @@ async fn insert(
             kek_id.into(),
             secret.into(),
             filter_text(settings.filter.as_ref())?.into(),
+            personal.into(),
             false.into(),
             delivered.into(),
             0i64.into(),
@@ -558,6 +566,31 @@ pub async fn release(db: &impl ConnectionTrait, lease: &Lease) -> Result<()> {
         .to_owned();
     db.execute(&update).await?;
     Ok(())
+}
+
+/// Seals again under the current KEK every stream secret sealed under another (after a
+/// rotation, with `privacy-key rewrap`); returns how many.
+pub async fn reseal(db: &impl ConnectionTrait, keyring: &Keyring) -> Result<u64> {
+    let select = select()
+        .and_where(Expr::col(col("kek_id")).ne(keyring.current()))
+        .to_owned();
+    let rows = rows(db, &select).await?;
+    for row in &rows {
+        let (Some(kek_id), Some(sealed)) = (&row.kek_id, &row.secret) else {
+            continue;
+        };
+        let owner = super::secret_owner(&row.tenant_id, row.id);
+        let secret = keyring.open(&owner, kek_id, sealed)?;
+        let update = Query::update()
+            .table(streams())
+            .value(col("kek_id"), keyring.current())
+            .value(col("secret"), keyring.seal(&owner, &secret)?)
+            .and_where(Expr::col(col("id")).eq(row.id))
+            .and_where(Expr::col(col("kek_id")).eq(kek_id.as_str()))
+            .to_owned();
+        db.execute(&update).await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// Streams (of every tenant) failing since before `since_ms`.
