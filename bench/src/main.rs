@@ -19,6 +19,7 @@ mod report;
 mod scenarios;
 mod server;
 mod sqlite;
+mod streams;
 
 use clap::{Parser, Subcommand};
 
@@ -98,6 +99,9 @@ enum What {
         #[arg(long)]
         clear_bin: Option<String>,
     },
+    /// Log streams: ingest with streams delivering beside none, draining a backlog to a
+    /// webhook and to NATS JetStream (on 127.0.0.1:4222), end-to-end lag at 500 events/s.
+    Streams,
 }
 
 #[tokio::main]
@@ -120,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
             bench.node(&mut report).await?;
             bench.replicas(200_000, &mut report).await?;
             bench.privacy(None, &mut report).await?;
+            bench.streams(&mut report).await?;
             bench.proofs(events, &mut report).await?;
         }
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
@@ -133,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         What::Node => bench.node(&mut report).await?,
         What::Replicas { events } => bench.replicas(events, &mut report).await?,
         What::Privacy { clear_bin } => bench.privacy(clear_bin.as_deref(), &mut report).await?,
+        What::Streams => bench.streams(&mut report).await?,
     }
     let table = report.markdown();
     println!("{table}");
