@@ -923,6 +923,74 @@ async fn siem_formats() {
     app.cleanup().await;
 }
 
+/// A sink whose answer never ends (200 with an endless chunked body) still acknowledges:
+/// the body is never read, so it holds neither the delivery nor memory.
+#[tokio::test]
+async fn endless_answers_hold_nothing() {
+    let app = spawn_app_with(Backend::Sqlite, with_jwt)
+        .await
+        .expect("SQLite always runs");
+    let base = app.address.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/endless", listener.local_addr().expect("address"));
+    let requests = Arc::new(Mutex::new(0usize));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        loop {
+            let (mut socket, _) = listener.accept().await.expect("a connection");
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                // The request: headers, then as many bytes as its Content-Length says.
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let complete = |request: &[u8]| {
+                    let text = String::from_utf8_lossy(request);
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        return false;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    request.len() >= end + 4 + length
+                };
+                while !complete(&request) {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                *counted.lock().expect("lock") += 1;
+                let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                let piece = [b"4000\r\n".as_slice(), &[b'x'; 0x4000], b"\r\n"].concat();
+                while socket.write_all(&piece).await.is_ok() {}
+            });
+        }
+    });
+    let stream = create(
+        &base,
+        "acme",
+        json!({ "name": "endless", "kind": "WEBHOOK", "url": url }),
+    )
+    .await;
+    let logged = log(&base, "acme", 20).await;
+    let last = *logged.last().expect("events");
+    let stream = caught_up(&base, "acme", &stream["id"], || last).await;
+    assert_eq!(stream["lastError"], Value::Null, "{stream}");
+    assert!(*requests.lock().expect("lock") >= 1);
+    app.cleanup().await;
+}
+
 /// A JetStream stream capturing `subject`, with a duplicate window of ten minutes.
 async fn nats_stream(subject: &str) -> async_nats::jetstream::stream::Stream {
     let client = async_nats::connect("nats://127.0.0.1:4222")
