@@ -145,6 +145,19 @@ async fn caught_up(base: &str, tenant: &str, id: &Value, arrived: impl Fn() -> i
     }
 }
 
+/// The value of an unlabelled metric on `/metrics`.
+async fn metric(base: &str, name: &str) -> String {
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let prefix = format!("{name} ");
+    let value = metrics.lines().find_map(|l| l.strip_prefix(&prefix));
+    value.expect("the metric").to_owned()
+}
+
 /// How the receiver answers its next requests; after the script, `delay` then 200.
 #[derive(Clone, Debug)]
 enum Answer {
@@ -380,19 +393,7 @@ async fn webhook_delivers_in_order_through_failures(backend: Backend) {
     }
     verify_signatures(&secret, &receiver.arrivals());
     // Its failures are on the metrics.
-    let metrics = app
-        .client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let failures = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("audit_stream_delivery_failures_total "))
-        .expect("the failure counter");
+    let failures = metric(&base, "audit_stream_delivery_failures_total").await;
     assert_eq!(failures, "4");
     app.cleanup().await;
 }
@@ -645,22 +646,6 @@ async fn failing_sinks_are_shown(backend: Backend) {
         json!({ "name": "moved", "kind": "WEBHOOK", "url": receiver.url }),
     )
     .await;
-    let failing_metric = || async {
-        let metrics = app
-            .client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let value = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("audit_streams_failing "))
-            .map(str::to_owned);
-        value.expect("the gauge")
-    };
     let started = std::time::Instant::now();
     let (mut seen_state, mut seen_metric) = (None, false);
     while seen_state.is_none() || !seen_metric {
@@ -668,7 +653,7 @@ async fn failing_sinks_are_shown(backend: Backend) {
         if listed[0]["state"] == "FAILING" {
             seen_state = Some(listed[0].clone());
         }
-        seen_metric |= failing_metric().await == "1";
+        seen_metric |= metric(&base, "audit_streams_failing").await == "1";
         assert!(started.elapsed() < Duration::from_secs(30), "{listed:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

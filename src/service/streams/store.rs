@@ -25,7 +25,7 @@ fn col(name: &str) -> Alias {
     Alias::new(name)
 }
 
-/// The columns a stream is read with, in `Row`'s order.
+/// The columns a stream is read with; the first `INSERTED` are those a new stream sets.
 const COLUMNS: [&str; 19] = [
     "id",
     "tenant_id",
@@ -40,13 +40,14 @@ const COLUMNS: [&str; 19] = [
     "paused",
     "delivered_seq",
     "generation",
+    "created_at",
     "last_error",
     "failing_since_ms",
     "last_delivered_at",
     "lease_owner",
     "lease_until_ms",
-    "created_at",
 ];
+const INSERTED: usize = 14;
 
 /// A stream as stored.
 #[derive(Clone, Debug, FromQueryResult)]
@@ -394,25 +395,9 @@ async fn insert(
     delivered: i64,
 ) -> Result<()> {
     let (kek_id, secret) = settings.secret.clone().unzip();
-    let columns = [
-        "id",
-        "tenant_id",
-        "name",
-        "kind",
-        "url",
-        "subject",
-        "kek_id",
-        "secret",
-        "filter",
-        "personal",
-        "paused",
-        "delivered_seq",
-        "generation",
-        "created_at",
-    ];
     let insert = Query::insert()
         .into_table(streams())
-        .columns(columns.map(col))
+        .columns(COLUMNS[..INSERTED].iter().map(|c| col(c)))
         .values([
             id.into(),
             tenant_id.into(),
