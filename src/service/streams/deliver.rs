@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use entity::audit_log;
 use sea_orm::DatabaseConnection;
+use tokio::sync::broadcast;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
@@ -22,6 +23,7 @@ use crate::service::capacity::memory::Memory;
 use crate::service::live::feed::Feed;
 use crate::service::privacy::keyring::Keyring;
 use crate::service::privacy::{self, store::Place};
+use crate::service::query::filter::Filter;
 use crate::service::query::sequence::BySequence;
 use crate::service::tlog::canonical::export_line;
 
@@ -123,6 +125,7 @@ async fn deliver(shared: Arc<Streams>, row: Row) {
         lease: lease.clone(),
         cursor: row.delivered_seq,
         attempt: 0,
+        renewed: Instant::now(),
     };
     match delivery.run(&row).await {
         Stop::Lost => tracing::debug!(stream = %row.id, "stream lease lost"),
@@ -140,6 +143,8 @@ struct Delivery {
     cursor: i64,
     /// Failed attempts at the current batch.
     attempt: u32,
+    /// When the lease was last renewed.
+    renewed: Instant,
 }
 
 impl Delivery {
@@ -163,16 +168,26 @@ impl Delivery {
             Ok(filter) => filter,
             Err(err) => return Stop::Database(err),
         };
+        // What the feed brought while the delivery waited: sent from memory when it follows
+        // the cursor, else (nothing, or the feed dropped some) read from the database.
+        let mut brought: Option<Vec<Arc<audit_log::Model>>> = None;
         loop {
-            if let Err(stop) = self.catch_up(row, filter.clone(), &mut sink).await {
+            let round = match brought.take() {
+                Some(events) if follows(self.cursor, &events) => {
+                    self.send_brought(row, filter.as_ref(), events, &mut sink)
+                        .await
+                }
+                _ => self.catch_up(row, filter.clone(), &mut sink).await,
+            };
+            if let Err(stop) = round {
                 return stop;
             }
-            // Caught up: wait for the tenant's next event, or renew the lease meanwhile.
-            let _ = tokio::time::timeout(RENEW, woken.recv()).await;
-            match store::progress(&self.shared.db, &self.lease, Progress::Renew, until()).await {
-                Ok(true) => {}
-                Ok(false) => return Stop::Lost,
-                Err(err) => return Stop::Database(err),
+            // Caught up: wait for the tenant's next events, renewing the lease when due.
+            brought = wait(&mut woken, self.renewed + RENEW).await;
+            if self.renewed.elapsed() >= RENEW
+                && let Err(stop) = self.write(Progress::Renew).await
+            {
+                return stop;
             }
         }
     }
@@ -208,7 +223,7 @@ impl Delivery {
     async fn catch_up(
         &mut self,
         row: &Row,
-        filter: Option<crate::service::query::filter::Filter>,
+        filter: Option<Filter>,
         sink: &mut Sink,
     ) -> Result<(), Stop> {
         let db = &self.shared.db.clone();
@@ -235,6 +250,33 @@ impl Delivery {
         // Past the events the filter leaves out, up to the head.
         if head > self.cursor {
             self.advance(head, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends events the feed brought (they follow the cursor), those the filter matches.
+    async fn send_brought(
+        &mut self,
+        row: &Row,
+        filter: Option<&Filter>,
+        brought: Vec<Arc<audit_log::Model>>,
+        sink: &mut Sink,
+    ) -> Result<(), Stop> {
+        let Some(last) = brought.last().map(|event| event.seq) else {
+            return Ok(());
+        };
+        let events: Vec<audit_log::Model> = (brought.into_iter())
+            .filter(|event| filter.is_none_or(|filter| filter.matches(event)))
+            .map(Arc::unwrap_or_clone)
+            .collect();
+        for chunk in events.chunks(BATCH_EVENTS as usize) {
+            let lines = self.lines(chunk, row.personal).await?;
+            for (events, lines) in batches(chunk, &lines) {
+                self.send(sink, events, lines).await?;
+            }
+        }
+        if last > self.cursor {
+            self.advance(last, false).await?;
         }
         Ok(())
     }
@@ -303,10 +345,17 @@ impl Delivery {
     }
 
     async fn advance(&mut self, seq: i64, delivered: bool) -> Result<(), Stop> {
-        let progress = Progress::Delivered { seq, delivered };
+        self.write(Progress::Delivered { seq, delivered }).await?;
+        self.cursor = seq;
+        Ok(())
+    }
+
+    /// Writes progress under the lease, which it renews.
+    async fn write(&mut self, progress: Progress<'_>) -> Result<(), Stop> {
+        let renewed = Instant::now();
         match store::progress(&self.shared.db, &self.lease, progress, until()).await? {
             true => {
-                self.cursor = seq;
+                self.renewed = renewed;
                 Ok(())
             }
             false => Err(Stop::Lost),
@@ -318,23 +367,17 @@ impl Delivery {
     async fn failed(&mut self, failure: &Failure) -> Result<(), Stop> {
         self.shared.metrics.streams.failures.increment(1);
         self.attempt = self.attempt.saturating_add(1);
-        let progress = Progress::Failed {
+        self.write(Progress::Failed {
             error: &failure.message,
             now_ms: now_ms(),
-        };
-        if !store::progress(&self.shared.db, &self.lease, progress, until()).await? {
-            return Err(Stop::Lost);
-        }
+        })
+        .await?;
         let mut wait = failure.retry_after.unwrap_or_else(|| backoff(self.attempt));
         while !wait.is_zero() {
             let slice = wait.min(RENEW);
             tokio::time::sleep(slice).await;
             wait -= slice;
-            let renewed =
-                store::progress(&self.shared.db, &self.lease, Progress::Renew, until()).await?;
-            if !renewed {
-                return Err(Stop::Lost);
-            }
+            self.write(Progress::Renew).await?;
         }
         Ok(())
     }
@@ -360,6 +403,37 @@ fn backoff(attempt: u32) -> Duration {
         .map(u16::from_le_bytes)
         .unwrap_or(u16::MAX);
     ceiling / 2 + ceiling / 2 * u32::from(jitter) / u32::from(u16::MAX)
+}
+
+/// Waits until `deadline` for the tenant's next events, then takes every event the feed
+/// holds: in sequence order, or `None` when the feed dropped some for this receiver.
+async fn wait(
+    feed: &mut broadcast::Receiver<Arc<audit_log::Model>>,
+    deadline: Instant,
+) -> Option<Vec<Arc<audit_log::Model>>> {
+    let mut events = Vec::new();
+    match tokio::time::timeout_at(deadline.into(), feed.recv()).await {
+        Err(_) => return Some(events),
+        Ok(Ok(event)) => events.push(event),
+        Ok(Err(broadcast::error::RecvError::Lagged(_))) => return None,
+        Ok(Err(broadcast::error::RecvError::Closed)) => {
+            tokio::time::sleep_until(deadline.into()).await;
+            return None;
+        }
+    }
+    loop {
+        match feed.try_recv() {
+            Ok(event) => events.push(event),
+            Err(broadcast::error::TryRecvError::Empty) => return Some(events),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether events brought by the feed start right after the cursor, without a gap.
+fn follows(cursor: i64, events: &[Arc<audit_log::Model>]) -> bool {
+    let first = events.first().map(|event| event.seq);
+    first == Some(cursor + 1) && events.windows(2).all(|w| w[1].seq == w[0].seq + 1)
 }
 
 /// A batch: its events and their lines.
