@@ -10,13 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use entity::audit_log;
 use sea_orm::DatabaseConnection;
 use tokio::sync::broadcast;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use super::sink::{Failure, Sink};
+use super::sink::{Event, Failure, Sink};
 use super::store::{self, Lease, Progress, Row};
 use crate::metrics::Metrics;
 use crate::service::capacity::memory::Memory;
@@ -170,7 +169,7 @@ impl Delivery {
         };
         // What the feed brought while the delivery waited: sent from memory when it follows
         // the cursor, else (nothing, or the feed dropped some) read from the database.
-        let mut brought: Option<Vec<Arc<audit_log::Model>>> = None;
+        let mut brought: Option<Vec<Event>> = None;
         loop {
             let round = match brought.take() {
                 Some(events) if follows(self.cursor, &events) => {
@@ -238,7 +237,7 @@ impl Delivery {
             events = events.matching(filter);
         }
         loop {
-            let read = events.next(db).await?;
+            let read: Vec<Event> = events.next(db).await?.into_iter().map(Arc::new).collect();
             if read.is_empty() {
                 break;
             }
@@ -259,15 +258,14 @@ impl Delivery {
         &mut self,
         row: &Row,
         filter: Option<&Filter>,
-        brought: Vec<Arc<audit_log::Model>>,
+        brought: Vec<Event>,
         sink: &mut Sink,
     ) -> Result<(), Stop> {
         let Some(last) = brought.last().map(|event| event.seq) else {
             return Ok(());
         };
-        let events: Vec<audit_log::Model> = (brought.into_iter())
+        let events: Vec<Event> = (brought.into_iter())
             .filter(|event| filter.is_none_or(|filter| filter.matches(event)))
-            .map(Arc::unwrap_or_clone)
             .collect();
         for chunk in events.chunks(BATCH_EVENTS as usize) {
             let lines = self.lines(chunk, row.personal).await?;
@@ -283,12 +281,8 @@ impl Delivery {
 
     /// The events as export lines; for a stream that carries personal values, with the
     /// `disclosures` (path, value, salt) of those not erased.
-    async fn lines(
-        &self,
-        events: &[audit_log::Model],
-        personal: bool,
-    ) -> Result<Vec<Vec<u8>>, Stop> {
-        let mut lines: Vec<Vec<u8>> = events.iter().map(export_line).collect();
+    async fn lines(&self, events: &[Event], personal: bool) -> Result<Vec<Vec<u8>>, Stop> {
+        let mut lines: Vec<Vec<u8>> = events.iter().map(|event| export_line(event)).collect();
         let places: Vec<Place> = (events.iter())
             .filter(|event| personal && event.personal.is_some())
             .map(|event| (event.tenant_id.clone(), event.actor_id.clone(), event.id))
@@ -325,7 +319,7 @@ impl Delivery {
     async fn send(
         &mut self,
         sink: &mut Sink,
-        batch: &[audit_log::Model],
+        batch: &[Event],
         lines: &[Vec<u8>],
     ) -> Result<(), Stop> {
         let Some(last) = batch.last() else {
@@ -407,10 +401,7 @@ fn backoff(attempt: u32) -> Duration {
 
 /// Waits until `deadline` for the tenant's next events, then takes every event the feed
 /// holds: in sequence order, or `None` when the feed dropped some for this receiver.
-async fn wait(
-    feed: &mut broadcast::Receiver<Arc<audit_log::Model>>,
-    deadline: Instant,
-) -> Option<Vec<Arc<audit_log::Model>>> {
+async fn wait(feed: &mut broadcast::Receiver<Event>, deadline: Instant) -> Option<Vec<Event>> {
     let mut events = Vec::new();
     match tokio::time::timeout_at(deadline.into(), feed.recv()).await {
         Err(_) => return Some(events),
@@ -431,16 +422,16 @@ async fn wait(
 }
 
 /// Whether events brought by the feed start right after the cursor, without a gap.
-fn follows(cursor: i64, events: &[Arc<audit_log::Model>]) -> bool {
+fn follows(cursor: i64, events: &[Event]) -> bool {
     let first = events.first().map(|event| event.seq);
     first == Some(cursor + 1) && events.windows(2).all(|w| w[1].seq == w[0].seq + 1)
 }
 
 /// A batch: its events and their lines.
-type Batch<'a> = (&'a [audit_log::Model], &'a [Vec<u8>]);
+type Batch<'a> = (&'a [Event], &'a [Vec<u8>]);
 
 /// Splits events read into batches of at most `BATCH_BYTES` of lines.
-fn batches<'a>(events: &'a [audit_log::Model], lines: &'a [Vec<u8>]) -> Vec<Batch<'a>> {
+fn batches<'a>(events: &'a [Event], lines: &'a [Vec<u8>]) -> Vec<Batch<'a>> {
     let mut batches = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, line) in lines.iter().enumerate() {

@@ -65,6 +65,9 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
+/// An event to deliver, shared with the live feed that brought it.
+pub type Event = std::sync::Arc<audit_log::Model>;
+
 /// Where one stream's batches go.
 pub enum Sink {
     Http {
@@ -115,11 +118,7 @@ impl Sink {
 
     /// Sends a batch (the events, and each one's line: its export line, newline-ended);
     /// `Ok` once the sink has acknowledged all of it.
-    pub async fn send(
-        &mut self,
-        events: &[audit_log::Model],
-        lines: &[Vec<u8>],
-    ) -> Result<(), Failure> {
+    pub async fn send(&mut self, events: &[Event], lines: &[Vec<u8>]) -> Result<(), Failure> {
         match self {
             Sink::Http {
                 kind,
@@ -253,7 +252,7 @@ fn http_request(
     kind: Kind,
     stream_id: Uuid,
     secret: Option<&str>,
-    events: &[audit_log::Model],
+    events: &[Event],
     lines: &[Vec<u8>],
 ) -> Result<(Vec<u8>, HeaderMap), Failure> {
     let mut headers = HeaderMap::new();
