@@ -234,7 +234,7 @@ impl Metrics {
             sql_statements: counter(
                 r,
                 "audit_sql_statements_total",
-                "SQL statements run for requests and the write path (not the tree's upkeep).",
+                "SQL statements run for requests and the write path (not the tree's upkeep or log streams' delivery).",
             ),
             ingest: Ingest::new(r),
             pool: Pool::new(r),

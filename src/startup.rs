@@ -100,8 +100,10 @@ impl Application {
             tasks.spawn(task);
         }
         tasks.spawn(upkeep(metrics.clone()));
+        // Delivery's statements are background work, as the tree's upkeep is: not counted
+        // in `audit_sql_statements_total`, which is per request.
         let streams = Streams {
-            db: db.clone(),
+            db: background.clone(),
             memory: memory.clone(),
             feed: feed.clone(),
             keyring: keyring.clone(),
