@@ -102,7 +102,7 @@ impl Streams {
 enum Stop {
     /// The lease is gone: the stream changed, paused, went, or another instance has it.
     Lost,
-    /// The database failed; the lease runs out and the stream is taken again.
+    /// The database failed; the lease is given up, and the next scan takes the stream again.
     Database(crate::error::Error),
 }
 
