@@ -416,6 +416,13 @@ async fn settings(
     streams::check_name(&name).map_err(root)?;
     let parsed = streams::check_url(kind, &url).map_err(root)?;
     streams::check_subject(kind, subject.as_deref()).map_err(root)?;
+    // What this database cannot read (some metadata filters on SQLite) is refused now, not
+    // found by the delivery.
+    if let Some(filter) = &filter {
+        filter
+            .condition(app.db.get_database_backend())
+            .map_err(|e| e.rooted_at("input.filter.", true))?;
+    }
     if let (Kind::Nats, Some(subject)) = (kind, &subject) {
         sink::check_jetstream(&parsed, subject, secret.map(str::to_owned))
             .await
@@ -429,9 +436,10 @@ async fn settings(
         }
         None => None,
     };
+    // Stored and shown as it is parsed, which is where delivery goes.
     Ok(Settings {
         name,
-        url,
+        url: parsed.to_string(),
         subject,
         secret,
         filter,

@@ -592,6 +592,31 @@ async fn settings_are_checked(backend: Backend) {
         "input.fromSequence",
     )
     .await;
+    refused(hook("http://s.example:0/"), "input.url").await;
+    // A metadata filter SQLite cannot read is refused at creation, not found by delivery.
+    let unreadable = json!({ "name": "x", "kind": "WEBHOOK", "url": "https://s.example/",
+                             "filter": { "metadata": { "a\"b": 1 } } });
+    if app.backend == Backend::Sqlite {
+        refused(unreadable, "input.filter.metadata").await;
+    }
+    // The URL is stored as parsed, which is where delivery goes.
+    let odd = json!({ "name": "odd", "kind": "WEBHOOK", "url": "HTTP://S.Example:80/a/../b" });
+    let created = data(
+        &base,
+        &admin,
+        "mutation($input: AuditStreamInput!) { createAuditStream(input: $input) { id url } }",
+        json!({ "input": odd }),
+    )
+    .await;
+    assert_eq!(created["createAuditStream"]["url"], "http://s.example/b");
+    let id = created["createAuditStream"]["id"].clone();
+    data(
+        &base,
+        &admin,
+        "mutation($id: ID!) { deleteAuditStream(id: $id) }",
+        json!({ "id": id }),
+    )
+    .await;
     let ok = json!({ "name": "taken", "kind": "WEBHOOK", "url": "https://s.example/" });
     gql(&base, &admin, create, json!({ "input": ok })).await;
     refused(ok, "input.name").await;

@@ -167,6 +167,18 @@ impl Delivery {
             Ok(filter) => filter,
             Err(err) => return Stop::Database(err),
         };
+        // A filter this database cannot read (stored before it was checked at creation)
+        // fails the stream where its state shows it, rather than stopping it unseen.
+        if let Some(Err(err)) =
+            (filter.as_ref()).map(|f| f.condition(self.shared.db.get_database_backend()))
+        {
+            let failure = Failure::new(format!("the stream's filter cannot be read: {err}"));
+            loop {
+                if let Err(stop) = self.failed(&failure).await {
+                    return stop;
+                }
+            }
+        }
         // What the feed brought while the delivery waited: sent from memory when it follows
         // the cursor, else (nothing, or the feed dropped some) read from the database.
         let mut brought: Option<Vec<Event>> = None;

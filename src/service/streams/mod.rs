@@ -161,6 +161,9 @@ pub fn check_url(kind: Kind, url: &str) -> Result<Url> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(bad("url names no host".to_owned()));
     }
+    if parsed.port() == Some(0) {
+        return Err(bad("url names port 0".to_owned()));
+    }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad(
             "url carries no credentials: put the token in `secret`, which is sealed and never shown"
@@ -259,6 +262,7 @@ mod tests {
         assert!(check_url(Kind::Nats, "nats://127.0.0.1:4222").is_ok());
         assert!(check_url(Kind::Syslog, "tcp://127.0.0.1").is_err());
         assert!(check_url(Kind::Syslog, "tcp://127.0.0.1:6514").is_ok());
+        assert!(check_url(Kind::Webhook, "http://a.example:0/").is_err());
     }
 
     #[test]

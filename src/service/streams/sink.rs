@@ -29,7 +29,9 @@ use crate::service::tlog::canonical::timestamp;
 pub const CONNECT: Duration = Duration::from_secs(5);
 /// Longest wait for a sink to take a batch and answer.
 pub const SEND: Duration = Duration::from_secs(30);
-/// Longest wait a sink may ask for with `Retry-After`.
+/// Shortest and longest wait a sink may ask for with `Retry-After`: `0` or a past date
+/// would otherwise have the delivery retry in a tight loop.
+const MIN_RETRY_AFTER: Duration = Duration::from_millis(500);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The syslog facility (13, log audit) times 8.
 const LOG_AUDIT: u8 = 13 * 8;
@@ -46,7 +48,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(message: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>) -> Self {
         Failure {
             message: message.into(),
             retry_after: None,
@@ -386,7 +388,7 @@ fn retry_after(value: &str) -> Option<Duration> {
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     };
-    Some(wait.min(MAX_RETRY_AFTER))
+    Some(wait.clamp(MIN_RETRY_AFTER, MAX_RETRY_AFTER))
 }
 
 /// One event as an RFC 5424 message over TCP with octet counting (RFC 6587): its fields as
@@ -452,8 +454,9 @@ mod tests {
         assert_eq!(retry_after("100000"), Some(MAX_RETRY_AFTER));
         assert_eq!(
             retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
+            Some(MIN_RETRY_AFTER)
         );
+        assert_eq!(retry_after("0"), Some(MIN_RETRY_AFTER));
         assert_eq!(retry_after("soon"), None);
     }
 
