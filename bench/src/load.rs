@@ -186,3 +186,9 @@ pub fn token(tenant: &str) -> String {
     )
     .unwrap_or_default()
 }
+
+/// The run with the median throughput.
+pub fn median(mut runs: Vec<Stats>) -> Stats {
+    runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+    runs.swap_remove(runs.len() / 2)
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::events;
-use crate::load::{self, Graphql, token};
+use crate::load::{self, Graphql, median, token};
 use crate::report::{Report, rate};
 use crate::scenarios::{BATCH, Bench, SINGLE, bodies};
 use crate::server::{Server, fresh_database};
@@ -18,12 +18,6 @@ const ERASED_EVENTS: usize = 10_000;
 const ERASURES: usize = 3;
 /// Alternated runs of each load against the build before privacy.
 const ROUNDS: usize = 3;
-
-/// The run with the median throughput.
-fn median(mut runs: Vec<load::Stats>) -> load::Stats {
-    runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
-    runs.swap_remove(runs.len() / 2)
-}
 
 /// An event with personal values (actor name, IP address, user agent), or without any.
 fn shaped(mut event: Value, personal: bool) -> Value {

@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::events;
-use crate::load::{self, Graphql, new_histogram, token};
+use crate::load::{self, Graphql, median, new_histogram, token};
 use crate::report::{Report, rate};
 use crate::scenarios::{Bench, SINGLE, bodies};
 use crate::server::{Server, fresh_database};
@@ -172,10 +172,6 @@ impl Bench {
             runs.sort_by(f64::total_cmp);
             runs[runs.len() / 2]
         });
-        let median = |mut runs: Vec<load::Stats>| {
-            runs.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
-            runs.swap_remove(runs.len() / 2)
-        };
         let [without, hook_runs, nats_runs] = runs;
         let without = median(without);
         for (i, ((what, _), with)) in sinks.iter().zip([hook_runs, nats_runs]).enumerate() {
