@@ -70,6 +70,9 @@ enum What {
     Console {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// A database seeded by an earlier run (its URL), instead of seeding a new one.
+        #[arg(long)]
+        seeded: Option<String>,
     },
     /// The verifiable log: ingest with and without tree upkeep, proofs at a million events.
     Proofs {
@@ -130,7 +133,11 @@ async fn main() -> anyhow::Result<()> {
         What::Ingest { sqlite: true } => bench.ingest_sqlite(&mut report).await?,
         What::Ingest { sqlite: false } => bench.ingest(&mut report).await?,
         What::Query { events } => drop(bench.query(events, &mut report).await?),
-        What::Console { events } => bench.console(None, events, &mut report).await?,
+        What::Console { events, seeded } => {
+            bench
+                .console(seeded.as_deref(), events, &mut report)
+                .await?
+        }
         What::Proofs { events } => bench.proofs(events, &mut report).await?,
         What::Subscribers => bench.subscribers(&mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,

@@ -18,6 +18,7 @@ mod m20261129_000004_create_audit_tree;
 mod m20261129_000005_add_trace_id;
 mod m20261207_000006_privacy;
 mod m20261208_000007_streams;
+mod m20261209_000008_daily_stats;
 
 /// The PostgreSQL schema that holds audit-service's tables.
 pub const PG_SCHEMA: &str = "control_plane";
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_add_trace_id::Migration),
             Box::new(m20261207_000006_privacy::Migration),
             Box::new(m20261208_000007_streams::Migration),
+            Box::new(m20261209_000008_daily_stats::Migration),
         ]
     }
 }

@@ -1,4 +1,4 @@
-//! `auditLogStats`: counts from the hourly rollup and from the events themselves equal a
+//! `auditLogStats`: counts from the hourly and daily rollups and from the events themselves equal a
 //! plain GROUP BY over the stored rows, for generated filters, dimensions and intervals;
 //! also after idempotent retries (which must not count twice) and after a retention purge.
 
@@ -11,7 +11,7 @@ use entity::audit_log::{self, ActorType, Outcome};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-use sea_orm::EntityTrait;
+use sea_orm::{ConnectionTrait, EntityTrait, Statement};
 use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
@@ -93,13 +93,19 @@ fn some_of<T: Clone + std::fmt::Debug + 'static>(
     ))
 }
 
-/// Filters on what the rollup holds, with bounds on whole hours, and now and then on what it
-/// does not (actor ids, metadata, minutes), which the events answer.
+/// Filters on what the rollups hold, with bounds on whole days (the daily rollup) or hours
+/// (the hourly one), and now and then on what they do not (actor ids, metadata, minutes),
+/// which the events answer.
 fn filters() -> impl Strategy<Value = Filter> {
+    let day = proptest::option::of((0i64..75).prop_map(|d| base() + Duration::days(d)));
     let hour = proptest::option::of((0i64..1800).prop_map(|h| base() + Duration::hours(h)));
     let minute =
         proptest::option::of((0i64..1800 * 60).prop_map(|m| base() + Duration::minutes(m)));
-    let bounds = prop_oneof![3 => (hour.clone(), hour), 1 => (minute.clone(), minute)];
+    let bounds = prop_oneof![
+        2 => (day.clone(), day),
+        2 => (hour.clone(), hour),
+        1 => (minute.clone(), minute)
+    ];
     (
         some_of(vec![ActorType::User, ActorType::Service, ActorType::System]),
         some_of(vec![
@@ -231,10 +237,29 @@ async fn compare(app: &TestApp, cases: u32) -> (u32, u32) {
     (answered, refused)
 }
 
+/// What each rollup counts in all: the hourly and daily ones count every event once.
+async fn rollup_totals(app: &TestApp) -> [i64; 2] {
+    let mut totals = [0; 2];
+    for (total, table) in totals.iter_mut().zip(["audit_stats", "audit_stats_daily"]) {
+        let row = app
+            .db
+            .query_one_raw(Statement::from_string(
+                app.db.get_database_backend(),
+                format!("SELECT CAST(SUM(events) AS BIGINT) AS n FROM {table}"),
+            ))
+            .await
+            .expect("sum")
+            .expect("a row");
+        *total = row.try_get("", "n").expect("n");
+    }
+    totals
+}
+
 async fn stats_equal_a_group_by(app: &TestApp) {
     log(app, 0..400, "a").await;
     // Retries of what is stored already: nothing new, nothing counted twice.
     log(app, 100..300, "a").await;
+    assert_eq!(rollup_totals(app).await, [400, 400]);
     let (answered, refused) = compare(app, CASES).await;
     assert!(
         answered > CASES / 3 && refused > 0,
@@ -260,6 +285,7 @@ async fn stats_equal_a_group_by(app: &TestApp) {
     );
     let rows = audit_log::Entity::find().all(&app.db).await.expect("rows");
     assert_eq!(rows.len(), 201, "the 200 newest and the purge's own event");
+    assert_eq!(rollup_totals(app).await, [201, 201]);
     compare(app, CASES / 3).await;
 }
 

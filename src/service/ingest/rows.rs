@@ -1,5 +1,5 @@
 //! The statements that write a group commit's events: the rows (one multi-row INSERT per
-//! thousand, or JSON arrays on PostgreSQL) and the hourly rollup they add to.
+//! thousand, or JSON arrays on PostgreSQL) and the hourly and daily rollups they add to.
 
 use std::collections::HashMap;
 
@@ -263,26 +263,45 @@ pub(super) async fn insert_sealed(txn: &DatabaseTransaction, sealed: &[Sealed]) 
     Ok(())
 }
 
-/// The rollup's upsert. The buckets travel as one JSON array, so the statement's text is the
-/// same for every transaction (prepared once per connection) whatever their number.
-const COUNT_EVENTS_POSTGRES: &str = "INSERT INTO audit_stats \
+/// The rollups' upsert: the hourly buckets, and the same summed by day. The buckets travel
+/// as one JSON array, so the statement's text is the same for every transaction (prepared
+/// once per connection) whatever their number; one statement writes both rollups.
+const COUNT_EVENTS_POSTGRES: &str = "WITH b AS MATERIALIZED ( \
+     SELECT b->>0 AS tenant_id, (b->>1)::bigint AS hour_start, b->>2 AS action, \
+     b->>3 AS actor_type, b->>4 AS target_type, b->>5 AS outcome, (b->>6)::bigint AS events \
+     FROM jsonb_array_elements($1::jsonb) AS b), \
+     hourly AS (INSERT INTO audit_stats \
      (tenant_id, hour_start, action, actor_type, target_type, outcome, events) \
-     SELECT b->>0, (b->>1)::bigint, b->>2, b->>3, b->>4, b->>5, (b->>6)::bigint \
-     FROM jsonb_array_elements($1::jsonb) AS b \
+     SELECT * FROM b \
      ON CONFLICT (tenant_id, hour_start, action, actor_type, target_type, outcome) \
-     DO UPDATE SET events = audit_stats.events + excluded.events";
+     DO UPDATE SET events = audit_stats.events + excluded.events) \
+     INSERT INTO audit_stats_daily \
+     (tenant_id, day_start, action, actor_type, target_type, outcome, events) \
+     SELECT tenant_id, hour_start - hour_start % 86400, action, actor_type, target_type, \
+     outcome, sum(events) FROM b GROUP BY 1, 2, 3, 4, 5, 6 \
+     ON CONFLICT (tenant_id, day_start, action, actor_type, target_type, outcome) \
+     DO UPDATE SET events = audit_stats_daily.events + excluded.events";
 
-/// `COUNT_EVENTS_POSTGRES` for SQLite (`WHERE true` settles a parsing ambiguity of
-/// `INSERT ... SELECT ... ON CONFLICT`).
-const COUNT_EVENTS_SQLITE: &str = "INSERT INTO audit_stats \
+/// `COUNT_EVENTS_POSTGRES` for SQLite, which has no INSERT in WITH: two statements (`WHERE
+/// true` settles a parsing ambiguity of `INSERT ... SELECT ... ON CONFLICT`).
+const COUNT_EVENTS_SQLITE: [&str; 2] = [
+    "INSERT INTO audit_stats \
      (tenant_id, hour_start, action, actor_type, target_type, outcome, events) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
      value ->> 6 FROM json_each(?1) WHERE true \
      ON CONFLICT (tenant_id, hour_start, action, actor_type, target_type, outcome) \
-     DO UPDATE SET events = audit_stats.events + excluded.events";
+     DO UPDATE SET events = audit_stats.events + excluded.events",
+    "INSERT INTO audit_stats_daily \
+     (tenant_id, day_start, action, actor_type, target_type, outcome, events) \
+     SELECT value ->> 0, (value ->> 1) - (value ->> 1) % 86400, value ->> 2, value ->> 3, \
+     value ->> 4, value ->> 5, sum(value ->> 6) FROM json_each(?1) WHERE true \
+     GROUP BY 1, 2, 3, 4, 5, 6 \
+     ON CONFLICT (tenant_id, day_start, action, actor_type, target_type, outcome) \
+     DO UPDATE SET events = audit_stats_daily.events + excluded.events",
+];
 
-/// Adds a group commit's new events to the hourly rollup (`audit_stats`): counted in memory
-/// first, then one statement.
+/// Adds a group commit's new events to the hourly and daily rollups (`audit_stats`,
+/// `audit_stats_daily`): counted in memory first, then one statement.
 pub(super) async fn count_events(
     txn: &DatabaseTransaction,
     rows: &[audit_log::Model],
@@ -319,13 +338,16 @@ pub(super) async fn count_events(
         )
         .collect();
     let backend = txn.get_database_backend();
-    let sql = match backend {
-        DbBackend::Postgres => COUNT_EVENTS_POSTGRES,
-        _ => COUNT_EVENTS_SQLITE,
+    let statements = match backend {
+        DbBackend::Postgres => &[COUNT_EVENTS_POSTGRES][..],
+        _ => &COUNT_EVENTS_SQLITE[..],
     };
     for json in json_arrays(buckets)? {
-        txn.execute_raw(Statement::from_sql_and_values(backend, sql, [json.into()]))
-            .await?;
+        for sql in statements {
+            let json = json.clone().into();
+            txn.execute_raw(Statement::from_sql_and_values(backend, *sql, [json]))
+                .await?;
+        }
     }
     Ok(())
 }

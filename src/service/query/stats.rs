@@ -1,15 +1,16 @@
 //! Event counts grouped by dimensions and time buckets (`auditLogStats`).
 //!
-//! Answered from the hourly rollup (`audit_stats`, kept by the ingest transaction and by
-//! retention) when it holds what the question needs; otherwise counted from the events
-//! themselves, over at most `RAW_WINDOW_DAYS` so that one request cannot scan a tenant's
-//! whole history.
+//! Answered from the rollups (`audit_stats` by hour, `audit_stats_daily` by day, both kept
+//! by the ingest transaction and by retention) when they hold what the question needs: the
+//! daily one for the whole days of the question, the hourly one for the hours around them.
+//! Otherwise counted from the events themselves, over at most `RAW_WINDOW_DAYS` so that one
+//! request cannot scan a tenant's whole history.
 
 use chrono::{DateTime, Duration, Utc};
+use entity::audit_log;
 use entity::audit_log::{ActorType, Outcome};
-use entity::{audit_log, audit_stat};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement};
-use sea_orm::{ActiveEnum, ConnectionTrait, DbBackend, QueryResult};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SelectStatement, UnionType};
+use sea_orm::{ActiveEnum, Condition, ConnectionTrait, DbBackend, QueryResult};
 
 use crate::error::{Error, Result};
 use crate::service::query::filter::Filter;
@@ -65,7 +66,8 @@ pub fn hour_sql(backend: DbBackend) -> &'static str {
     }
 }
 
-/// SQL for the start of the bucket holding the hour `hour` (seconds since 1970).
+/// SQL for the start of the bucket holding the hour (or day) starting at `hour` (seconds
+/// since 1970).
 fn bucket_sql(backend: DbBackend, hour: &str, interval: Interval) -> String {
     match (interval, backend) {
         (Interval::Hour, _) => hour.to_owned(),
@@ -106,8 +108,8 @@ pub async fn count(
         }
     }
     let backend = db.get_database_backend();
-    let mut select = if rollup_answers(filter, &dimensions) {
-        from_rollup(backend, filter, &dimensions, interval)?
+    let mut select = if rollups_answer(filter, &dimensions) {
+        from_rollups(backend, filter, &dimensions, interval)?
     } else {
         check_window(filter, now)?;
         from_events(backend, filter, &dimensions, interval)?
@@ -131,9 +133,9 @@ pub async fn count(
     Ok(buckets)
 }
 
-/// Whether the rollup holds the answer: no actor ids, no per-event filters, and time bounds
+/// Whether the rollups hold the answer: no actor ids, no per-event filters, and time bounds
 /// on whole hours.
-fn rollup_answers(filter: &Filter, dimensions: &[Dimension]) -> bool {
+fn rollups_answer(filter: &Filter, dimensions: &[Dimension]) -> bool {
     let whole_hour = |at: &Option<DateTime<Utc>>| {
         at.is_none_or(|t| t.timestamp() % 3600 == 0 && t.timestamp_subsec_nanos() == 0)
     };
@@ -175,15 +177,46 @@ fn column(dimension: Dimension) -> &'static str {
     }
 }
 
-/// Reads the rollup. It goes by the name `audit_logs` in the statement, so that the filter's
-/// conditions (on tenant, action, actor type, target type and outcome, which the rollup
-/// shares with the log) apply as written; its time bounds become bounds on `hour_start`.
-fn from_rollup(
+/// Reads the rollups: the whole days within the time bounds from the daily one, the hours
+/// around them from the hourly one (every hour, for buckets of hours or bounds less than a
+/// day apart). Their rows go by the name `audit_logs` in the statement, so that the
+/// filter's conditions (on tenant, action, actor type, target type and outcome, which the
+/// rollups share with the log) apply as written.
+fn from_rollups(
     backend: DbBackend,
     filter: &Filter,
     dimensions: &[Dimension],
     interval: Option<Interval>,
 ) -> Result<SelectStatement> {
+    let after = filter.occurred_after.map(|t| t.timestamp());
+    let before = filter.occurred_before.map(|t| t.timestamp());
+    // The whole days between the bounds, if any.
+    let first_day = after.map(|t| t + (86_400 - t.rem_euclid(86_400)) % 86_400);
+    let end_day = before.map(|t| t - t.rem_euclid(86_400));
+    let days = interval != Some(Interval::Hour)
+        && match (first_day, end_day) {
+            (Some(first), Some(end)) => first < end,
+            _ => true,
+        };
+    let rows = if days {
+        let mut rows = rollup_rows("audit_stats_daily", "day_start", &[(first_day, end_day)]);
+        let mut edges = Vec::new();
+        if after.is_some() && after < first_day {
+            edges.push((after, first_day));
+        }
+        if before.is_some() && end_day < before {
+            edges.push((end_day, before));
+        }
+        if !edges.is_empty() {
+            rows.union(
+                UnionType::All,
+                rollup_rows("audit_stats", "hour_start", &edges),
+            );
+        }
+        rows
+    } else {
+        rollup_rows("audit_stats", "hour_start", &[(after, before)])
+    };
     let untimed = Filter {
         occurred_after: None,
         occurred_before: None,
@@ -191,22 +224,50 @@ fn from_rollup(
     };
     let mut select = Query::select();
     select
-        .from_as(audit_stat::Entity, audit_log::Entity)
+        .from_subquery(rows, audit_log::Entity)
         .cond_where(untimed.condition(backend)?);
-    if let Some(after) = filter.occurred_after {
-        select.and_where(Expr::col(audit_stat::Column::HourStart).gte(after.timestamp()));
-    }
-    if let Some(before) = filter.occurred_before {
-        select.and_where(Expr::col(audit_stat::Column::HourStart).lt(before.timestamp()));
-    }
     group(
         &mut select,
         dimensions,
-        interval.map(|i| bucket_sql(backend, "hour_start", i)),
+        interval.map(|i| bucket_sql(backend, "at", i)),
         "target_type",
         "CAST(SUM(events) AS BIGINT)",
     );
     Ok(select)
+}
+
+/// A rollup's rows whose start (column `start`, selected as `at`, a name apart from the
+/// answer's `start`) lies in one of `ranges` (from, inclusive, to, exclusive; `None` is
+/// unbounded).
+fn rollup_rows(table: &str, start: &str, ranges: &[(Option<i64>, Option<i64>)]) -> SelectStatement {
+    let mut any = Condition::any();
+    for (from, to) in ranges {
+        let mut range = Condition::all();
+        if let Some(from) = from {
+            range = range.add(Expr::col(Alias::new(start)).gte(*from));
+        }
+        if let Some(to) = to {
+            range = range.add(Expr::col(Alias::new(start)).lt(*to));
+        }
+        any = any.add(range);
+    }
+    let mut select = Query::select();
+    select
+        .expr_as(Expr::col(Alias::new(start)), Alias::new("at"))
+        .columns(
+            [
+                "tenant_id",
+                "action",
+                "actor_type",
+                "target_type",
+                "outcome",
+                "events",
+            ]
+            .map(Alias::new),
+        )
+        .from(Alias::new(table))
+        .cond_where(any);
+    select
 }
 
 /// Counts the events themselves.

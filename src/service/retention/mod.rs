@@ -102,39 +102,41 @@ pub async fn cut(
     }))
 }
 
-/// Takes the events about to be purged (sequence up to `through`) out of the hourly rollup,
-/// so that `auditLogStats` keeps counting exactly what remains.
+/// Takes the events about to be purged (sequence up to `through`) out of the hourly and
+/// daily rollups, so that `auditLogStats` keeps counting exactly what remains.
 async fn uncount(txn: &DatabaseTransaction, tenant_id: &str, through: i64) -> Result<()> {
     let backend = txn.get_database_backend();
     let (tenant, seq) = match backend {
         DbBackend::Postgres => ("$1", "$2"),
         _ => ("?1", "?2"),
     };
-    let subtract = format!(
-        "UPDATE audit_stats SET events = audit_stats.events - gone.n
-         FROM (SELECT {hour} AS hour_start, action, actor_type,
-                      coalesce(target_type, '') AS target_type, outcome, count(*) AS n
-               FROM audit_logs WHERE tenant_id = {tenant} AND seq <= {seq}
-               GROUP BY 1, 2, 3, 4, 5) AS gone
-         WHERE audit_stats.tenant_id = {tenant} AND audit_stats.hour_start = gone.hour_start
-           AND audit_stats.action = gone.action AND audit_stats.actor_type = gone.actor_type
-           AND audit_stats.target_type = gone.target_type AND audit_stats.outcome = gone.outcome",
-        hour = hour_sql(backend),
-    );
-    let values = [tenant_id.into(), through.into()];
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        subtract,
-        values.clone(),
-    ))
-    .await?;
-    let empty = format!("DELETE FROM audit_stats WHERE tenant_id = {tenant} AND events <= 0");
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        empty,
-        [values[0].clone()],
-    ))
-    .await?;
+    let hour = hour_sql(backend);
+    let day = format!("({hour} - {hour} % 86400)");
+    for (table, start, bucket) in [
+        ("audit_stats", "hour_start", hour.to_owned()),
+        ("audit_stats_daily", "day_start", day),
+    ] {
+        let subtract = format!(
+            "UPDATE {table} SET events = {table}.events - gone.n
+             FROM (SELECT {bucket} AS start, action, actor_type,
+                          coalesce(target_type, '') AS target_type, outcome, count(*) AS n
+                   FROM audit_logs WHERE tenant_id = {tenant} AND seq <= {seq}
+                   GROUP BY 1, 2, 3, 4, 5) AS gone
+             WHERE {table}.tenant_id = {tenant} AND {table}.{start} = gone.start
+               AND {table}.action = gone.action AND {table}.actor_type = gone.actor_type
+               AND {table}.target_type = gone.target_type AND {table}.outcome = gone.outcome",
+        );
+        let values = [tenant_id.into(), through.into()];
+        txn.execute_raw(Statement::from_sql_and_values(backend, subtract, values))
+            .await?;
+        let empty = format!("DELETE FROM {table} WHERE tenant_id = {tenant} AND events <= 0");
+        txn.execute_raw(Statement::from_sql_and_values(
+            backend,
+            empty,
+            [tenant_id.into()],
+        ))
+        .await?;
+    }
     Ok(())
 }
 
