@@ -193,12 +193,21 @@ fn body(
             return;
         }
         let mut pages = std::pin::pin!(pages);
-        while let Some(page) = pages.next().await {
-            let bytes = match page {
+        let mut next = pages.next().await;
+        while let Some(page) = next.take() {
+            // A page is encoded on a blocking thread while the next one is read.
+            let encoded = match page {
                 Ok(rows) => {
                     finished.rows += rows.len() as u64;
-                    format.encode(&rows)
+                    let encoding = tokio::task::spawn_blocking(move || format.encode(&rows));
+                    let (encoded, after) = tokio::join!(encoding, pages.next());
+                    next = after;
+                    encoded.map_err(Error::internal)
                 }
+                Err(err) => Err(err),
+            };
+            let bytes = match encoded {
+                Ok(bytes) => bytes,
                 Err(err) => {
                     tracing::error!(error = %err, "export failed part-way");
                     let _ = send(format.failure()).await;

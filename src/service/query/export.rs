@@ -75,7 +75,13 @@ impl ExportFormat {
     /// A page of events, each ending in a newline.
     pub fn encode(self, events: &[audit_log::Model]) -> Vec<u8> {
         match self {
-            ExportFormat::Ndjson => events.iter().flat_map(export_line).collect(),
+            ExportFormat::Ndjson => {
+                let mut lines = Vec::with_capacity(events.len() * 1024);
+                for event in events {
+                    lines.extend_from_slice(&export_line(event));
+                }
+                lines
+            }
             ExportFormat::Csv => csv_records(events.iter().map(|event| {
                 // Personal values read as `[redacted]`; the NDJSON form has null and the
                 // commitments in their place, as the hash covers them.
@@ -150,8 +156,8 @@ where
 /// `(tenant_id, occurred_at, id)`; ordering several tenants' events by time together would
 /// make the database sort all of them again for every page. A page is at most `PAGE` rows
 /// and `BATCH_BYTES` of decoded events, charged to `memory` for `reader` (the tenant
-/// asking) until the next page is read: memory stays at one page, whatever the size of the
-/// export.
+/// asking) until the page after next is read: a reader may encode one page while the next
+/// is read, and memory stays at two pages, whatever the size of the export.
 pub fn pages(
     db: DatabaseConnection,
     memory: Memory,
@@ -160,7 +166,8 @@ pub fn pages(
     order: PageOrder,
 ) -> impl Stream<Item = Result<Vec<audit_log::Model>>> {
     async_stream::stream! {
-        let meter = Meter::new(&memory, &reader, BATCH_BYTES);
+        let meters = [(); 2].map(|_| Meter::new(&memory, &reader, BATCH_BYTES));
+        let mut turn = 0;
         for tenant_id in &filter.tenant_ids {
             let one = Filter {
                 tenant_ids: vec![tenant_id.clone()],
@@ -168,11 +175,13 @@ pub fn pages(
             };
             let mut after: Option<Cursor> = None;
             loop {
+                let meter = &meters[turn % 2];
+                turn += 1;
                 meter.release();
                 // A busy pool or memory is waited out a few times before the export fails.
                 let mut attempt = 0;
                 let page = loop {
-                    match query::scan(&db, &one, order, after.as_ref(), PAGE, &meter).await {
+                    match query::scan(&db, &one, order, after.as_ref(), PAGE, meter).await {
                         Err(Error::Unavailable(_) | Error::Busy) if attempt < 3 => attempt += 1,
                         done => break done,
                     }

@@ -200,15 +200,22 @@ fn write_timestamp(out: &mut Vec<u8>, at: DateTime<Utc>) {
 pub fn export_line(event: &audit_log::Model) -> Vec<u8> {
     let mut line = canonical_bytes(event);
     line.pop();
-    line.extend_from_slice(
-        format!(
-            ",\"hash\":\"{}\",\"prev_hash\":\"{}\"}}\n",
-            hex::encode(&event.hash),
-            hex::encode(&event.prev_hash)
-        )
-        .as_bytes(),
-    );
+    line.reserve(2 * (event.hash.len() + event.prev_hash.len()) + 28);
+    line.extend_from_slice(b",\"hash\":\"");
+    push_hex(&mut line, &event.hash);
+    line.extend_from_slice(b"\",\"prev_hash\":\"");
+    push_hex(&mut line, &event.prev_hash);
+    line.extend_from_slice(b"\"}\n");
     line
+}
+
+/// Appends `bytes` in lowercase hex.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 15)]);
+    }
 }
 
 #[cfg(test)]
