@@ -100,7 +100,7 @@ impl Ingest {
             rollup_duration: histogram(
                 r,
                 "audit_ingest_rollup_duration_seconds",
-                "Of each ingest transaction, the time spent on the hourly rollup (auditLogStats).",
+                "Of each ingest transaction, the time spent on the hourly and daily rollups (auditLogStats).",
             ),
             transaction_events: histogram(
                 r,

@@ -199,7 +199,7 @@ impl Bench {
     }
 }
 
-/// What the chain and the rollup took of the ingest transactions, from `/metrics`.
+/// What the chain and the rollups took of the ingest transactions, from `/metrics`.
 async fn shares(server: &Server, report: &mut Report) -> anyhow::Result<()> {
     let metrics = server.metrics().await?;
     let counter = |name: &str| counter(&metrics, name);
@@ -220,7 +220,7 @@ async fn shares(server: &Server, report: &mut Report) -> anyhow::Result<()> {
         Some(share < 0.15),
     );
     report.add(
-        "hourly rollup's share of ingest transaction time (auditLogStats)",
+        "the rollups' share (hourly and daily) of ingest transaction time (auditLogStats)",
         format!("{:.1}%", rollup * 100.0),
         String::new(),
         None,

@@ -17,50 +17,68 @@ use crate::server::{Server, fresh_database};
 impl Bench {
     /// WebSocket subscribers while events are logged at a steady rate: time from sending
     /// an event to each subscriber receiving it. The target point, 1,000 subscribers at
-    /// 500 events/s, and two lighter ones to show where capacity lies.
-    pub async fn subscribers(&self, report: &mut Report) -> anyhow::Result<()> {
-        let loads = [
+    /// 500 events/s, and two lighter ones to show where capacity lies; with `scale`, 10,000
+    /// subscribers over 100 tenants on one instance and on two.
+    pub async fn subscribers(&self, scale: bool, report: &mut Report) -> anyhow::Result<()> {
+        let target = "p99 < 50 ms, nothing dropped, RSS < 150 MB";
+        let mut loads = vec![
             // 1,000 subscribers over 10 tenants, half of them with an `actions` filter, and
             // 500 events/s spread over the tenants.
-            (1000, 500, 10, "p99 < 50 ms, nothing dropped, RSS < 150 MB"),
-            (1000, 500, 1, "p99 < 100 ms"),
-            (1000, 50, 1, ""),
-            (100, 500, 1, ""),
+            Load::new(1000, 500, 10).target(50.0, 143.0, target),
+            Load::new(1000, 500, 1).target(100.0, 143.0, "p99 < 100 ms"),
+            Load::new(1000, 50, 1),
+            Load::new(100, 500, 1),
         ];
-        for (subscribers, per_second, tenants, target) in loads {
-            let load = Load {
-                subscribers,
-                per_second,
-                tenants,
-            };
-            self.live_tail(load, target, report).await?;
+        if scale {
+            let target = "every delivery, p99 < 250 ms, RSS < 1 GiB";
+            loads = vec![
+                Load::new(10_000, 500, 100).target(250.0, 1024.0, target),
+                Load {
+                    instances: 2,
+                    ..Load::new(10_000, 500, 100).target(250.0, 1024.0, target)
+                },
+            ];
+        }
+        for load in loads {
+            self.live_tail(load, report).await?;
         }
         Ok(())
     }
 
     /// The live tail under `load`, and the raw broadcast baseline under the same load.
-    async fn live_tail(&self, load: Load, target: &str, report: &mut Report) -> anyhow::Result<()> {
+    async fn live_tail(&self, load: Load, report: &mut Report) -> anyhow::Result<()> {
         let db = fresh_database(&self.admin_url, "audit_bench_live")?;
-        let server = Server::start(&self.bin, &db, 18186).await?;
-        let url = format!("{}/graphql", server.url.replacen("http", "ws", 1));
-        let clients: Vec<Graphql> = (0..load.tenants)
-            .map(|t| Graphql::new(&server.url, token(&format!("tenant-{t}"))))
+        let mut servers = Vec::new();
+        for i in 0..load.instances {
+            servers.push(Server::start(&self.bin, &db, 18186 + 2 * i as u16).await?);
+        }
+        let urls: Vec<String> = (servers.iter())
+            .map(|s| format!("{}/graphql", s.url.replacen("http", "ws", 1)))
+            .collect();
+        // Per instance, a client per tenant.
+        let clients: Vec<Vec<Graphql>> = (servers.iter())
+            .map(|server| {
+                (0..load.tenants)
+                    .map(|t| Graphql::new(&server.url, token(&format!("tenant-{t}"))))
+                    .collect()
+            })
             .collect();
         let ours = self
-            .fan_out(&url, load, Some(&server), move |tick| {
-                let gql = clients[(tick % load.tenants) as usize].clone();
+            .fan_out(&urls, load, &servers, move |tick| {
+                let instance = (tick / load.tenants) as usize % clients.len();
+                let gql = clients[instance][(tick % load.tenants) as usize].clone();
                 tokio::spawn(async move {
                     let input = json!({ "actor": { "type": "SERVICE", "id": "bench" }, "action": "bench.tick", "metadata": { "sentAt": chrono::Utc::now().timestamp_micros() } });
                     let _ = gql.call(SINGLE, json!({ "input": input })).await;
                 });
             })
             .await?;
-        drop(server);
+        drop(servers);
         let raw = Broadcast::start(load.tenants).await?;
         let frames = Arc::new(raw);
         let publisher = frames.clone();
         let baseline = self
-            .fan_out(&frames.url, load, None, move |tick| {
+            .fan_out(std::slice::from_ref(&frames.url), load, &[], move |tick| {
                 // The server's frame for this subscription, with the same content and size.
                 let sent = chrono::Utc::now().timestamp_micros();
                 publisher.publish(tick % load.tenants, format!(
@@ -74,34 +92,40 @@ impl Bench {
             1 => String::new(),
             n => format!(" over {n} tenants (half filtered)"),
         };
+        let instances = match load.instances {
+            1 => String::new(),
+            n => format!(", {n} instances sharing one PostgreSQL"),
+        };
         report.add(
             &format!(
-                "live tail: {} subscribers{tenants}, {} events/s",
+                "live tail: {} subscribers{tenants}, {} events/s{instances}",
                 load.subscribers, load.per_second
             ),
-            ours.describe(),
-            format!("raw broadcast: {}", baseline.describe()),
+            ours.describe(load.subscribers),
+            format!("raw broadcast: {}", baseline.describe(load.subscribers)),
             Some(rate(&ours) / rate(&baseline).max(1.0)),
-            target,
-            (!target.is_empty()).then(|| {
-                let limit = if load.tenants > 1 { 50.0 } else { 100.0 };
-                p99 < limit && ours.delivered == ours.expected && ours.peak_rss < 143.0
+            load.target,
+            (!load.target.is_empty()).then(|| {
+                p99 < load.p99_ms && ours.delivered == ours.expected && ours.peak_rss < load.rss_mib
             }),
         );
         Ok(())
     }
 
-    /// Connects `load.subscribers` graphql-transport-ws subscribers to `url` (subscriber `i`
-    /// in tenant `i % tenants`, every second one with an `actions` filter), calls `publish`
-    /// with the tick number at `per_second` for the run's duration (the event of tick `k`
-    /// goes to tenant `k % tenants`), and measures send-to-delivery latency.
+    /// Connects `load.subscribers` graphql-transport-ws subscribers to `urls` (subscriber
+    /// `i` to `urls[i % urls.len()]`, in tenant `i % tenants`, every second one with an
+    /// `actions` filter), calls `publish` with the tick number at `per_second` for the run's
+    /// duration (the event of tick `k` goes to tenant `k % tenants`), and measures
+    /// send-to-delivery latency, and the memory of `servers` (their resident sets added).
     async fn fan_out(
         &self,
-        url: &str,
+        urls: &[String],
         load: Load,
-        server: Option<&Server>,
+        servers: &[Server],
         publish: impl Fn(u64),
     ) -> anyhow::Result<FanOut> {
+        let rss = || servers.iter().map(Server::rss_mib).sum::<f64>();
+        let idle_rss = rss();
         let latency = Arc::new(std::sync::Mutex::new(new_histogram()));
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut subscribers = Vec::new();
@@ -116,11 +140,13 @@ impl Bench {
                 }
                 _ => "subscription { auditLogCreated { metadata } }",
             };
-            let socket = subscribe(url, &auth, query, server.is_some()).await?;
+            let url = &urls[i % urls.len()];
+            let socket = subscribe(url, &auth, query, !servers.is_empty()).await?;
             let (latency, received) = (latency.clone(), received.clone());
             subscribers.push(tokio::spawn(receive(socket, latency, received)));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let connected_rss = rss();
         let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / load.per_second));
         let deadline = Instant::now() + self.duration;
         let mut sent = 0u64;
@@ -129,10 +155,8 @@ impl Bench {
             ticks.tick().await;
             publish(sent);
             sent += 1;
-            if let Some(server) = server
-                && sent.is_multiple_of(250)
-            {
-                peak_rss = peak_rss.max(server.rss_mib());
+            if !servers.is_empty() && sent.is_multiple_of(250) {
+                peak_rss = peak_rss.max(rss());
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -148,16 +172,45 @@ impl Bench {
             expected: sent * load.subscribers as u64 / load.tenants,
             delivered: received.load(std::sync::atomic::Ordering::Relaxed),
             peak_rss,
+            connections_mib: connected_rss - idle_rss,
         })
     }
 }
 
-/// The shape of a fan-out run.
+/// The shape of a fan-out run, and its targets.
 #[derive(Clone, Copy)]
 struct Load {
     subscribers: usize,
     per_second: u64,
     tenants: u64,
+    /// Servers sharing the database; subscribers and events are spread over them.
+    instances: usize,
+    p99_ms: f64,
+    rss_mib: f64,
+    target: &'static str,
+}
+
+impl Load {
+    fn new(subscribers: usize, per_second: u64, tenants: u64) -> Load {
+        Load {
+            subscribers,
+            per_second,
+            tenants,
+            instances: 1,
+            p99_ms: 0.0,
+            rss_mib: 0.0,
+            target: "",
+        }
+    }
+
+    fn target(self, p99_ms: f64, rss_mib: f64, target: &'static str) -> Load {
+        Load {
+            p99_ms,
+            rss_mib,
+            target,
+            ..self
+        }
+    }
 }
 
 /// What the subscribers of one fan-out run saw.
@@ -166,6 +219,8 @@ struct FanOut {
     expected: u64,
     delivered: u64,
     peak_rss: f64,
+    /// What the servers' resident sets grew by once every subscriber was connected.
+    connections_mib: f64,
 }
 
 impl FanOut {
@@ -173,10 +228,13 @@ impl FanOut {
         self.histogram.value_at_percentile(percentile) as f64 / 1000.0
     }
 
-    fn describe(&self) -> String {
+    fn describe(&self, subscribers: usize) -> String {
         let rss = match self.peak_rss {
             0.0 => String::new(),
-            mib => format!("; server RSS {mib:.0} MiB"),
+            mib => format!(
+                "; server RSS {mib:.0} MiB, {:.1} KiB per subscriber connected",
+                self.connections_mib * 1024.0 / subscribers as f64
+            ),
         };
         format!(
             "p50 {:.1} / p99 {:.1} ms send-to-delivery; {} of {} deliveries{rss}",

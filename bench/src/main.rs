@@ -80,7 +80,11 @@ enum What {
         events: u64,
     },
     /// 1,000 WebSocket subscribers, events at 500/s: delivery latency.
-    Subscribers,
+    Subscribers {
+        /// Instead: 10,000 subscribers over 100 tenants, on one instance and on two.
+        #[arg(long)]
+        scale: bool,
+    },
     /// 100 federation entities with their trails in one request.
     Federation,
     /// The client kit: one client's batched delivery beside the batch load, enqueue()
@@ -122,7 +126,8 @@ async fn main() -> anyhow::Result<()> {
             let seeded = bench.query(events, &mut report).await?;
             bench.federation(Some(&seeded), &mut report).await?;
             bench.console(Some(&seeded), events, &mut report).await?;
-            bench.subscribers(&mut report).await?;
+            bench.subscribers(false, &mut report).await?;
+            bench.subscribers(true, &mut report).await?;
             bench.client(&mut report).await?;
             bench.node(&mut report).await?;
             bench.replicas(200_000, &mut report).await?;
@@ -139,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?
         }
         What::Proofs { events } => bench.proofs(events, &mut report).await?,
-        What::Subscribers => bench.subscribers(&mut report).await?,
+        What::Subscribers { scale } => bench.subscribers(scale, &mut report).await?,
         What::Federation => bench.federation(None, &mut report).await?,
         What::Client => bench.client(&mut report).await?,
         What::Node => bench.node(&mut report).await?,

@@ -32,7 +32,7 @@ type JobResults = Vec<Result<Vec<audit_log::Model>>>;
 pub(super) struct Spent {
     /// Numbering and hashing events.
     pub chain: Duration,
-    /// Adding them to the hourly rollup.
+    /// Adding them to the hourly and daily rollups.
     pub rollup: Duration,
 }
 
