@@ -99,10 +99,10 @@ impl AuditQuery {
 
     /// How many events match `filter`, grouped by `groupBy` and, with `interval`, by the
     /// UTC time bucket of `occurredAt`: ordered by bucket start, then by count, largest
-    /// first; at most `first` buckets (1,000 at most). Answered from an hourly rollup, except
-    /// when grouping by `ACTOR_ID` or filtering on `actorIds`, `targetIds`, `requestId`,
-    /// `metadata` or times within an hour: those count events one by one and need
-    /// `filter.occurredAfter` at most 31 days before `filter.occurredBefore` (or now).
+    /// first; at most `first` buckets (1,000 at most). Answered from daily and hourly
+    /// rollups, except when grouping by `ACTOR_ID` or filtering on `actorIds`, `targetIds`,
+    /// `requestId`, `metadata` or times within an hour: those count events one by one and
+    /// need `filter.occurredAfter` at most 31 days before `filter.occurredBefore` (or now).
     #[graphql(
         guard = "RequireScope(Scope::Read)",
         complexity = "stats_cost(first, child_complexity)"
