@@ -107,9 +107,11 @@ impl Bench {
             },
             baseline.map(|raw| rate(&ours) / rate(&raw).max(1.0)),
             load.target,
-            (!load.target.is_empty()).then(|| {
-                p99 < load.p99_ms && ours.delivered == ours.expected && ours.peak_rss < load.rss_mib
-            }),
+            (!load.target.is_empty()).then_some(
+                p99 < load.p99_ms
+                    && ours.delivered == ours.expected
+                    && ours.peak_rss < load.rss_mib,
+            ),
         );
         Ok(())
     }
