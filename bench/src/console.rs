@@ -34,6 +34,7 @@ impl Bench {
             }
         };
         let server = Server::start(&self.bin, &db, 18187).await?;
+        server.settle().await;
         let gql = Graphql::new(&server.url, token("tenant-0"));
 
         stats(&gql, &db, self.duration, report).await?;

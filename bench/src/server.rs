@@ -84,6 +84,20 @@ impl Server {
         Duration::from_millis((ticks(11) + ticks(12)) * 10)
     }
 
+    /// Waits (at most two minutes) until the server uses less than 5% of a core over a
+    /// second: on a seeded database its first round of continuous verification re-hashes
+    /// every event, and a measurement taken meanwhile measures that too.
+    pub async fn settle(&self) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            let before = self.cpu();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.cpu() - before < Duration::from_millis(50) {
+                return;
+            }
+        }
+    }
+
     /// The server's `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(reqwest::get(format!("{}/metrics", self.url))
